@@ -1,0 +1,83 @@
+"""
+Device and precision selection, and each device's peak FLOP/s for MFU: one definition for
+training, sampling, serving, evaluation and the benchmarks.
+
+dtype='auto': bf16 on CUDA capability >= 8.0 (Ampere+), fp16 (with a GradScaler in training) on
+older GPUs such as the T4 (sm_75), fp32 on CPU. torch.cuda.is_bf16_supported() is not trusted:
+it can say True on a T4, where bf16 is only emulated and slow. On CPU, bf16 autocast is opt-in
+(dtype='bfloat16') and only where the CPU has native bf16 (avx512_bf16 / amx).
+"""
+import contextlib
+
+import torch
+
+# dense peak tensor-core FLOP/s at the precision the device trains in (vendor figures)
+PEAK_FLOPS = [  # (substring of torch.cuda.get_device_name, bf16/fp16 peak)
+    ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("B200", 2250e12),
+    ("A100", 312e12), ("A800", 312e12), ("A6000", 155e12), ("A40", 150e12), ("A10G", 70e12),
+    ("A10", 125e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
+    ("4090", 165e12), ("3090", 71e12), ("V100", 125e12), ("T4", 65e12), ("P100", 18.7e12),
+]
+
+
+def pick_device(device="auto"):
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    return device
+
+
+def cpu_has_bf16():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(dtype="auto", device="cpu"):
+    """Resolve 'auto' | 'float32' | 'bfloat16' | 'float16' to a name, checking it can work."""
+    dev = torch.device(device).type
+    if dtype == "auto":
+        if dev == "cuda":
+            major, _ = torch.cuda.get_device_capability()
+            return "bfloat16" if major >= 8 else "float16"
+        return "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    if dev == "cuda" and dtype == "bfloat16" and torch.cuda.get_device_capability()[0] < 8:
+        raise ValueError(f"dtype=bfloat16 on {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))}) "
+                         "is emulated and slow; use dtype=float16 (or auto)")
+    if dev == "cpu" and dtype == "float16":
+        raise ValueError("dtype=float16 autocast is not supported for training on CPU; use float32 or bfloat16")
+    return dtype
+
+
+def autocast(device, dtype):
+    """Mixed-precision context; a no-op for float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
+
+
+def peak_flops(device):
+    """Peak FLOP/s of the device, or None when unknown (then report achieved FLOP/s only)."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    for key, flops in PEAK_FLOPS:
+        if key in name:
+            return flops
+    return None
+
+
+def device_name(device):
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    if torch.device(device).type == "cpu":
+        import platform
+        return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return str(device)

@@ -1,0 +1,417 @@
+"""
+GPT-2 in one file, nanoGPT-style, with what the finetuning users were missing:
+- GPT.from_pretrained loads gpt2 .. gpt2-xl or any local transformers GPT-2 directory
+  (logits match transformers' GPT2LMHeadModel; GELU is the tanh form GPT-2 was trained with),
+- block_size can grow (position interpolation of wpe) as well as crop,
+- generation with a preallocated KV cache, greedy/top-k/top-p/repetition controls, stop ids
+  and per-row stopping,
+- MFU against the real peak of the device (device.py), achieved FLOP/s on CPU,
+- export back to transformers' format (safetensors) for transformers, vLLM or llama.cpp.
+"""
+import inspect
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+GPT2_VOCAB = 50257  # real token ids; rows above it (nanoGPT pads to 50304) are never sampled
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64 for speed
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # GPT-2 has biases in Linears and LayerNorms
+    gradient_checkpointing: bool = False  # recompute blocks in backward: long contexts on small GPUs
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for max_len positions (no torch.cat per step)."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos = 0  # number of positions filled (advanced by GPT.forward after all layers)
+
+    def update(self, layer, k, v):
+        T = k.size(2)
+        end = self.pos + T
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.layer_idx = layer_idx
+
+    def forward(self, x, kv_cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.pos
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        dropout_p = self.dropout if self.training else 0.0
+        if T == 1:  # one new token attends to everything before it
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        elif past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:  # a chunk appended to a filled cache: query i sees keys up to past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu_new; exact GELU drifts from the weights
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None
+        assert config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():  # scaled init of residual projections (GPT-2 paper)
+            if pn.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count; position embeddings are left out by default (as in FLOP counts)."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, kv_cache=None, reduction="mean"):
+        """
+        idx (B, T) ids -> logits (B, T, vocab). With targets (B, T), -1 = no loss there, also the
+        loss: mean over counted targets, or their sum with reduction='sum' (gradient accumulation
+        over micro-batches with different mask counts divides once by the total). A batch with
+        no counted target gives loss 0, never NaN. With kv_cache, idx continues the cached positions.
+        """
+        device = idx.device
+        b, t = idx.size()
+        past = kv_cache.pos if kv_cache is not None else 0
+        if past + t > self.config.block_size:
+            raise ValueError(f"sequence of length {past + t} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(past, past + t, dtype=torch.long, device=device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            if self.config.gradient_checkpointing and self.training and kv_cache is None:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += t
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x), None
+        logits = self.lm_head(x)
+        loss_sum = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=-1, reduction="sum")
+        if reduction == "sum":
+            return logits, loss_sum
+        count = (targets != -1).sum().clamp(min=1)
+        return logits, loss_sum / count
+
+    # ------------------------------------------------------------------ context length
+
+    def resize_block_size(self, block_size):
+        """Crop (keep the first positions) or grow (linearly interpolate wpe, as in position
+        interpolation) the context length, so a 1024 checkpoint can finetune at 2048..8192."""
+        old = self.config.block_size
+        if block_size == old:
+            return
+        wpe = self.transformer.wpe.weight.data
+        if block_size < old:
+            new = wpe[:block_size].clone()
+        else:
+            new = F.interpolate(wpe.t().unsqueeze(0).float(), size=block_size, mode="linear",
+                                align_corners=True).squeeze(0).t().to(wpe.dtype).contiguous()
+        self.transformer.wpe = nn.Embedding(block_size, wpe.size(1), device=wpe.device, dtype=wpe.dtype)
+        self.transformer.wpe.weight.data.copy_(new)
+        self.config.block_size = block_size
+
+    crop_block_size = resize_block_size  # nanoGPT's name; here it can also grow
+
+    # ------------------------------------------------------------------ transformers interop
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, override_args=None):
+        """Load gpt2/gpt2-medium/gpt2-large/gpt2-xl (hub or cache) or a local transformers GPT-2
+        directory. override_args may set dropout, block_size (crop or grow) and gradient_checkpointing."""
+        override_args = dict(override_args or {})
+        allowed = {"dropout", "block_size", "gradient_checkpointing"}
+        bad = set(override_args) - allowed
+        if bad:
+            raise ValueError(f"from_pretrained: cannot override {sorted(bad)}; allowed: {sorted(allowed)}")
+        from transformers import GPT2LMHeadModel
+        hf = GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
+        c = hf.config
+        if c.model_type != "gpt2":
+            raise ValueError(f"{name_or_path}: model_type {c.model_type!r}, expected a GPT-2 checkpoint")
+        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                           n_head=c.n_head, n_embd=c.n_embd, bias=True,
+                           dropout=override_args.get("dropout", 0.0),
+                           gradient_checkpointing=override_args.get("gradient_checkpointing", False))
+        model = cls(config)
+        model.load_hf_state_dict(hf.state_dict())
+        if "block_size" in override_args:
+            model.resize_block_size(override_args["block_size"])
+        return model
+
+    # transformers' GPT-2 uses Conv1D, whose weights are the transpose of nn.Linear's
+    _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    def load_hf_state_dict(self, sd_hf):
+        sd = self.state_dict()
+        keys = [k for k in sd_hf if not k.endswith((".attn.masked_bias", ".attn.bias"))]
+        mine = [k for k in sd if k != "lm_head.weight"]  # tied to wte
+        missing = set(mine) - set(keys)
+        if missing:
+            raise ValueError(f"checkpoint lacks {sorted(missing)[:5]}")
+        with torch.no_grad():
+            for k in mine:
+                src = sd_hf[k].t() if k.endswith(self._TRANSPOSED) else sd_hf[k]
+                if k == "transformer.wte.weight" and src.shape[0] < sd[k].shape[0]:  # padded vocab
+                    sd[k].zero_()
+                    sd[k][: src.shape[0]].copy_(src)
+                    continue
+                if src.shape != sd[k].shape:
+                    raise ValueError(f"{k}: checkpoint shape {tuple(src.shape)} != model {tuple(sd[k].shape)}")
+                sd[k].copy_(src)
+
+    def export_hf(self, path):
+        """Write a transformers GPT-2 checkpoint (config.json + model.safetensors), atomically."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+        c = self.config
+        if not c.bias:
+            raise ValueError("transformers' GPT-2 has biases; a bias=False model cannot be exported")
+        vocab = min(c.vocab_size, GPT2_VOCAB)
+        hf_config = GPT2Config(vocab_size=vocab, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                               n_head=c.n_head, activation_function="gelu_new", resid_pdrop=c.dropout,
+                               embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=1e-5,
+                               bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=True)
+        hf = GPT2LMHeadModel(hf_config)
+        sd = {}
+        for k, v in self.state_dict().items():
+            v = v.detach().float().cpu()
+            if k.endswith(self._TRANSPOSED):
+                v = v.t()
+            if k in ("transformer.wte.weight", "lm_head.weight"):
+                v = v[:vocab]
+            sd[k] = v.contiguous()
+        hf.load_state_dict(sd, strict=False)
+        hf.tie_weights()
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+        hf.save_pretrained(tmp, safe_serialization=True)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    # ------------------------------------------------------------------ training helpers
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; weight decay only on tensors of 2+ dims (matmuls, embeddings), none on biases/norms."""
+        params = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
+        decay = [p for p in params.values() if p.dim() >= 2]
+        no_decay = [p for p in params.values() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
+        extra = {"fused": True} if fused else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs per token: 6N + 12*L*H*Q*T (PaLM appendix B; N without wpe)."""
+        cfg = self.config
+        T = seq_len or cfg.block_size
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * T
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, device="cuda", seq_len=None):
+        """(mfu, achieved FLOP/s). mfu is against the device's real peak (device.py) and None
+        where the peak is unknown (CPU): then report achieved FLOP/s."""
+        from device import peak_flops
+        T = seq_len or self.config.block_size
+        achieved = self.flops_per_token(T) * T * fwdbwd_per_iter / dt
+        peak = peak_flops(device)
+        return (achieved / peak if peak else None), achieved
+
+    # ------------------------------------------------------------------ generation
+
+    @staticmethod
+    def _sample_next(logits, seen, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
+                     generator):
+        """logits (B, V) of the last position -> next ids (B,). seen (B, t) is the context."""
+        logits = logits.float()
+        if logits.size(-1) > GPT2_VOCAB:
+            logits[:, GPT2_VOCAB:] = -float("inf")
+        if repetition_penalty and repetition_penalty != 1.0:  # CTRL's penalty on tokens already seen
+            prev = logits.gather(1, seen)
+            logits.scatter_(1, seen, torch.where(prev > 0, prev / repetition_penalty, prev * repetition_penalty))
+        n = no_repeat_ngram_size or 0
+        if n > 0 and seen.size(1) >= n:  # ban tokens that would repeat an n-gram of the context
+            for b in range(seen.size(0)):
+                row = seen[b].tolist()
+                prefix = tuple(row[len(row) - n + 1:]) if n > 1 else ()
+                banned = [row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i:i + n - 1]) == prefix]
+                if banned:
+                    logits[b, banned] = -float("inf")
+        if not temperature:  # temperature 0: greedy
+            return logits.argmax(dim=-1)
+        logits = logits / temperature
+        if top_k:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+        if top_p is not None and top_p < 1.0:
+            sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+            cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+            drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest set reaching top_p
+            sorted_logits[drop] = -float("inf")
+            logits = torch.full_like(logits, -float("inf")).scatter(1, sorted_idx, sorted_logits)
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        repetition_penalty=1.0, no_repeat_ngram_size=0, stop_ids=None, use_cache=True,
+                        generator=None):
+        """
+        Yields (next_ids (B,), done (B,) bool) once per step. A row is done after it emits a stop
+        id; done rows keep producing (ignored) ids until every row is done, then it returns.
+        Stop consuming the generator to cancel (the server does when a client disconnects).
+        """
+        B = idx.size(0)
+        stop = torch.tensor(sorted(set(stop_ids or [])), dtype=torch.long, device=idx.device)
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        block = self.config.block_size
+        seen = idx
+        cache = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                ctx = seen[:, -block:]
+                logits, _ = self(ctx)
+            elif cache is None or cache.pos >= block:
+                # (re)fill the cache; past block_size keep the last half of the window
+                ctx = seen if seen.size(1) <= block else seen[:, -(block // 2):]
+                p = next(self.parameters())
+                cache = KVCache(self.config, B, block, p.device, p.dtype)
+                logits, _ = self(ctx, kv_cache=cache)
+            else:
+                logits, _ = self(seen[:, -1:], kv_cache=cache)
+            nxt = self._sample_next(logits[:, -1, :], seen, temperature, top_k, top_p, repetition_penalty,
+                                    no_repeat_ngram_size, generator)
+            if stop.numel():
+                done = done | torch.isin(nxt, stop)
+            seen = torch.cat((seen, nxt.unsqueeze(1)), dim=1)
+            yield nxt, done.clone()
+            if done.all():
+                return
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
+                 no_repeat_ngram_size=0, stop_ids=None, use_cache=True, generator=None, pad_id=None):
+        """
+        nanoGPT's generate, with a KV cache: idx (B, T) -> (B, T + new). Rows that hit a stop id
+        are padded after it with pad_id (default: the first stop id); generation ends early when
+        every row has stopped.
+        """
+        out = [idx]
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        pad = pad_id if pad_id is not None else (min(stop_ids) if stop_ids else 0)
+        for nxt, done in self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                                              no_repeat_ngram_size, stop_ids, use_cache, generator):
+            out.append(torch.where(finished, torch.full_like(nxt, pad), nxt).unsqueeze(1))
+            finished = done
+        return torch.cat(out, dim=1)
+
+
+MODEL_TYPES = {  # nanoGPT's table of the official sizes, for from-scratch configs and docs
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}

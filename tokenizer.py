@@ -1,0 +1,87 @@
+"""
+GPT-2's BPE tokenizer, the one definition every script uses.
+
+get_tokenizer() returns a tiktoken Encoding identical to tiktoken.get_encoding("gpt2").
+Offline (this machine, CI) it is built from a local GPT-2 ranks file: openai-whisper's
+source distribution on PyPI ships one (whisper/assets/gpt2.tiktoken). `python tokenizer.py
+--setup` fetches that one file with pip into the cache directory; it is never committed.
+"""
+import functools
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+EOT_ID = 50256          # <|endoftext|>, GPT-2's only special token: ends every example
+VOCAB_SIZE = 50257      # real GPT-2 vocabulary (models may pad the embedding to 50304)
+EOT_TEXT = "<|endoftext|>"
+# GPT-2's pre-tokenizer split pattern (same as tiktoken's gpt2 encoding)
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+CACHE_DIR = os.environ.get("NANOPHI_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "nanophi"))
+RANKS_FILE = os.environ.get("NANOPHI_GPT2_RANKS", os.path.join(CACHE_DIR, "gpt2.tiktoken"))
+
+
+def _from_ranks_file(path):
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+    ranks = load_tiktoken_bpe(path)
+    if len(ranks) != EOT_ID:
+        raise ValueError(f"{path}: expected {EOT_ID} GPT-2 ranks, found {len(ranks)}; the file is not GPT-2's")
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={EOT_TEXT: EOT_ID})
+
+
+@functools.lru_cache(maxsize=None)
+def get_tokenizer():
+    """GPT-2's Encoding: from the local ranks file if present, else tiktoken's download."""
+    if os.path.exists(RANKS_FILE):
+        return _from_ranks_file(RANKS_FILE)
+    try:
+        import tiktoken
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # no network, no tiktoken cache
+        raise RuntimeError(
+            f"GPT-2 tokenizer not available: no ranks file at {RANKS_FILE} and "
+            f"tiktoken.get_encoding('gpt2') failed ({type(e).__name__}: {e}).\n"
+            f"Fix: run `python tokenizer.py --setup` (fetches whisper/assets/gpt2.tiktoken from the "
+            f"openai-whisper sdist on PyPI), or set NANOPHI_GPT2_RANKS to a GPT-2 .tiktoken file.") from None
+
+
+def encode(text):
+    """Plain text to ids; special-token text is treated as ordinary text (never a stray 50256)."""
+    return get_tokenizer().encode_ordinary(text)
+
+
+def decode(ids):
+    return get_tokenizer().decode([int(i) for i in ids])
+
+
+def setup(dest=RANKS_FILE):
+    """Fetch gpt2.tiktoken from openai-whisper's sdist on PyPI (pip only, no other host)."""
+    if os.path.exists(dest):
+        print(f"tokenizer: {dest} already present")
+        return dest
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                        "-d", tmp, "openai-whisper==20250625"], check=True)
+        sdist = [f for f in os.listdir(tmp) if f.endswith(".tar.gz")][0]
+        with tarfile.open(os.path.join(tmp, sdist)) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken"))
+            data = tar.extractfile(member).read()
+    tmp_dest = dest + ".tmp"
+    with open(tmp_dest, "wb") as f:
+        f.write(data)
+    _from_ranks_file(tmp_dest)  # validate before it takes the real name
+    os.replace(tmp_dest, dest)
+    print(f"tokenizer: wrote {dest} ({len(data):,} bytes)")
+    return dest
+
+
+if __name__ == "__main__":
+    if "--setup" in sys.argv:
+        setup()
+    enc = get_tokenizer()
+    print("Hello world ->", enc.encode_ordinary("Hello world"), f"(eot={EOT_ID}, n_vocab={enc.n_vocab})")
