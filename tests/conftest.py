@@ -24,3 +24,19 @@ def make_hf_dir(path, n_layer=2, n_head=2, n_embd=64, n_positions=128, seed=0):
 def tiny_hf_dir(tmp_path_factory):
     """A tiny GPT-2 (2 layers, 64 wide) in transformers' format, shared by the whole session."""
     return make_hf_dir(str(tmp_path_factory.mktemp("tiny_hf")))
+
+
+@pytest.fixture(scope="session")
+def tiny_out_dir(tmp_path_factory):
+    """An out_dir holding a random tiny NanoPhi checkpoint (ckpt.pt and best.pt), as train.py writes."""
+    from dataclasses import asdict
+    from checkpoint import BEST, LATEST, save_checkpoint
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=128, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)
+    model = GPT(cfg)
+    out = str(tmp_path_factory.mktemp("tiny_out"))
+    state = {"model": model.state_dict(), "model_args": asdict(cfg), "iter_num": 0, "best_val_loss": 1e9}
+    save_checkpoint(os.path.join(out, LATEST), state)
+    save_checkpoint(os.path.join(out, BEST), state)
+    return out
