@@ -38,14 +38,18 @@ def cpu_has_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def auto_dtype(device_type, capability=None):
+    """bf16 on CUDA sm80+, fp16 on older CUDA (T4 = sm75: never trust is_bf16_supported()), else fp32."""
+    if device_type == "cuda":
+        return "bfloat16" if capability[0] >= 8 else "float16"
+    return "float32"
+
+
 def pick_dtype(dtype="auto", device="cpu"):
     """Resolve 'auto' | 'float32' | 'bfloat16' | 'float16' to a name, checking it can work."""
     dev = torch.device(device).type
     if dtype == "auto":
-        if dev == "cuda":
-            major, _ = torch.cuda.get_device_capability()
-            return "bfloat16" if major >= 8 else "float16"
-        return "float32"
+        return auto_dtype(dev, torch.cuda.get_device_capability(device) if dev == "cuda" else None)
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     if dev == "cuda" and dtype == "bfloat16" and torch.cuda.get_device_capability()[0] < 8:
@@ -63,15 +67,19 @@ def autocast(device, dtype):
     return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
 
 
+def peak_flops_by_name(name):
+    """Peak FLOP/s for a GPU name such as 'Tesla T4' or 'NVIDIA A100-SXM4-40GB', else None."""
+    for key, flops in PEAK_FLOPS:  # ordered so that 'A10G' is tried before 'A10', 'L40' before 'L4'
+        if key in name:
+            return flops
+    return None
+
+
 def peak_flops(device):
     """Peak FLOP/s of the device, or None when unknown (then report achieved FLOP/s only)."""
     if torch.device(device).type != "cuda":
         return None
-    name = torch.cuda.get_device_name(torch.device(device))
-    for key, flops in PEAK_FLOPS:
-        if key in name:
-            return flops
-    return None
+    return peak_flops_by_name(torch.cuda.get_device_name(torch.device(device)))
 
 
 def device_name(device):

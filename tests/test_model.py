@@ -1,0 +1,188 @@
+"""model.py against transformers' GPT-2 on randomly initialised checkpoints built here."""
+import os
+from dataclasses import asdict
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from conftest import make_hf_dir
+from model import GPT, GPTConfig, KVCache
+
+
+def hf_and_ours(path):
+    hf = GPT2LMHeadModel.from_pretrained(path).eval()
+    ours = GPT.from_pretrained(path).eval()
+    return hf, ours
+
+
+@pytest.mark.parametrize("shape", [
+    dict(n_layer=12, n_head=12, n_embd=768),   # gpt2 (124M)
+    dict(n_layer=24, n_head=16, n_embd=1024),  # gpt2-medium (355M)
+], ids=["gpt2", "gpt2-medium"])
+def test_from_pretrained_logits_match_transformers(tmp_path, shape):
+    path = make_hf_dir(str(tmp_path / "hf"), n_positions=1024, seed=1, **shape)
+    hf, ours = hf_and_ours(path)
+    assert ours.config.n_layer == shape["n_layer"] and ours.config.block_size == 1024
+    x = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = hf(x).logits
+        got, _ = ours(x)
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() < 1e-4
+
+
+def test_greedy_generate_matches_no_cache_and_transformers(tiny_hf_dir):
+    hf, ours = hf_and_ours(tiny_hf_dir)
+    x = torch.randint(0, 50257, (2, 7), generator=torch.Generator().manual_seed(1))
+    cached = ours.generate(x, 40, temperature=0)
+    uncached = ours.generate(x, 40, temperature=0, use_cache=False)
+    want = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=40, do_sample=False,
+                       pad_token_id=50256)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, want)
+
+
+def test_generate_past_block_size_keeps_going(tiny_hf_dir):
+    ours = GPT.from_pretrained(tiny_hf_dir).eval()  # block_size 128
+    x = torch.randint(0, 50257, (1, 120))
+    out = ours.generate(x, 30, temperature=0)
+    assert out.shape == (1, 150)
+
+
+def test_chunked_prefill_with_cache_matches_full_forward(tiny_hf_dir):
+    ours = GPT.from_pretrained(tiny_hf_dir).eval()
+    x = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        full, _ = ours(x)
+        cache = KVCache(ours.config, 2, 64, "cpu", torch.float32)
+        a, _ = ours(x[:, :8], kv_cache=cache)
+        b, _ = ours(x[:, 8:15], kv_cache=cache)  # a chunk of 7 on top of 8 cached positions
+        c, _ = ours(x[:, 15:16], kv_cache=cache)
+    assert torch.allclose(torch.cat([a, b, c], 1), full[:, :16], atol=1e-5)
+
+
+def test_stop_ids_stop_each_row_and_pad(tiny_hf_dir):
+    ours = GPT.from_pretrained(tiny_hf_dir).eval()
+    x = torch.randint(0, 50257, (3, 5), generator=torch.Generator().manual_seed(2))
+    free = ours.generate(x, 12, temperature=0)
+    stop = int(free[0, 5 + 3])  # row 0's 4th new token becomes a stop id
+    out = ours.generate(x, 12, temperature=0, stop_ids=[stop], pad_id=-1)
+    row0 = out[0, 5:].tolist()
+    first = row0.index(stop)
+    assert first <= 3 and all(t == -1 for t in row0[first + 1:])
+    for r in range(3):  # rows that never produce the stop id are unaffected
+        if stop not in free[r, 5:].tolist():
+            assert torch.equal(out[r], free[r])
+
+
+def test_sampling_controls(tiny_hf_dir):
+    ours = GPT.from_pretrained(tiny_hf_dir).eval()
+    x = torch.randint(0, 50257, (2, 6), generator=torch.Generator().manual_seed(3))
+    greedy = ours.generate(x, 10, temperature=0)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(ours.generate(x, 10, temperature=1.0, top_k=1, generator=g), greedy)
+    assert torch.equal(ours.generate(x, 10, temperature=1.0, top_p=1e-6, generator=g), greedy)
+    # same seed, same samples; different seeds, different samples
+    s1 = ours.generate(x, 10, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    s2 = ours.generate(x, 10, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    s3 = ours.generate(x, 10, temperature=1.0, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(s1, s2) and not torch.equal(s1, s3)
+    # top_k=5 only ever picks one of the 5 most likely tokens
+    with torch.no_grad():
+        logits, _ = ours(x)
+    top5 = torch.topk(logits[:, -1], 5).indices
+    for seed in range(10):
+        nxt = ours.generate(x, 1, temperature=2.0, top_k=5, generator=torch.Generator().manual_seed(seed))[:, -1]
+        assert all(nxt[b] in top5[b] for b in range(2))
+
+
+def test_repetition_controls_prevent_repeats():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=1, n_head=2, n_embd=32)).eval()
+    x = torch.tensor([[10, 11, 12]])
+    out = m.generate(x, 30, temperature=0, no_repeat_ngram_size=2)[0].tolist()
+    bigrams = list(zip(out, out[1:]))
+    assert len(bigrams) == len(set(bigrams))
+    out = m.generate(x, 20, temperature=0, repetition_penalty=1e9)[0].tolist()
+    assert len(out) == len(set(out))  # an infinite penalty never repeats a token
+    assert max(m.generate(x, 20, temperature=1.0)[0].tolist()) < 50257  # padded rows never sampled
+
+
+def test_resize_block_size_grows_and_crops(tiny_hf_dir):
+    ours = GPT.from_pretrained(tiny_hf_dir).eval()
+    old = ours.transformer.wpe.weight.detach().clone()  # (128, C)
+    x = torch.randint(0, 50257, (1, 40))
+    with torch.no_grad():
+        before, _ = ours(x)
+    grown = GPT.from_pretrained(tiny_hf_dir, override_args={"block_size": 512}).eval()
+    w = grown.transformer.wpe.weight.detach()
+    assert w.shape == (512, old.size(1)) and grown.config.block_size == 512
+    assert torch.allclose(w[0], old[0]) and torch.allclose(w[-1], old[-1])  # interpolation keeps the ends
+    mid = (old[63] + old[64]) / 2  # position 255.5/511*127 ~ 63.5 lies between old 63 and 64
+    assert torch.allclose((w[255] + w[256]) / 2, mid, atol=1e-2)
+    with torch.no_grad():
+        logits, _ = grown(torch.randint(0, 50257, (1, 400)))
+    assert logits.shape == (1, 400, 50257)
+    ours.crop_block_size(64)
+    with torch.no_grad():
+        after, _ = ours(x)
+    assert ours.transformer.wpe.weight.shape[0] == 64
+    assert torch.allclose(before, after, atol=1e-6)  # cropping keeps the first positions
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        ours(torch.randint(0, 50257, (1, 65)))
+
+
+def test_export_round_trip(tmp_path):
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)  # padded vocab
+    ours = GPT(cfg).eval()
+    path = ours.export_hf(str(tmp_path / "export"))
+    assert os.path.isfile(os.path.join(path, "model.safetensors"))
+    hf = GPT2LMHeadModel.from_pretrained(path).eval()
+    back = GPT.from_pretrained(path).eval()
+    x = torch.randint(0, 50257, (2, 16))
+    with torch.no_grad():
+        want, _ = ours(x)
+        assert (hf(x).logits - want[..., :50257]).abs().max() < 1e-5
+        assert (back(x)[0] - want[..., :50257]).abs().max() < 1e-5
+    assert not any(n.startswith(".export-") for n in os.listdir(tmp_path))  # no temp dir left
+
+
+def test_loss_masking_and_reductions():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=16, vocab_size=100, n_layer=1, n_head=1, n_embd=16))
+    x = torch.randint(0, 100, (2, 8))
+    y = torch.randint(0, 100, (2, 8))
+    y[:, :4] = -1
+    _, mean = m(x, y)
+    _, total = m(x, y, reduction="sum")
+    assert torch.allclose(mean * 8, total)
+    _, none = m(x, torch.full_like(y, -1))
+    assert none.item() == 0.0  # all masked: zero, never NaN
+    none.backward()
+
+
+def test_gradient_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=16, vocab_size=100, n_layer=2, n_head=2, n_embd=16)
+    a = GPT(cfg)
+    b = GPT(GPTConfig(**{**asdict(cfg), "gradient_checkpointing": True}))
+    b.load_state_dict(a.state_dict())
+    x, y = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
+    a(x, y)[1].backward()
+    b(x, y)[1].backward()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6)
+
+
+def test_optimizer_groups_and_flops():
+    m = GPT(GPTConfig(block_size=32, vocab_size=128, n_layer=2, n_head=2, n_embd=16))
+    opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() < 2 for p in no_decay["params"])
+    N = m.get_num_params()
+    assert m.flops_per_token() == 6 * N + 12 * 2 * 2 * 8 * 32
+    mfu, achieved = m.estimate_mfu(fwdbwd_per_iter=4, dt=0.5, device="cpu")
+    assert mfu is None and achieved == pytest.approx(m.flops_per_token() * 32 * 4 / 0.5)
