@@ -43,9 +43,8 @@ def clean_state_dict(sd):
     """Strip the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add to keys."""
     out = {}
     for k, v in sd.items():
-        for prefix in ("_orig_mod.", "module."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
+        while k.startswith(("_orig_mod.", "module.")):
+            k = k.split(".", 1)[1]
         out[k] = v
     return out
 

@@ -1,0 +1,72 @@
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from checkpoint import (BEST, LATEST, clean_state_dict, find_checkpoint, load_checkpoint, load_model,
+                        save_checkpoint)
+from conftest import ROOT
+from model import GPT, GPTConfig
+
+
+def tiny():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=32, vocab_size=128, n_layer=1, n_head=2, n_embd=16))
+
+
+def test_save_load_and_prefixes(tmp_path):
+    m = tiny()
+    sd = {"_orig_mod." + k: v for k, v in m.state_dict().items()}  # as torch.compile names them
+    path = str(tmp_path / LATEST)
+    save_checkpoint(path, {"model": sd, "model_args": asdict(m.config), "iter_num": 3})
+    assert os.listdir(tmp_path) == [LATEST]  # no temporary file left behind
+    ck = load_checkpoint(path)
+    assert ck["iter_num"] == 3
+    model, source = load_model("resume", out_dir=str(tmp_path))
+    assert source == path and not model.training
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert list(clean_state_dict({"module._orig_mod.x": 1})) == ["x"]
+
+
+def test_best_preferred_then_latest(tmp_path):
+    m = tiny()
+    state = {"model": m.state_dict(), "model_args": asdict(m.config)}
+    save_checkpoint(str(tmp_path / LATEST), state)
+    assert find_checkpoint(str(tmp_path), "best").endswith(LATEST)
+    save_checkpoint(str(tmp_path / BEST), state)
+    assert find_checkpoint(str(tmp_path), "best").endswith(BEST)
+    assert find_checkpoint(str(tmp_path), "latest").endswith(LATEST)
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        find_checkpoint(str(tmp_path / "empty"))
+
+
+def test_load_model_from_hf_dir_and_errors(tiny_hf_dir, tmp_path):
+    model, _ = load_model(tiny_hf_dir, block_size=256)
+    assert model.config.block_size == 256
+    with pytest.raises(ValueError, match="init_from='nonsense'"):
+        load_model("nonsense")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="not a loadable NanoPhi checkpoint"):
+        load_model(str(tmp_path / "junk.pt"))
+
+
+def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
+    """A process killed in the middle of torch.save leaves the old checkpoint intact."""
+    path = str(tmp_path / LATEST)
+    save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "model_args": {}, "iter_num": 1})
+    code = (
+        "import os, signal, torch, checkpoint\n"
+        "real = torch.save\n"
+        "def dying_save(obj, f):\n"
+        "    open(f, 'wb').write(b'partial')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "torch.save = dying_save\n"
+        f"checkpoint.save_checkpoint({path!r}, {{'model': {{}}, 'iter_num': 2}})\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60)
+    assert r.returncode == -9
+    assert load_checkpoint(path)["iter_num"] == 1
