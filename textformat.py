@@ -207,3 +207,25 @@ def prompt_for(task, text, system=None, style="nanophi"):
     if task in ("chat", "roleplay"):
         return chat([("user", text)], system=system, task=task, style=style)
     return [(f"{TAGS[task]} {text.strip()}", False)]
+
+
+def trim_chat(turns, budget, system=None, task="chat", style="nanophi", user_name=None, bot_name=None):
+    """
+    Drop the oldest turns until the chat prompt encodes to at most `budget` tokens (callers pass
+    block_size - max_new_tokens). The system line and the last turn (the current message) are
+    always kept, and the kept history starts on a user turn. Returns (kept_turns, n_dropped);
+    raises ValueError, with the token counts, when the current turn alone does not fit.
+    """
+    turns = list(turns)
+    kept = turns
+    while True:
+        n = len(encode_prompt(chat(kept, system, task, style, user_name, bot_name)))
+        if n <= budget:
+            return kept, len(turns) - len(kept)
+        if len(kept) <= 1:
+            raise ValueError(f"the current message needs {n} tokens with the chat header, more than the "
+                             f"{budget} tokens left for the prompt; shorten it (or the system line), or "
+                             f"lower max_new_tokens")
+        kept = kept[1:]
+        while len(kept) > 1 and _roles(kept[:1])[0][0] == "assistant":  # history starts with a user turn
+            kept = kept[1:]

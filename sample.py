@@ -1,0 +1,394 @@
+"""
+Sample from a NanoPhi model (or any GPT-2): prompts in the exact training format, completions
+that stop, streaming, and an interactive chat with history.
+
+    python sample.py --tag=Math --start="What is 12*7?" --temperature=0
+    python sample.py --init_from=gpt2 --start=FILE:prompt.txt --num_samples=3 --stop="'\\n\\n'"
+    python sample.py --chat --system="You are a patient tutor." --stream=True
+
+Settings are plain globals below; override them with config files or --key=value (configurator.py).
+stdout carries only the generated text (and the prompt with --echo); everything else goes to stderr,
+so `python sample.py ... > out.txt` and piped chats are scriptable.
+"""
+import codecs
+import contextlib
+import json
+import os
+import sys
+
+import torch
+
+import textformat as tf
+from tokenizer import EOT_ID, get_tokenizer
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' (out_dir), a .pt file, gpt2 .. gpt2-xl, a transformers dir, a LoRA adapter dir
+out_dir = 'out'  # used by init_from='resume'
+which = 'best'  # resume from out_dir's 'best' (lowest val loss) or 'latest' checkpoint
+start = "\n"  # prompt text, or FILE:path to read it from a file
+tag = ''  # task tag: Textbook, Code, Math, Logic, Roleplay, Excerpt, Chat ('' = raw text)
+num_samples = 1  # completions to draw
+max_new_tokens = 256  # new tokens per completion (per reply in chat)
+temperature = 0.8  # 0 = greedy; < 1 sharper, > 1 more random
+top_k = 200  # keep the k most likely tokens (0 = off)
+top_p = 1.0  # nucleus sampling: keep the smallest set with this much probability (1.0 = off)
+repetition_penalty = 1.0  # > 1 discourages tokens already in the context (CTRL); 1.0 = off
+no_repeat_ngram_size = 0  # n > 0 forbids repeating any n-gram of the context
+stop = None  # a string or a list of strings that end a completion ('\n' and '\t' escapes understood)
+echo = False  # print the prompt before the completion
+stream = False  # print text as it is generated
+chat = False  # interactive chat on stdin (type /help)
+chat_style = 'nanophi'  # speaker markers: nanophi ([Human]:/[Bot]:), plain (User:/Assistant:), metharme
+system = ''  # system or persona line for chat and the chat/roleplay tags
+user_name = ''  # roleplay: the user's name instead of the style's marker
+bot_name = ''  # roleplay: the bot's name ('Aqua' -> 'Aqua:')
+seed = 1337
+device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps', or auto
+dtype = 'auto'  # 'float32', 'bfloat16', 'float16', or auto (device.pick_dtype)
+compile = False  # torch.compile the forward pass (GPU; slow to warm up)
+# -----------------------------------------------------------------------------
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def read_start(start):
+    """--start value -> prompt text; 'FILE:path' reads the file."""
+    if start.startswith("FILE:"):
+        path = start[len("FILE:"):]
+        if not path:
+            raise ValueError("--start=FILE: needs a path after 'FILE:'")
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise ValueError(f"--start=FILE:{path}: cannot read the prompt file ({e.strerror})") from None
+    return start
+
+
+def parse_stops(stop):
+    """--stop value (None, a string or a list of strings) -> list of strings, escapes decoded."""
+    if stop is None or stop == "":
+        return []
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
+        raise ValueError(f"--stop must be a non-empty string or a list of them, got {stop!r}")
+    unescape = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
+    out = []
+    for s in items:
+        res, i = "", 0
+        while i < len(s):
+            if s[i:i + 2] in unescape:
+                res, i = res + unescape[s[i:i + 2]], i + 2
+            else:
+                res, i = res + s[i], i + 1
+        out.append(res)
+    return out
+
+
+def render_prompt(tag, text, system=None, style="nanophi", user_name=None, bot_name=None):
+    """Segments of the prompt: raw text without a tag, else exactly what training put before the answer."""
+    if not tag:
+        return [(text, False)]
+    task = tf.task_of(tag)
+    if task in ("chat", "roleplay") and (user_name or bot_name):
+        return tf.chat([("user", text)], system=system, task=task, style=style, user_name=user_name,
+                       bot_name=bot_name)
+    return tf.prompt_for(task, text, system=system, style=style)
+
+
+class TextStream:
+    """
+    Token ids in, printable text out. Never half a UTF-8 character (a GPT-2 token can end in the
+    middle of one: bytes are decoded incrementally and incomplete sequences wait), and never text
+    at or past a stop string (a tail one shorter than the longest stop string is held back until
+    it cannot be the start of one). Non-streamed output goes through the same path, so both agree.
+    """
+
+    def __init__(self, stops=()):
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""  # decoded, not yet released
+        self.text = ""  # released so far
+        self.stopped = False  # a stop string was found
+
+    def push(self, ids, final=False):
+        if self.stopped:
+            return ""
+        self.pending += self.utf8.decode(get_tokenizer().decode_bytes(ids), final=final)
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i != -1]
+        if hits:
+            self.stopped = True
+            piece, self.pending = self.pending[:min(hits)], ""
+        else:
+            n = len(self.pending) if final else max(len(self.pending) - self.hold, 0)
+            piece, self.pending = self.pending[:n], self.pending[n:]
+        self.text += piece
+        return piece
+
+    def finish(self):
+        return self.push([], final=True)
+
+
+def complete(model, ids, max_new_tokens, stops=(), on_text=None, generator=None, use_cache=True, **sampling):
+    """
+    One completion of the prompt ids: (text, reason). The text ends before <|endoftext|> or the
+    first stop string; reason is 'eot', 'stop' or 'length'. on_text(piece) gets the text as it comes.
+    """
+    x = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
+    ts = TextStream(stops)
+    reason = "length"
+    for nxt, done in model.generate_stream(x, max_new_tokens, stop_ids=[EOT_ID], use_cache=use_cache,
+                                           generator=generator, **sampling):
+        if done[0]:
+            reason = "eot"
+            break
+        piece = ts.push([nxt.item()])
+        if piece and on_text:
+            on_text(piece)
+        if ts.stopped:
+            reason = "stop"
+            break
+    piece = ts.finish()
+    if piece and on_text:
+        on_text(piece)
+    return ts.text, reason
+
+
+def sampling_args(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size):
+    """Checked sampling settings for model.generate_stream."""
+    if temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"--top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"--top_p must be in (0, 1], got {top_p}")
+    if repetition_penalty <= 0:
+        raise ValueError(f"--repetition_penalty must be > 0 (1.0 = off), got {repetition_penalty}")
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"--no_repeat_ngram_size must be >= 0 (0 = off), got {no_repeat_ngram_size}")
+    return dict(temperature=temperature, top_k=top_k or None, top_p=top_p if top_p < 1 else None,
+                repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# chat
+
+CHAT_HELP = """commands:
+  /reset        forget the conversation
+  /undo         take back your last message and the reply
+  /save FILE    write the conversation as JSON
+  /load FILE    continue a conversation saved with /save
+  /system TEXT  set the system/persona line (/system alone clears it)
+  /help         this text
+  /quit         end (as does end of input)"""
+
+
+class Chat:
+    """A conversation rendered in the training chat format, trimmed to fit the context."""
+
+    def __init__(self, model, max_new_tokens, task="chat", style="nanophi", system=None, user_name=None,
+                 bot_name=None, stops=(), generator=None, sampling=None):
+        self.model, self.max_new_tokens = model, max_new_tokens
+        self.task, self.style, self.system = tf.task_of(task), style, system or None
+        self.user_name, self.bot_name = user_name or None, bot_name or None
+        self.stops = tf.stop_strings(style, self.user_name, self.bot_name) + list(stops)
+        self.generator, self.sampling = generator, dict(sampling or {})
+        self.turns = []  # [(role, text)], the whole conversation (the prompt may use only its end)
+        tf.markers(style)  # unknown style: error now, not at the first message
+
+    def prompt_ids(self, message):
+        """Token ids for history + message, oldest turns dropped to leave max_new_tokens of room."""
+        budget = self.model.config.block_size - self.max_new_tokens
+        if budget <= 0:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} leaves no room for a prompt in "
+                             f"block_size {self.model.config.block_size}")
+        kept, dropped = tf.trim_chat(self.turns + [("user", message)], budget, self.system, self.task,
+                                     self.style, self.user_name, self.bot_name)
+        segs = tf.chat(kept, self.system, self.task, self.style, self.user_name, self.bot_name)
+        return tf.encode_prompt(segs), dropped
+
+    def reply(self, message, on_text=None):
+        """Answer a user message; the exchange joins the history. Returns (reply, dropped turns)."""
+        ids, dropped = self.prompt_ids(message)
+        text, _ = complete(self.model, ids, self.max_new_tokens, self.stops, on_text, self.generator,
+                           **self.sampling)
+        reply = tf.cut_reply(text, self.style, self.user_name, self.bot_name)
+        self.turns += [("user", message.strip()), ("assistant", reply)]
+        return reply, dropped
+
+    def undo(self):
+        n = 2 if len(self.turns) >= 2 else len(self.turns)
+        del self.turns[len(self.turns) - n:]
+        return n
+
+    def to_json(self):
+        return {"task": self.task, "style": self.style, "system": self.system, "user_name": self.user_name,
+                "bot_name": self.bot_name, "turns": [{"role": r, "content": t} for r, t in self.turns]}
+
+    def load(self, obj, where):
+        if not isinstance(obj, dict) or not isinstance(obj.get("turns"), list):
+            raise ValueError(f"{where}: expected a JSON object with a 'turns' list (as /save writes)")
+        try:
+            turns = tf._roles(obj["turns"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        self.turns = turns
+        if obj.get("system") is not None:
+            self.system = obj["system"]
+
+
+def chat_loop(conv, inp, out, stream=False):
+    """Read messages and commands from inp (a terminal or a pipe) until /quit or end of input."""
+    interactive = inp.isatty()
+    if interactive:
+        log("chat: type a message, /help for commands")
+    while True:
+        if interactive:
+            out.write("> ")
+            out.flush()
+        line = inp.readline()
+        if not line:  # end of input
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            arg = arg.strip()
+            if cmd in ("/quit", "/exit"):
+                break
+            elif cmd == "/help":
+                log(CHAT_HELP)
+            elif cmd == "/reset":
+                conv.turns = []
+                log("(conversation reset)")
+            elif cmd == "/undo":
+                log(f"(removed {conv.undo()} turns)" if conv.turns else "(nothing to undo)")
+            elif cmd == "/system":
+                conv.system = arg or None
+                log(f"(system line {'set' if arg else 'cleared'})")
+            elif cmd in ("/save", "/load") and not arg:
+                log(f"error: {cmd} needs a file name, e.g. {cmd} chat.json")
+            elif cmd == "/save":
+                try:
+                    tmp = f"{arg}.tmp-{os.getpid()}"  # temp name then rename: never a half-written file
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        json.dump(conv.to_json(), f, indent=2, ensure_ascii=False)
+                        f.write("\n")
+                    os.replace(tmp, arg)
+                    log(f"(saved {len(conv.turns)} turns to {arg})")
+                except OSError as e:
+                    log(f"error: /save {arg}: {e.strerror}")
+            elif cmd == "/load":
+                try:
+                    with open(arg, encoding="utf-8") as f:
+                        conv.load(json.load(f), arg)
+                    log(f"(loaded {len(conv.turns)} turns from {arg})")
+                except OSError as e:
+                    log(f"error: /load {arg}: {e.strerror}")
+                except (ValueError, json.JSONDecodeError) as e:
+                    log(f"error: /load {arg}: {e}")
+            else:
+                log(f"error: unknown command {cmd!r}\n{CHAT_HELP}")
+            continue
+        try:
+            if stream:
+                first = [True]
+
+                def show(piece):
+                    if first[0]:  # the reply's leading space is not part of what the bot says
+                        piece = piece.lstrip()
+                        first[0] = not piece
+                    out.write(piece)
+                    out.flush()
+                reply, dropped = conv.reply(line, show)
+                out.write("\n")
+            else:
+                reply, dropped = conv.reply(line)
+                out.write(reply + "\n")
+            out.flush()
+        except ValueError as e:  # the message alone does not fit the context: say so, keep going
+            log(f"error: {e}")
+            continue
+        if dropped:
+            log(f"(context full: the {dropped} oldest turns were left out of the prompt)")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main():
+    from configurator import configure
+    from checkpoint import load_model
+    from device import autocast, pick_device, pick_dtype
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for generated text only
+        configure(globals())
+    if which not in ("best", "latest"):
+        raise ValueError(f"--which must be 'best' or 'latest', got {which!r}")
+    sampling = sampling_args(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
+    stops = parse_stops(stop)
+    if max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_samples < 1:
+        raise ValueError(f"--num_samples must be >= 1, got {num_samples}")
+    if tag:
+        tf.task_of(tag)  # unknown tag: fail before loading the model
+    tf.markers(chat_style)
+    text = None if chat else read_start(start)
+
+    dev = pick_device(device)
+    ptdtype = pick_dtype(dtype, dev)
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    try:
+        model, source = load_model(init_from, out_dir, dev, which)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    log(f"loaded {source}: {model.get_num_params() / 1e6:.2f}M parameters, block_size {model.config.block_size}, "
+        f"{dev} {ptdtype}")
+    if compile:
+        model.forward = torch.compile(model.forward, dynamic=True)
+    ctx = autocast(dev, ptdtype)
+
+    if chat:
+        conv = Chat(model, max_new_tokens, task=tag or "chat", style=chat_style, system=system,
+                    user_name=user_name, bot_name=bot_name, stops=stops, generator=generator, sampling=sampling)
+        with ctx:
+            chat_loop(conv, sys.stdin, sys.stdout, stream)
+        return
+
+    segs = render_prompt(tag, text, system or None, chat_style, user_name or None, bot_name or None)
+    ids = tf.encode_prompt(segs) or [EOT_ID]  # an empty prompt starts from <|endoftext|>, as GPT-2 did
+    if tag and tf.task_of(tag) in ("chat", "roleplay"):  # one reply, not the whole conversation
+        stops = stops + tf.stop_strings(chat_style, user_name or None, bot_name or None)
+    block = model.config.block_size
+    if len(ids) > block:
+        log(f"warning: the prompt has {len(ids)} tokens, more than block_size {block}; only its end is used")
+    elif len(ids) + max_new_tokens > block:
+        log(f"warning: prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) > block_size {block}: "
+            f"past it the model keeps only the last {block // 2} tokens of context")
+    write = sys.stdout.write
+    for k in range(num_samples):
+        if echo:
+            write(tf.render_text(segs))
+        on_text = (lambda piece: (write(piece), sys.stdout.flush())) if stream else None
+        with ctx:
+            completion, _ = complete(model, ids, max_new_tokens, stops, on_text, generator, **sampling)
+        if not stream:
+            write(completion)
+        write("\n")
+        if num_samples > 1:
+            write("---------------\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:  # bad settings or input (configurator's errors are ValueErrors too)
+        print(f"sample.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
