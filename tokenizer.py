@@ -80,6 +80,70 @@ def setup(dest=RANKS_FILE):
     return dest
 
 
+def _bytes_to_unicode():
+    """GPT-2's reversible byte -> printable unicode map used by vocab.json/merges.txt."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _split_in_two(ranks, token):
+    """Replay BPE on a token using only merges ranked below it: the last merge made it."""
+    parts = [bytes([b]) for b in token]
+    limit = ranks[token]
+    while True:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < limit and (best is None or r < best[0]):
+                best = (r, i)
+        if best is None:
+            return parts
+        i = best[1]
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+
+
+def save_hf_tokenizer(path):
+    """Write vocab.json and merges.txt (transformers' GPT2Tokenizer files) derived from the ranks, so
+    an exported model directory is complete for transformers, vLLM and llama.cpp's converter."""
+    import json
+    enc = get_tokenizer()
+    ranks = {enc.decode_single_token_bytes(i): i for i in range(EOT_ID)}
+    byte_map = _bytes_to_unicode()
+    to_text = lambda b: "".join(byte_map[x] for x in b)
+    vocab = {to_text(tok): rank for tok, rank in ranks.items()}
+    vocab[EOT_TEXT] = EOT_ID
+    merges = []
+    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(tok) < 2:
+            continue
+        parts = _split_in_two(ranks, tok)
+        if len(parts) != 2:
+            raise ValueError(f"token {tok!r} (rank {rank}) is not one merge of two tokens")
+        merges.append(f"{to_text(parts[0])} {to_text(parts[1])}")
+    os.makedirs(path, exist_ok=True)
+    files = {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+        "tokenizer_config.json": json.dumps({"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024,
+                                             "bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT,
+                                             "add_prefix_space": False}),
+        "special_tokens_map.json": json.dumps({"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}),
+    }
+    for name, text in files.items():
+        tmp = os.path.join(path, name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(path, name))
+    return path
+
+
 if __name__ == "__main__":
     if "--setup" in sys.argv:
         setup()
