@@ -75,9 +75,11 @@ def code_exercise(prompt, body):
     return [(f"{TAGS['code']} {prompt}", False), (body.rstrip(), True)]
 
 
-def qa(task, question, answer=None):
-    """'[Math] question\\nAnswer:' then ' answer'. answer=None gives the prompt only."""
-    segs = [(f"{TAGS[task_of(task)]} {question.strip()}\n{ANSWER}", False)]
+def qa(task, question, answer=None, tag=None):
+    """'[Math] question\\nAnswer:' then ' answer'. answer=None gives the prompt only.
+    tag overrides the task's tag (eval.py's tag comparison: tag='[asy]'; tag='' means no tag)."""
+    head = TAGS[task_of(task)] if tag is None else tag.strip()
+    segs = [(f"{head} {question.strip()}\n{ANSWER}" if head else f"{question.strip()}\n{ANSWER}", False)]
     if answer is not None:
         segs.append((" " + str(answer).strip(), True))
     return segs
