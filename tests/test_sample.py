@@ -1,0 +1,259 @@
+"""sample.py: CLI parity with transformers, stops, streaming, repetition controls, chat."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import textformat as tf
+from conftest import ROOT
+from tokenizer import EOT_ID, decode, encode, get_tokenizer
+
+import sample
+
+ENV = dict(os.environ, PYTHONIOENCODING="utf-8")
+
+
+def run(args, stdin=None):
+    """Run sample.py; returns the CompletedProcess (stdout is generated text only)."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "sample.py")] + args, input=stdin,
+                          capture_output=True, text=True, encoding="utf-8", env=ENV, cwd=ROOT, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_out_dir):
+    from checkpoint import load_model
+    model, _ = load_model("resume", tiny_out_dir)
+    return model
+
+
+def hf_greedy(hf_dir, prompt, n):
+    from transformers import GPT2LMHeadModel
+    hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    x = torch.tensor([encode(prompt)])
+    with torch.no_grad():
+        y = hf.generate(x, max_new_tokens=n, do_sample=False, pad_token_id=EOT_ID)
+    new = y[0, x.size(1):].tolist()
+    if EOT_ID in new:
+        new = new[:new.index(EOT_ID)]
+    return new
+
+
+# ------------------------------------------------------------------ CLI
+
+def test_greedy_parity_with_transformers_and_stream_equal(tiny_hf_dir):
+    prompt = "The quick brown fox"
+    want = decode(hf_greedy(tiny_hf_dir, prompt, 40))
+    assert len(want) > 40  # a real completion, not an immediate end-of-text
+    args = [f"--init_from={tiny_hf_dir}", "--temperature=0", f"--start={prompt}", "--max_new_tokens=40"]
+    plain = run(args)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == want + "\n"
+    streamed = run(args + ["--stream=True"])
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == plain.stdout
+
+
+def test_tag_echo_renders_training_prompt(tiny_out_dir):
+    r = run([f"--out_dir={tiny_out_dir}", "--tag=math", "--start=What is 12*7?", "--echo=True",
+             "--temperature=0", "--max_new_tokens=5"])
+    assert r.returncode == 0, r.stderr
+    head = tf.render_text(tf.qa("math", "What is 12*7?"))
+    assert head == "[Math] What is 12*7?\nAnswer:"
+    assert r.stdout.startswith(head) and len(r.stdout) > len(head) + 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--tag=Maths"], "unknown tag 'Maths'"),
+    (["--start=FILE:/no/such/prompt.txt"], "/no/such/prompt.txt"),
+    (["--start=FILE:"], "needs a path"),
+    (["--temperature=-1"], "--temperature"),
+    (["--chat_style=irc"], "unknown chat style 'irc'"),
+    (["--top_q=0.9"], "did you mean top_p"),
+])
+def test_bad_input_errors(tiny_out_dir, args, needle):
+    r = run([f"--out_dir={tiny_out_dir}"] + args)
+    assert r.returncode == 2
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
+
+
+def test_piped_chat_session(tiny_out_dir, tmp_path):
+    save1, save2 = tmp_path / "one.json", tmp_path / "two.json"
+    script = "\n".join(["hello there", "how are you?", "/undo", f"/save {save1}", "/reset", "/nonsense",
+                        "who are you?", f"/save {save2}", ""])
+    r = run([f"--out_dir={tiny_out_dir}", "--chat=True", "--max_new_tokens=12", "--temperature=0",
+             "--system=You are terse."], stdin=script)
+    assert r.returncode == 0, r.stderr
+    replies = r.stdout.splitlines()
+    assert len(replies) == 3  # one line per message; commands print to stderr
+    one = json.loads(save1.read_text())
+    assert one["system"] == "You are terse."
+    assert [t["role"] for t in one["turns"]] == ["user", "assistant"]  # /undo took back the 2nd exchange
+    assert one["turns"][0]["content"] == "hello there" and one["turns"][1]["content"] == replies[0]
+    two = json.loads(save2.read_text())  # /reset forgot everything before
+    assert [t["content"] for t in two["turns"]] == ["who are you?", replies[2]]
+    assert "unknown command '/nonsense'" in r.stderr
+
+
+# ------------------------------------------------------------------ prompts and stops
+
+@pytest.mark.parametrize("tag", ["Textbook", "code", "[Math]", "LOGIC", "Roleplay", "excerpt", "Chat"])
+def test_tags_render_exactly_as_textformat(tag):
+    segs = sample.render_prompt(tag, "Some text.", system="Be kind.")
+    assert segs == tf.prompt_for(tf.task_of(tag), "Some text.", system="Be kind.")
+    assert tf.encode_prompt(segs)[:3] == encode(tf.TAGS[tf.task_of(tag)])[:3]
+
+
+def test_roleplay_names_render_through_chat():
+    segs = sample.render_prompt("roleplay", "Hi!", user_name="Kazuma", bot_name="Aqua")
+    assert tf.render_text(segs) == "[Roleplay]\nKazuma: Hi!\nAqua:"
+
+
+def test_parse_stops():
+    assert sample.parse_stops(None) == []
+    assert sample.parse_stops("\\n\\n") == ["\n\n"]
+    assert sample.parse_stops(["END", "a\\tb"]) == ["END", "a\tb"]
+    with pytest.raises(ValueError, match="--stop"):
+        sample.parse_stops(["ok", 3])
+
+
+def test_stop_strings_cut_completion(tiny_model):
+    ids = encode("Once upon a time")
+    full, reason = sample.complete(tiny_model, ids, 30, temperature=0)
+    assert reason == "length" and len(full) > 20
+    stop = full[10:14]
+    first = full.find(stop)
+    text, reason = sample.complete(tiny_model, ids, 30, stops=[stop, "never-appears"], temperature=0)
+    assert reason == "stop"
+    assert text == full[:first]
+
+
+def test_stops_at_eot(tiny_model):
+    # make <|endoftext|> score 10x the token greedy decoding picks third: generation must stop there
+    ids = encode("Hi")
+    base = tiny_model.generate(torch.tensor([ids]), 6, temperature=0)[0, len(ids):].tolist()
+    with torch.no_grad():
+        old = tiny_model.lm_head.weight[EOT_ID].clone()
+        tiny_model.lm_head.weight[EOT_ID] = 10 * tiny_model.lm_head.weight[base[2]]
+    try:
+        text, reason = sample.complete(tiny_model, ids, 30, temperature=0)
+    finally:
+        with torch.no_grad():
+            tiny_model.lm_head.weight[EOT_ID] = old
+    assert reason == "eot"
+    assert text in [decode(base[:j]) for j in range(3)]
+
+
+# ------------------------------------------------------------------ streaming
+
+def test_stream_never_splits_utf8():
+    text = "héllo wörld 🙂 日本語のテキスト 🤖✨ end"
+    ids = encode(text)
+    naive = [decode([i]) for i in ids]
+    assert any("\ufffd" in p for p in naive)  # single tokens do cut characters: the test can fail
+    ts = sample.TextStream()
+    pieces = [ts.push([i]) for i in ids] + [ts.finish()]
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == text
+
+
+def test_stream_holds_back_stop_prefix():
+    stop = "\n[Human]:"
+    text = "Sure, 🙂 here it is.\n[Human]: next question"
+    ts = sample.TextStream([stop])
+    pieces = []
+    for i in encode(text):
+        pieces.append(ts.push([i]))
+        assert "\n[" not in "".join(pieces)  # nothing of the stop string is ever released
+        if ts.stopped:
+            break
+    pieces.append(ts.finish())
+    assert ts.stopped and "".join(pieces) == "Sure, 🙂 here it is."
+
+
+def test_stream_invalid_bytes_replaced_once():
+    enc = get_tokenizer()
+    bad = [i for i in range(256) if enc.decode_bytes([i]) == b"\xff"]
+    ts = sample.TextStream()
+    out = ts.push(encode("a") + bad) + ts.push(encode("b")) + ts.finish()
+    assert out == "a\ufffdb"
+
+
+# ------------------------------------------------------------------ repetition controls
+
+def test_repetition_controls_prevent_repeats(tiny_model):
+    ids = encode("Hello world")
+    x = torch.tensor([ids])
+    base = tiny_model.generate(x, 30, temperature=0)[0, len(ids):].tolist()
+    assert len(set(base)) < len(base)  # the random model loops when left alone
+
+    y = tiny_model.generate(x, 30, temperature=0, no_repeat_ngram_size=2)[0].tolist()
+    bigrams = list(zip(y, y[1:]))
+    assert len(bigrams) == len(set(bigrams))
+
+    y = tiny_model.generate(x, 30, temperature=0, repetition_penalty=1e6)[0].tolist()
+    assert len(set(y)) == len(y)  # no token of the context comes back
+
+    # the same controls through sample.complete
+    text, _ = sample.complete(tiny_model, ids, 30, temperature=0, no_repeat_ngram_size=2)
+    assert text == decode(tiny_model.generate(x, 30, temperature=0, no_repeat_ngram_size=2)[0, len(ids):].tolist())
+
+
+def test_sampling_args_validated():
+    args = sample.sampling_args(0.0, 0, 1.0, 1.0, 0)
+    assert args["top_k"] is None and args["top_p"] is None
+    for bad in [(-0.1, 0, 1.0, 1.0, 0), (1.0, -1, 1.0, 1.0, 0), (1.0, 0, 0.0, 1.0, 0), (1.0, 0, 1.0, 0.0, 0),
+                (1.0, 0, 1.0, 1.0, -2)]:
+        with pytest.raises(ValueError):
+            sample.sampling_args(*bad)
+
+
+# ------------------------------------------------------------------ chat history
+
+def test_trim_chat_drops_oldest_keeps_current():
+    turns = [("user", "first question " * 5), ("assistant", "first answer " * 5),
+             ("user", "second"), ("assistant", "second answer"), ("user", "current message")]
+    full = len(tf.encode_prompt(tf.chat(turns, system="S")))
+    kept, dropped = tf.trim_chat(turns, full, system="S")
+    assert dropped == 0 and kept == turns
+    kept, dropped = tf.trim_chat(turns, full - 1, system="S")
+    assert dropped == 2 and kept == turns[2:]  # a whole exchange goes; history starts on a user turn
+    assert len(tf.encode_prompt(tf.chat(kept, system="S"))) <= full - 1
+    alone = len(tf.encode_prompt(tf.chat(turns[-1:], system="S")))
+    kept, dropped = tf.trim_chat(turns, alone, system="S")
+    assert kept == turns[-1:] and dropped == 4
+    with pytest.raises(ValueError, match=f"needs {alone} tokens"):
+        tf.trim_chat(turns, alone - 1, system="S")
+
+
+def test_chat_context_trimming(tiny_model):
+    block = tiny_model.config.block_size  # 128
+    conv = sample.Chat(tiny_model, max_new_tokens=40, system="Be brief.", sampling=dict(temperature=0))
+    for i in range(12):
+        ids, dropped = conv.prompt_ids(f"message number {i} with some words")
+        assert len(ids) + 40 <= block
+        rendered = decode(ids)
+        assert rendered.startswith("[Chat]\n[System]: Be brief.")  # the system line always stays
+        assert rendered.endswith(f"[Human]: message number {i} with some words\n[Bot]:")  # current turn whole
+        reply, dropped2 = conv.reply(f"message number {i} with some words")
+        assert dropped2 == dropped
+        assert "[Human]:" not in reply and "[Bot]:" not in reply
+    assert dropped > 0  # the history outgrew the context and was trimmed
+    assert len(conv.turns) == 24  # ... but is kept whole for /save
+    with pytest.raises(ValueError, match="current message needs"):
+        conv.prompt_ids("word " * 200)
+    assert len(conv.turns) == 24
+
+
+def test_chat_reply_cut_at_speaker_marker(tiny_model):
+    conv = sample.Chat(tiny_model, max_new_tokens=30, sampling=dict(temperature=0))
+    ids, _ = conv.prompt_ids("hello")
+    full, _ = sample.complete(tiny_model, ids, 30, temperature=0)
+    # pretend the model starts a new speaker turn: a stop string found in its greedy output
+    marker = full[8:12]
+    conv.stops.append(marker)
+    reply, _ = conv.reply("hello")
+    assert reply == full[:full.find(marker)].strip()
