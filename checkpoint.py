@@ -73,19 +73,24 @@ def is_hf_dir(path):
 def load_model(init_from="resume", out_dir="out", device="cpu", which="best", block_size=None):
     """
     A ready model (eval mode) for sampling, serving and evaluation, and a short description.
-    init_from: 'resume' (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, or a local
-    transformers GPT-2 directory.
+    init_from: 'resume' (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, a local
+    transformers GPT-2 directory, or a LoRA adapter directory (lora.py; merged into its base).
     """
+    import lora  # LoRA runs: adapter directories and adapter checkpoints load merged into the base
     if init_from == "resume" or (isinstance(init_from, str) and init_from.endswith(".pt")):
         path = find_checkpoint(out_dir, which) if init_from == "resume" else init_from
-        model = model_from_checkpoint(load_checkpoint(path))
+        ckpt = load_checkpoint(path)
+        model = lora.merged_from_checkpoint(ckpt) if "lora" in ckpt else model_from_checkpoint(ckpt)
         source = path
+    elif lora.is_adapter_dir(init_from):
+        model = lora.load_merged(init_from)
+        source = init_from
     elif init_from in GPT2_NAMES or is_hf_dir(init_from):
         model = GPT.from_pretrained(init_from)
         source = init_from
     else:
         raise ValueError(f"init_from={init_from!r}: expected 'resume', a .pt checkpoint, one of {GPT2_NAMES}, "
-                         "or a directory with a transformers GPT-2 checkpoint (config.json)")
+                         "a directory with a transformers GPT-2 checkpoint (config.json), or a LoRA adapter directory")
     if block_size is not None:
         model.resize_block_size(block_size)
     model.eval().to(device)
