@@ -127,7 +127,7 @@ def test_symposium_handwritten():
 
 
 @pytest.mark.parametrize("turns, why", [
-    ([{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Hello"}], "start with user"),
+    ([{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Hello"}], "starting with user"),
     ([{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hello"}], "alternate"),
     ([{"role": "user", "content": "Hi"}], ">= 2"),
     ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello\n[Human]: and me"}], "speaker marker"),
