@@ -1,0 +1,59 @@
+"""
+[Logic] data: reasoning questions with short verified answers (loss on the answer).
+
+    python data/logic/prepare.py                         # offline: syllogisms, transitive chains, true/false, checked by a solver
+    python data/logic/prepare.py --source=hub            # garage-bAInd/Open-Platypus
+    python data/logic/prepare.py --source=qa.jsonl       # local {"instruction","input","output"} or {"question","answer"}
+
+Also writes data/logic/eval.jsonl (held-out, another seed; answers 'yes'/'no'/'true'/'false').
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+import dataprep  # noqa: E402
+import offline_sources  # noqa: E402
+import textformat  # noqa: E402
+from dataprep import Schema, Source, need  # noqa: E402
+
+num_generated = 20000
+eval_seed = 434343
+n_eval = 200
+
+
+def platypus(r):
+    question = need(r, "instruction")
+    extra = need(r, "input", allow_empty=True) if "input" in r and r["input"] is not None else ""
+    if extra.strip():
+        question = f"{question}\n\n{extra}"
+    return [textformat.qa("logic", question, need(r, "output"))]
+
+
+SCHEMAS = [
+    Schema("garage-bAInd/Open-Platypus", ["instruction", "output"], platypus, hub=("garage-bAInd/Open-Platypus", None)),
+    Schema("qa", ["question", "answer"], lambda r: [textformat.qa("logic", need(r, "question"), need(r, "answer"))]),
+    Schema("text", ["text"], lambda r: [textformat.plain("logic", need(r, "text"))]),
+]
+
+
+def offline(cfg):
+    return [Source("logic-generator", lambda: offline_sources.logic_items(cfg.num_generated, cfg.seed),
+                   Schema("generated", [], lambda r: [textformat.qa("logic", r["question"], r["answer"])]))]
+
+
+def eval_items(cfg):
+    if cfg.eval_seed == cfg.seed:
+        raise dataprep.DataError("eval_seed must differ from seed (held-out items come from another seed)")
+    return dataprep.unique_items(offline_sources.logic_items(10 ** 9, cfg.eval_seed), cfg.n_eval)
+
+
+def main(argv=None):
+    return dataprep.run("logic", SCHEMAS, offline, argv, eval_items=eval_items,
+                        meta_extra={"loss": "answer only",
+                                    "eval": {"answer_format": offline_sources.LOGIC_ANSWER_FORMAT,
+                                             "prompt": "textformat.qa('logic', question) -> '[Logic] <question>\\nAnswer:'"}},
+                        near_dedup=False, num_generated=num_generated, eval_seed=eval_seed, n_eval=n_eval)
+
+
+if __name__ == "__main__":
+    dataprep.cli(main)

