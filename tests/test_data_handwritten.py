@@ -144,3 +144,17 @@ def test_checks_reject_roleplay_name_marker():
     turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello.\nTraveler: who?"}]
     with pytest.raises(AssertionError, match="speaker marker"):
         check_turns("fixture", turns, extra_markers=["Traveler:"])
+
+
+def test_no_humaneval_overlap():
+    """Hand-written code answers must survive decontamination (no 13-gram shared with HumanEval)."""
+    import dataprep
+    dc = dataprep.Decontaminator(humaneval=True)
+    for path in (CHAT, ROLEPLAY):
+        texts = [(n, r["id"], textformat.render_text(textformat.chat(r["turns"], system=r.get("system") or r.get("persona"))))
+                 for n, r in load(path)]
+        # one check over the whole file is fast; only on a hit look for the conversation to name
+        if dc.hit(dataprep.normalise("\n".join(t for _, _, t in texts))) is None:
+            continue
+        for n, i, text in texts:
+            assert dc.hit(dataprep.normalise(text)) is None, f"{path}:{n} ({i}): shares a 13-gram with HumanEval"
