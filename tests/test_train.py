@@ -1,0 +1,352 @@
+"""
+train.py: batches and masks, exact gradient accumulation, resume, signals, DDP (gloo, 2 processes),
+LoRA, init_from, bad configs, logs. Tiny models on tiny prepared tasks built here with
+datafiles.SplitWriter and textformat (the real data layout), real subprocesses for CLI/signal/DDP.
+"""
+import json
+import os
+import random
+import runpy
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import textformat as tf
+from checkpoint import load_checkpoint, load_model
+from datafiles import SplitWriter, TaskSplit
+from tokenizer import EOT_ID
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "train.py")
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=2",
+        "--warmup_iters=1", "--learning_rate=3e-3", "--min_lr=3e-4", "--plot=False", "--compile=False"]
+TASKS = "--tasks={'math': 1.0, 'textbook': 1.0, 'chat': 0.5}"
+
+
+def write_task(data_dir, task, docs_by_split):
+    for split, docs in docs_by_split.items():
+        w = SplitWriter(os.path.join(data_dir, task), split)
+        for segs in docs:
+            w.add(*tf.encode_example(segs))
+        w.commit()
+
+
+def make_data(data_dir, n=40, seed=0):
+    """math (QA: prompt masked), textbook (all trained; some documents longer than block 32),
+    chat (only bot turns trained; a long system prompt so some windows hold no target)."""
+    rng = random.Random(seed)
+
+    def math_doc():
+        a, b = rng.randint(0, 30), rng.randint(0, 30)
+        return tf.qa("math", f"What is {a} plus {b}?", str(a + b))
+
+    def book_doc():
+        a = rng.randint(0, 90)
+        return tf.textbook(f"The number {a} comes before {a + 1}. " * rng.randint(1, 8))
+
+    def chat_doc():
+        a = rng.randint(0, 9)
+        system = "You are a helpful bot. " * rng.choice([1, 12])  # 12x: > 32 tokens of prompt first
+        return tf.chat([("user", f"Say {a}"), ("assistant", f"{a}"), ("user", "again"), ("assistant", f"{a} again")],
+                       system=system)
+
+    for task, fn in (("math", math_doc), ("textbook", book_doc), ("chat", chat_doc)):
+        write_task(data_dir, task, {"train": [fn() for _ in range(n)], "val": [fn() for _ in range(6)]})
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_data(str(tmp_path_factory.mktemp("data")))
+
+
+def run_main(argv):
+    """train.main in this process, from a fresh copy of the script's globals."""
+    return runpy.run_path(TRAIN, run_name="train_under_test")["main"](argv)
+
+
+def train_args(data_dir, out_dir, *extra):
+    return [f"--data_dir={data_dir}", f"--out_dir={out_dir}", TASKS, *TINY, *extra]
+
+
+def read_log(out_dir):
+    return [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
+
+
+# ----------------------------------------------------------------------------- batches
+
+def test_rows_follow_masks_and_document_boundaries(data_dir):
+    import train
+    split = TaskSplit(data_dir, "chat", "train")
+    for packing in (True, False):
+        d = train.TaskData(split, 32, packing)
+        assert len(d.starts) > split.n_docs  # long documents get extra windows inside them
+        for k in range(len(d.starts)):
+            s = int(d.starts[k])
+            x, y = d.row(k)
+            assert x.shape == y.shape == (32,)
+            n = min(33, len(split) - s)
+            assert (x[:n - 1] == split.tokens[s:s + n - 1]).all()
+            for j in range(32):
+                if y[j] != -1:
+                    assert y[j] == split.tokens[s + j + 1] and split.mask[s + j + 1] == 1
+                    assert x[j] != EOT_ID  # nothing is predicted across an end-of-text
+                    if not packing:
+                        assert s + j + 1 < d.doc_end[k]  # only the window's own document
+    # all windows of a split shorter than block_size: padded, no target in the padding
+    d = train.TaskData(TaskSplit(data_dir, "math", "val"), 512, True)
+    x, y = d.row(0)
+    assert x.shape == (512,) and (y[len(d.s) - 1:] == -1).all() and (y != -1).any()
+
+
+def test_sampler_never_returns_a_row_without_target(data_dir):
+    import train
+    data = {t: train.TaskData(TaskSplit(data_dir, t, "train"), 32, True) for t in ("chat", "math")}
+    no_target = sum(not (data["chat"].row(k)[1] != -1).any() for k in range(len(data["chat"].starts)))
+    assert no_target > 0  # the fixture has windows with no target (long system prompts)
+    s = train.Sampler(data, {"chat": 3.0, "math": 1.0}, 32, seed=0)
+    for _ in range(10):
+        X, Y = s.batch(8)
+        assert ((Y != -1).sum(dim=1) > 0).all()
+    assert s.targets_seen["chat"] > s.targets_seen["math"] > 0  # weights 3:1
+    eps = s.epochs()
+    assert eps["math"] == s.targets_seen["math"] / data["math"].n_trained
+
+
+# ----------------------------------------------------------------------------- exact accumulation
+
+def test_accumulation_with_sum_reduction_equals_big_batch():
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=128, n_layer=2, n_head=2, n_embd=32))
+    X = torch.randint(0, 128, (8, 16))
+    Y = torch.randint(0, 128, (8, 16))
+    Y[torch.rand(8, 16) < 0.6] = -1  # uneven masks: micro-batches have different target counts
+    Y[0:2, :14] = -1
+    _, loss = model(X, Y)
+    loss.backward()
+    big = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    n = int((Y != -1).sum())
+    for k in range(0, 8, 2):
+        _, s = model(X[k:k + 2], Y[k:k + 2], reduction="sum")
+        (s / n).backward()
+    for a, p in zip(big, model.parameters()):
+        torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-7)
+
+
+def test_train_accumulation_4x2_equals_1x8(data_dir, tmp_path):
+    outs = []
+    for bs, acc in ((2, 4), (8, 1)):
+        out = str(tmp_path / f"b{bs}")
+        run_main(train_args(data_dir, out, f"--batch_size={bs}", f"--gradient_accumulation_steps={acc}",
+                            "--max_iters=2", "--eval_interval=100", "--grad_clip=1.0"))
+        outs.append(load_checkpoint(os.path.join(out, "ckpt.pt")))
+        logs = [r["loss"] for r in read_log(out) if r["type"] == "train"]
+        outs[-1]["losses"] = logs
+    np.testing.assert_allclose(outs[0]["losses"], outs[1]["losses"], rtol=1e-5)
+    for k, v in outs[0]["model"].items():
+        torch.testing.assert_close(v, outs[1]["model"][k], rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- resume, logs, best
+
+def test_resume_matches_one_run_and_keeps_best(data_dir, tmp_path):
+    common = ["--max_iters=6", "--lr_decay_iters=6", "--eval_interval=3", "--dropout=0.1"]
+    full = str(tmp_path / "full")
+    r_full = run_main(train_args(data_dir, full, *common))
+    half = str(tmp_path / "half")
+    run_main(train_args(data_dir, half, "--max_iters=3", "--lr_decay_iters=6", "--eval_interval=3", "--dropout=0.1"))
+    r_res = run_main(train_args(data_dir, half, *common, "--init_from=resume"))
+    assert r_res["iter_num"] == r_full["iter_num"] == 6
+    assert r_res["loss"] == pytest.approx(r_full["loss"], rel=1e-6)
+    a = load_checkpoint(os.path.join(full, "ckpt.pt"))
+    b = load_checkpoint(os.path.join(half, "ckpt.pt"))
+    for k, v in a["model"].items():
+        torch.testing.assert_close(v, b["model"][k])
+    # the log continues across the resume; best_val_loss is the lowest val seen after iter 0
+    log = read_log(half)
+    assert [r["iter"] for r in log if r["type"] == "train"] == list(range(6))
+    vals = {r["iter"]: r["val"]["all"] for r in log if r["type"] == "eval"}
+    assert sorted(vals) == [0, 3, 6]
+    assert b["best_val_loss"] == pytest.approx(min(vals[3], vals[6]))
+    # the log contract eval.py plots from
+    for r in log:
+        if r["type"] == "train":
+            assert isinstance(r["iter"], int) and isinstance(r["tokens"], int)
+            for key in ("loss", "lr", "ms", "tok_per_s"):
+                assert isinstance(r[key], float), key
+            assert set(r["epochs"]) == {"math", "textbook", "chat"}
+        else:
+            assert set(r["val"]) == set(r["train"]) == {"math", "textbook", "chat", "all"}
+    # a resume whose evaluations are all worse keeps the stored best (nanoGPT overwrote it)
+    st = load_checkpoint(os.path.join(half, "ckpt.pt"))
+    st["best_val_loss"] = -1.0
+    torch.save(st, os.path.join(half, "ckpt.pt"))
+    r = run_main(train_args(data_dir, half, "--max_iters=7", "--lr_decay_iters=6", "--eval_interval=3",
+                            "--init_from=resume"))
+    assert r["best_val_loss"] == -1.0
+    assert load_checkpoint(os.path.join(half, "ckpt.pt"))["best_val_loss"] == -1.0
+
+
+def test_every_task_val_loss_falls_and_plots(data_dir, tmp_path):
+    out = str(tmp_path / "o")
+    r = run_main(train_args(data_dir, out, "--max_iters=30", "--eval_interval=30", "--plot=True",
+                            "--learning_rate=1e-2", "--min_lr=1e-3"))
+    first, last = r["evals"][0]["val"], r["evals"][30]["val"]
+    for task in ("math", "textbook", "chat", "all"):
+        assert last[task] < first[task] - 1.0, (task, first[task], last[task])
+        assert os.path.isfile(os.path.join(out, f"loss_{task}.png"))
+    assert os.path.isfile(os.path.join(out, "best.pt"))
+    model, _ = load_model("resume", out)  # sample.py's path: best.pt
+    assert model.config.block_size == 32
+
+
+def test_warmup_warning_and_memory_estimate(data_dir, tmp_path, capsys):
+    run_main(train_args(data_dir, str(tmp_path / "w"), "--max_iters=1", "--warmup_iters=5", "--eval_interval=100"))
+    out = capsys.readouterr().out
+    assert "WARNING: warmup_iters (5) >= max_iters (1)" in out
+    assert "memory estimate (GiB): weights" in out
+    import train
+    from model import GPTConfig
+    cfg = GPTConfig(block_size=1024, n_layer=24, n_head=16, n_embd=1024)
+    full = train.memory_estimate(354e6, 354e6, cfg, 4, "float16", False)
+    ckpt = train.memory_estimate(354e6, 354e6, cfg, 4, "float16", True)
+    lora = train.memory_estimate(354e6, 2e6, cfg, 4, "float16", False)
+    assert ckpt["activations"] < full["activations"] / 2
+    assert lora["optimizer"] < full["optimizer"] / 100
+    assert 8 * 2**30 < full["total"] < 15 * 2**30  # gpt2-medium, B4 x T1024, fp16: fits a 15 GB T4
+
+
+def test_gradient_checkpointing_and_bf16_train(data_dir, tmp_path):
+    losses = []
+    for gc in (False, True):
+        r = run_main(train_args(data_dir, str(tmp_path / f"gc{gc}"), "--max_iters=2", "--eval_interval=100",
+                                f"--gradient_checkpointing={gc}"))
+        losses.append(r["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    from device import cpu_has_bf16
+    if cpu_has_bf16():
+        r = run_main(train_args(data_dir, str(tmp_path / "bf16"), "--max_iters=2", "--eval_interval=100",
+                                "--dtype=bfloat16"))
+        assert np.isfinite(r["loss"])
+
+
+# ----------------------------------------------------------------------------- init_from, LoRA
+
+def test_init_from_hf_dir_with_block_size_crop_and_grow(data_dir, tmp_path, tiny_hf_dir):
+    for bs in (32, 160):  # the checkpoint has 128 positions
+        out = str(tmp_path / f"hf{bs}")
+        run_main(train_args(data_dir, out, f"--init_from={tiny_hf_dir}", f"--block_size={bs}", "--max_iters=1",
+                            "--eval_interval=100"))
+        ck = load_checkpoint(os.path.join(out, "ckpt.pt"))
+        assert ck["model_args"]["block_size"] == bs and ck["model_args"]["n_embd"] == 64
+        assert ck["model"]["transformer.wpe.weight"].shape == (bs, 64)
+        assert not any(k.startswith(("_orig_mod.", "module.")) for k in ck["model"])
+
+
+def test_lora_adapter_small_mergeable_and_loadable(data_dir, tmp_path, tiny_hf_dir):
+    out = str(tmp_path / "lora")
+    run_main(train_args(data_dir, out, f"--init_from={tiny_hf_dir}", "--lora_rank=4", "--lora_alpha=8",
+                        "--lora_dropout=0.0", "--max_iters=4", "--eval_interval=2", "--learning_rate=1e-2"))
+    adir = os.path.join(out, "lora")
+    size = sum(os.path.getsize(os.path.join(adir, f)) for f in os.listdir(adir))
+    base_size = sum(os.path.getsize(os.path.join(tiny_hf_dir, f)) for f in os.listdir(tiny_hf_dir))
+    assert size < base_size / 10
+    ck = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert "model" not in ck and ck["lora"] and ck["lora_base"] == os.path.abspath(tiny_hf_dir)
+    merged, _ = load_model(adir)
+    from_ckpt, _ = load_model("resume", out, which="latest")
+    base, _ = load_model(tiny_hf_dir)
+    x = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        a, b, c = merged(x)[0], from_ckpt(x)[0], base(x)[0]
+    torch.testing.assert_close(a, b)
+    assert (a - c).abs().max() > 1e-4  # the adapter changed the model
+    assert type(merged).__name__ == "GPT"
+    # resume continues the adapter with its optimizer state
+    r = run_main(train_args(data_dir, out, "--init_from=resume", "--max_iters=6", "--eval_interval=2"))
+    assert r["iter_num"] == 6
+
+
+# ----------------------------------------------------------------------------- bad configs
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tasks={'nosuchtask': 1.0}"], "unknown task 'nosuchtask'"),
+    (["--tasks={'math': 0.0, 'chat': -0.0}"], "every mixture weight is zero"),
+    (["--tasks={'math': -1.0}"], "negative"),
+    (["--tasks={'logic': 1.0}"], "missing dataset"),
+    (["--block_size=100000"], "block_size 100000 is larger than task"),
+    (["--batch_size=0"], "batch_size (0)"),
+    (["--lora_rank=4"], "lora_rank > 0 adapts a pretrained model"),
+    (["--max_itres=3"], "did you mean max_iters"),
+])
+def test_bad_config_stops_before_compute(data_dir, tmp_path, extra, message):
+    from configurator import ConfigError
+    with pytest.raises(ConfigError) as e:
+        run_main(train_args(data_dir, str(tmp_path / "bad"), *extra))
+    assert message in str(e.value)
+    assert not os.path.exists(os.path.join(tmp_path, "bad", "log.jsonl"))
+
+
+def test_cli_bad_config_exit_code(data_dir, tmp_path):
+    p = subprocess.run([sys.executable, TRAIN, f"--data_dir={data_dir}", "--tasks={'math': 0}"],
+                       capture_output=True, text=True, cwd=str(tmp_path), timeout=60)
+    assert p.returncode == 2 and "config error: " in p.stderr and "every mixture weight is zero" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_configs_parse():
+    import train
+    from configurator import config_keys, configure
+    for name in sorted(os.listdir(os.path.join(ROOT, "config"))):
+        if name.endswith(".py"):
+            g = config_keys(vars(train))
+            configure(g, [os.path.join(ROOT, "config", name)])
+            assert g["batch_size"] >= 1
+
+
+# ----------------------------------------------------------------------------- subprocesses
+
+def test_sigterm_saves_a_resumable_checkpoint(data_dir, tmp_path):
+    out = str(tmp_path / "sig")
+    p = subprocess.Popen([sys.executable, TRAIN, *train_args(data_dir, out, "--max_iters=100000",
+                                                             "--eval_interval=100000")],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = os.path.join(out, "log.jsonl")
+    deadline = time.time() + 60
+    while time.time() < deadline and not (os.path.exists(log) and len(open(log).readlines()) >= 3):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    output = p.communicate(timeout=60)[0]
+    assert p.returncode == 128 + signal.SIGTERM, output
+    assert "SIGTERM: saved" in output
+    ck = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    n = ck["iter_num"]
+    assert n >= 2 and not [f for f in os.listdir(out) if ".tmp" in f]
+    r = run_main(train_args(data_dir, out, "--init_from=resume", f"--max_iters={n + 1}", "--eval_interval=100000"))
+    assert r["iter_num"] == n + 1
+
+
+def test_ddp_gloo_two_processes_match_one(data_dir, tmp_path):
+    args = ["--max_iters=2", "--eval_interval=2", "--gradient_accumulation_steps=2", "--batch_size=2"]
+    single = run_main(train_args(data_dir, str(tmp_path / "one"), *args))
+    out = str(tmp_path / "ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        TRAIN, *train_args(data_dir, out, *args)], capture_output=True, text=True, env=env,
+                       timeout=180)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    log = read_log(out)
+    evals = {r["iter"]: r for r in log if r["type"] == "eval"}
+    for it in (0, 2):
+        for task, v in single["evals"][it]["val"].items():
+            assert evals[it]["val"][task] == pytest.approx(v, rel=1e-4), (it, task)
+    train_losses = [r["loss"] for r in log if r["type"] == "train"]
+    assert len(train_losses) == 2  # only rank 0 logs
+    assert train_losses[-1] == pytest.approx(single["loss"], rel=1e-4)
