@@ -395,7 +395,8 @@ class Engine:
         gen = torch.Generator(device=self.device).manual_seed(seed)
         n = p["n"]
         for pi, ids in enumerate(job.prompts):
-            streams = [TextStream(job.reply["stops"], job.reply["strip"], p["ignore_eos"]) for _ in range(n)]
+            stops = job.reply["stops"] + p["stop"]
+            streams = [TextStream(stops, job.reply["strip"], p["ignore_eos"]) for _ in range(n)]
             x = torch.tensor([ids] * n, dtype=torch.long, device=self.device)
             steps = self.model.generate_stream(
                 x, p["max_tokens"], temperature=p["temperature"], top_k=p["top_k"] or None, top_p=p["top_p"],
@@ -527,13 +528,18 @@ def make_app(engine, cfg, source):
 
     async def events(job, request, poll):
         """The job's events; cancels it when the client goes away."""
+        checked = time.monotonic()
         try:
             while True:
                 try:
                     ev = await asyncio.wait_for(job.events.get(), timeout=0.5)
                 except asyncio.TimeoutError:
-                    if poll and await request.is_disconnected():
+                    ev = None
+                if poll and time.monotonic() - checked > 0.5:
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
                         return
+                if ev is None:
                     continue
                 yield ev
                 if ev[0] in ("done", "error"):

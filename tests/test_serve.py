@@ -1,0 +1,457 @@
+"""
+serve.py driven as a real server process on loopback, with httpx and the official openai client.
+Two servers per module: one open (a tiny NanoPhi checkpoint), one with an API key (a tiny
+transformers directory). Expected outputs come from the same checkpoint loaded in this process.
+"""
+import concurrent.futures
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+
+import textformat
+from checkpoint import load_model
+from tokenizer import EOT_ID, decode, get_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEY = "sekret-key-123"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """python serve.py ... as a subprocess; .url, .log, .stop()."""
+
+    def __init__(self, args, log_path, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "serve.py", f"--port={self.port}", "--access_log=False", *args],
+                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+
+    def wait(self, timeout=90):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve.py exited ({self.proc.returncode}):\n{open(self.log_path).read()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"serve.py did not come up in {timeout}s:\n{open(self.log_path).read()}")
+
+    def health(self):
+        return httpx.get(self.url + "/health", timeout=5).json()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_out_dir, tiny_hf_dir, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("serve_logs")
+    a = Server([f"--out_dir={tiny_out_dir}", "--max_tokens_cap=20000", "--max_request_bytes=100000",
+                "--max_active=2"], str(logs / "open.log"))
+    b = Server([f"--init_from={tiny_hf_dir}", "--model_name=tiny-hf"], str(logs / "auth.log"),
+               env={"NANOPHI_API_KEY": KEY})
+    try:
+        yield a.wait(), b.wait()
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.fixture(scope="module")
+def srv(servers):
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def auth_srv(servers):
+    return servers[1]
+
+
+@pytest.fixture(scope="module")
+def local_model(tiny_out_dir):
+    return load_model("resume", tiny_out_dir, "cpu")[0]
+
+
+def post(srv, path, body, **kw):
+    return httpx.post(srv.url + path, json=body, timeout=60, **kw)
+
+
+def stream_events(srv, path, body, headers=None):
+    """POST with stream: true; the parsed data events, checking the SSE framing and [DONE]."""
+    events = []
+    with httpx.stream("POST", srv.url + path, json={**body, "stream": True}, headers=headers, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    blocks = raw.split("\n\n")
+    assert blocks[-1] == "" and blocks[-2] == "data: [DONE]", raw[-200:]
+    for b in blocks[:-2]:
+        assert b.startswith("data: "), b
+        events.append(json.loads(b[6:]))
+    return events
+
+
+def joined(events, n=1, chat=True):
+    """Texts and finish reasons per choice index from stream events."""
+    texts, finish = [""] * n, [None] * n
+    for ev in events:
+        for c in ev["choices"]:
+            texts[c["index"]] += (c["delta"].get("content") or "") if chat else c["text"]
+            if c["finish_reason"]:
+                assert finish[c["index"]] is None, "two finish reasons for one choice"
+                finish[c["index"]] = c["finish_reason"]
+    return texts, finish
+
+
+def greedy_ids(model, ids, max_new):
+    out = model.generate(torch.tensor([ids]), max_new, temperature=0, stop_ids=[EOT_ID])[0, len(ids):].tolist()
+    return out[:out.index(EOT_ID)] if EOT_ID in out else out
+
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a prime number?"},
+        {"role": "assistant", "content": "A number with two divisors."}, {"role": "user", "content": "Name one."}]
+
+
+# ------------------------------------------------------------------ text handling (in-process)
+
+def test_textstream_holds_back_stop_prefixes_and_split_characters():
+    from serve import TextStream
+    enc = get_tokenizer()
+    text = "héllo wörld 日本\n[Human]: more"
+    ids = enc.encode_ordinary(text)
+    s = TextStream(textformat.stop_strings() + ["<|endoftext|>"], strip=True)
+    out = []
+    for t in ids:
+        out.append(s.add(t))
+        assert "\ufffd" not in "".join(out), "half a UTF-8 character was handed out"
+        assert "\n" not in "".join(out), "the start of a stop string was handed out"
+        if s.finish:
+            break
+    assert "".join(out) == "héllo wörld 日本" == textformat.cut_reply(text)
+    assert s.finish == "stop"
+    # no stop found: max_tokens ends it, held-back text comes out, finish 'length'
+    s = TextStream(["STOP"], strip=False)
+    out = [s.add(t) for t in enc.encode_ordinary("abc ST")]
+    assert "".join(out) == "abc " and s.close() == "ST" and s.finish == "length"
+
+
+# ------------------------------------------------------------------ basics
+
+def test_health_models_and_page(srv):
+    h = srv.health()
+    assert h["status"] == "ok" and h["model"] == "nanophi" and h["context_length"] == 128
+    assert h["auth_required"] is False
+    r = httpx.get(srv.url + "/v1/models")
+    assert r.json()["data"][0]["id"] == "nanophi"
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
+    assert [m.id for m in client.models.list()] == ["nanophi"]
+    page = httpx.get(srv.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="tag"' in page.text and "/static/app.js" in page.text
+    assert httpx.get(srv.url + "/static/app.js").status_code == 200
+    assert httpx.get(srv.url + "/static/style.css").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/static/../serve.py", "/static/%2e%2e/serve.py", "/static/serve.py",
+                                  "/static/index.html/../../serve.py", "/../../etc/passwd", "/serve.py",
+                                  "/static/", "/static/..%2fserve.py"])
+def test_no_file_outside_the_page_assets(srv, path):
+    # a raw request line, so no client normalises the path first
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split()[1] in (b"404", b"400"), (path, raw[:200])
+    assert b"import" not in body and b"root:" not in body
+
+
+# ------------------------------------------------------------------ what the model says
+
+def test_chat_greedy_matches_the_model_and_the_training_format(srv, local_model):
+    body = {"model": "nanophi", "messages": CHAT, "max_tokens": 16, "temperature": 0}
+    r = post(srv, "/v1/chat/completions", body).json()
+    prompt = textformat.encode_prompt(textformat.chat([(m["role"], m["content"]) for m in CHAT[1:]],
+                                                      system="Be brief."))
+    assert textformat.render_text(textformat.chat([("user", "x")], system="s")).endswith("[Bot]:")
+    new = greedy_ids(local_model, prompt, 16)
+    assert r["choices"][0]["message"] == {"role": "assistant", "content": textformat.cut_reply(decode(new))}
+    assert r["usage"]["prompt_tokens"] == len(prompt)
+    assert r["usage"]["total_tokens"] == len(prompt) + r["usage"]["completion_tokens"]
+    assert r["object"] == "chat.completion" and r["id"].startswith("chatcmpl-")
+    again = post(srv, "/v1/chat/completions", body).json()
+    assert again["choices"] == r["choices"]  # greedy is deterministic
+    # streamed: the same text, role first, one finish reason, usage at the end when asked
+    events = stream_events(srv, "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}})
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    texts, finish = joined(events)
+    assert texts[0] == r["choices"][0]["message"]["content"]
+    assert finish[0] == r["choices"][0]["finish_reason"]
+    assert events[-1]["choices"] == [] and events[-1]["usage"] == r["usage"]
+
+
+def test_completion_greedy_matches_the_model(srv, local_model):
+    prompt = "The history of science"
+    r = post(srv, "/v1/completions", {"prompt": prompt, "max_tokens": 20, "temperature": 0}).json()
+    ids = get_tokenizer().encode_ordinary(prompt)
+    new = greedy_ids(local_model, ids, 20)
+    c = r["choices"][0]
+    assert c["text"] == decode(new)
+    assert c["finish_reason"] == ("length" if len(new) == 20 else "stop")
+    assert r["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 20 if len(new) == 20 else len(new) + 1,
+                          "total_tokens": len(ids) + (20 if len(new) == 20 else len(new) + 1)}
+    texts, finish = joined(stream_events(srv, "/v1/completions", {"prompt": prompt, "max_tokens": 20,
+                                                                   "temperature": 0}), chat=False)
+    assert texts[0] == c["text"] and finish[0] == c["finish_reason"]
+
+
+def test_tag_renders_the_task_prompt(srv):
+    q = "What is 12*7?"
+    r = post(srv, "/v1/completions", {"prompt": q, "tag": "Math", "max_tokens": 3, "temperature": 0,
+                                      "echo": True}).json()
+    rendered = textformat.render_text(textformat.prompt_for("math", q))
+    assert rendered.endswith("Answer:")
+    assert r["choices"][0]["text"].startswith(rendered)
+    assert r["usage"]["prompt_tokens"] == len(textformat.encode_prompt(textformat.prompt_for("math", q)))
+
+
+def test_stop_cuts_before_the_stop_string_and_never_streams_past_it(srv):
+    body = {"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "ignore_eos": True}
+    full = post(srv, "/v1/completions", body).json()["choices"][0]["text"]
+    # a stop string spanning a token boundary: the end of one token and the start of the next
+    parts = [decode([t]) for t in get_tokenizer().encode_ordinary(full)]
+    k = next(i for i in range(4, len(parts)) if len(parts[i - 1]) >= 2 and len(parts[i]) >= 2)
+    head = "".join(parts[:k])
+    stop = head[-2:] + parts[k][:2]
+    expect = full[:full.find(stop)]
+    for stops in (stop, ["never-there", stop]):
+        r = post(srv, "/v1/completions", {**body, "stop": stops}).json()["choices"][0]
+        assert r == {**r, "text": expect, "finish_reason": "stop"}
+        texts, finish = joined(stream_events(srv, "/v1/completions", {**body, "stop": stops}), chat=False)
+        assert texts[0] == expect and finish[0] == "stop"
+    # a stop that never appears: full text, 'length'
+    r = post(srv, "/v1/completions", {**body, "stop": "never-there"}).json()["choices"][0]
+    assert r["text"] == full and r["finish_reason"] == "length"
+
+
+def test_n_and_seed(srv):
+    body = {"prompt": "Seeds:", "max_tokens": 8, "temperature": 1.0, "top_k": 0, "n": 3, "seed": 1234,
+            "ignore_eos": True}
+    r1 = post(srv, "/v1/completions", body).json()
+    assert [c["index"] for c in r1["choices"]] == [0, 1, 2]
+    texts = [c["text"] for c in r1["choices"]]
+    assert len(set(texts)) == 3, texts  # three samples, not one copied
+    assert r1["usage"]["completion_tokens"] == 3 * 8
+    assert all(c["finish_reason"] == "length" for c in r1["choices"])
+    # same seed, same texts, even with other requests running at the same time
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(post, srv, "/v1/completions", b) for b in
+                (body, {**body, "seed": 99}, body, {**body, "prompt": "Other", "seed": 7})]
+        res = [f.result().json() for f in futs]
+    assert [c["text"] for c in res[0]["choices"]] == texts == [c["text"] for c in res[2]["choices"]]
+    assert [c["text"] for c in res[1]["choices"]] != texts
+    s_texts, s_finish = joined(stream_events(srv, "/v1/completions", body), n=3, chat=False)
+    assert s_texts == texts and s_finish == ["length"] * 3
+    # a list of prompts: one choice per prompt (times n)
+    r = post(srv, "/v1/completions", {"prompt": ["a", "b"], "max_tokens": 2, "n": 2, "seed": 1}).json()
+    assert [c["index"] for c in r["choices"]] == [0, 1, 2, 3]
+    # chat with n
+    r = post(srv, "/v1/chat/completions", {"messages": CHAT, "max_tokens": 6, "n": 2, "seed": 5}).json()
+    assert len(r["choices"]) == 2
+
+
+def test_max_completion_tokens_and_finish_reason(srv):
+    r = post(srv, "/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 3, "ignore_eos": True,
+                                           "temperature": 0}).json()
+    assert r["usage"]["completion_tokens"] == 3 and r["choices"][0]["finish_reason"] == "length"
+
+
+def test_trim_history_fits_a_long_chat(srv):
+    long = [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 30} for i in range(9)]
+    r = post(srv, "/v1/chat/completions", {"messages": long, "max_tokens": 4})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    r = post(srv, "/v1/chat/completions", {"messages": long, "max_tokens": 4, "trim_history": True})
+    assert r.status_code == 200, r.text
+    assert int(r.headers["x-nanophi-dropped-turns"]) > 0
+
+
+# ------------------------------------------------------------------ the openai client
+
+def test_openai_client_chat_and_completions(srv):
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+    msgs = CHAT[1:2]
+    full = client.chat.completions.create(model="nanophi", messages=msgs, max_tokens=12, temperature=0)
+    assert full.choices[0].message.role == "assistant"
+    assert full.usage.completion_tokens >= 1
+    chunks = list(client.chat.completions.create(model="nanophi", messages=msgs, max_tokens=12, temperature=0,
+                                                 stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == \
+        [full.choices[0].finish_reason]
+    comp = client.completions.create(model="nanophi", prompt="Hello", max_tokens=5, temperature=0, seed=3)
+    chunks = list(client.completions.create(model="nanophi", prompt="Hello", max_tokens=5, temperature=0,
+                                            stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == comp.choices[0].text
+    extra = client.chat.completions.create(model="nanophi", messages=msgs, max_tokens=4, seed=1, stop=["\n"],
+                                           extra_body={"top_k": 5, "repetition_penalty": 1.3, "tag": "Roleplay"})
+    assert extra.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=msgs)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="nanophi", messages=msgs, max_tokens=10 ** 6)
+    assert e.value.body["param"] == "max_tokens"
+
+
+# ------------------------------------------------------------------ bad input
+
+BAD = [  # (path, raw body or json, status, param, code)
+    ("/v1/chat/completions", b"{not json", 400, None, "invalid_json"),
+    ("/v1/chat/completions", b"[1, 2]", 400, None, "invalid_type"),
+    ("/v1/chat/completions", b"\xff\xfe\x00garbage", 400, None, "invalid_json"),
+    ("/v1/chat/completions", {}, 400, "messages", "missing_required_parameter"),
+    ("/v1/chat/completions", {"messages": "hi"}, 400, "messages", "invalid_type"),
+    ("/v1/chat/completions", {"messages": []}, 400, "messages", "invalid_type"),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role", None),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", None),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+     400, "messages", None),
+    ("/v1/chat/completions", {"messages": CHAT, "temperature": "hot"}, 400, "temperature", "invalid_type"),
+    ("/v1/chat/completions", {"messages": CHAT, "temperature": 3}, 400, "temperature", "invalid_value"),
+    ("/v1/chat/completions", {"messages": CHAT, "top_p": 0}, 400, "top_p", "invalid_value"),
+    ("/v1/chat/completions", {"messages": CHAT, "top_k": 1.5}, 400, "top_k", "invalid_type"),
+    ("/v1/chat/completions", {"messages": CHAT, "n": 0}, 400, "n", "invalid_value"),
+    ("/v1/chat/completions", {"messages": CHAT, "n": 99}, 400, "n", "invalid_value"),
+    ("/v1/chat/completions", {"messages": CHAT, "max_tokens": True}, 400, "max_tokens", "invalid_type"),
+    ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
+    ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 10 ** 9}, 400, "max_tokens", "max_tokens_exceeded"),
+    ("/v1/chat/completions", {"messages": CHAT, "stop": ["a", 1]}, 400, "stop", "invalid_value"),
+    ("/v1/chat/completions", {"messages": CHAT, "stop": [""]}, 400, "stop", "invalid_value"),
+    ("/v1/chat/completions", {"messages": CHAT, "stream": "yes"}, 400, "stream", "invalid_type"),
+    ("/v1/chat/completions", {"messages": CHAT, "seed": "x"}, 400, "seed", "invalid_type"),
+    ("/v1/chat/completions", {"messages": CHAT, "model": "gpt-4"}, 404, "model", "model_not_found"),
+    ("/v1/chat/completions", {"messages": CHAT, "chat_style": "xml"}, 400, "chat_style", "invalid_value"),
+    ("/v1/chat/completions", {"messages": CHAT, "tag": "Poetry"}, 400, "tag", "invalid_value"),
+    ("/v1/chat/completions", {"messages": CHAT, "logprobs": True}, 400, "logprobs", "unsupported"),
+    ("/v1/chat/completions", {"messages": CHAT, "frequency_penalty": 0.5}, 400, "frequency_penalty", "unsupported"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 200}]}, 400, "messages",
+     "context_length_exceeded"),
+    ("/v1/completions", {"prompt": "word " * 200}, 400, "prompt", "context_length_exceeded"),
+    ("/v1/completions", {}, 400, "prompt", "missing_required_parameter"),
+    ("/v1/completions", {"prompt": 5}, 400, "prompt", "invalid_type"),
+    ("/v1/completions", {"prompt": ["ok", None]}, 400, "prompt", "invalid_type"),
+    ("/v1/completions", {"prompt": [1, 99999]}, 400, "prompt", "invalid_value"),
+    ("/v1/completions", {"prompt": ""}, 400, "prompt", "invalid_value"),
+    ("/v1/completions", {"prompt": "x" * 200_000}, 413, None, "request_too_large"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,param,code", BAD, ids=[f"{i}" for i in range(len(BAD))])
+def test_bad_input_gets_an_openai_error(srv, path, body, status, param, code):
+    if isinstance(body, bytes):
+        r = httpx.post(srv.url + path, content=body, headers={"content-type": "application/json"}, timeout=30)
+    else:
+        r = post(srv, path, body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["param"] == param
+    if code:
+        assert err["code"] == code
+
+
+def test_bad_requests_leave_the_server_healthy(srv):
+    # a body sent in chunks without a content-length, over the limit
+    def chunks():
+        for _ in range(30):
+            yield b"x" * 10_000
+    r = httpx.post(srv.url + "/v1/completions", content=chunks(), timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert httpx.get(srv.url + "/v1/nowhere").json()["error"]["code"] == "not_found"
+    assert httpx.delete(srv.url + "/v1/models").status_code == 405
+    h = srv.health()
+    assert h["status"] == "ok" and h["errors"] == 0
+    assert post(srv, "/v1/completions", {"prompt": "still alive", "max_tokens": 2}).status_code == 200
+    assert "Traceback" not in open(srv.log_path).read()
+
+
+# ------------------------------------------------------------------ auth
+
+def test_api_key_is_required_on_every_v1_route(auth_srv):
+    u = auth_srv.url
+    body = {"messages": CHAT[1:2], "max_tokens": 3}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": "Basic " + KEY}):
+        for method, path in (("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/models")):
+            r = httpx.request(method, u + path, json=body, headers=headers, timeout=30)
+            assert r.status_code == 401, (headers, path)
+            assert r.json()["error"]["code"] == "invalid_api_key"
+    ok = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(u + "/v1/models", headers=ok).json()["data"][0]["id"] == "tiny-hf"
+    assert httpx.get(u + "/health").json()["auth_required"] is True  # health and the page stay open
+    assert httpx.get(u + "/").status_code == 200
+    client = openai.OpenAI(base_url=u + "/v1", api_key=KEY, max_retries=0)
+    r = client.chat.completions.create(model="tiny-hf", messages=body["messages"], max_tokens=3)
+    assert r.model == "tiny-hf" and r.usage.completion_tokens >= 1
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=u + "/v1", api_key="nope", max_retries=0).models.list()
+
+
+# ------------------------------------------------------------------ disconnects
+
+def wait_idle(srv, timeout=30):
+    t0, last = time.time(), None
+    while time.time() - t0 < timeout:
+        h = srv.health()
+        if h["active"] == 0 and h["queued"] == 0 and h["generated_tokens"] == last:
+            return h
+        last = h["generated_tokens"]
+        time.sleep(0.3)
+    raise AssertionError(f"server still busy after {timeout}s: {h}")
+
+
+def test_a_client_that_disconnects_stops_its_generation(srv):
+    before = wait_idle(srv)
+    body = {"prompt": "Go on and on", "max_tokens": 20000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as r:
+        seen = 0
+        for line in r.iter_lines():
+            seen += line.startswith("data: ")
+            if seen >= 5:
+                break  # leave mid-stream: the connection closes
+    after = wait_idle(srv)
+    generated = after["generated_tokens"] - before["generated_tokens"]
+    assert 5 <= generated < 20000, generated
+    assert after["cancelled"] == before["cancelled"] + 1
+    # a non-streaming client that gives up (timeout) also stops its generation
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(srv.url + "/v1/completions", json={**body, "stream": False}, timeout=0.5)
+    final = wait_idle(srv)
+    assert final["generated_tokens"] - after["generated_tokens"] < 20000
+    assert final["cancelled"] == after["cancelled"] + 1
+    assert post(srv, "/v1/completions", {"prompt": "next", "max_tokens": 2}).status_code == 200
