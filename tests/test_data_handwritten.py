@@ -150,7 +150,7 @@ def test_no_humaneval_overlap():
     """Hand-written code answers must survive decontamination (no 13-gram shared with HumanEval)."""
     import dataprep
     dc = dataprep.Decontaminator(humaneval=True)
-    for path in (CHAT, ROLEPLAY):
+    for path in [CHAT, ROLEPLAY] + ([SYMPOSIUM] if os.path.exists(SYMPOSIUM) else []):
         texts = [(n, r["id"], textformat.render_text(textformat.chat(r["turns"], system=r.get("system") or r.get("persona"))))
                  for n, r in load(path)]
         # one check over the whole file is fast; only on a hit look for the conversation to name
