@@ -163,12 +163,14 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, kv_cache=None, reduction="mean"):
+    def forward(self, idx, targets=None, kv_cache=None, reduction="mean", last_only=False):
         """
         idx (B, T) ids -> logits (B, T, vocab). With targets (B, T), -1 = no loss there, also the
         loss: mean over counted targets, or their sum with reduction='sum' (gradient accumulation
         over micro-batches with different mask counts divides once by the total). A batch with
         no counted target gives loss 0, never NaN. With kv_cache, idx continues the cached positions.
+        last_only (no targets): logits (B, 1, vocab) of the last position only, as generation needs
+        (the vocab projection of every prompt position is a large share of a long prefill).
         """
         device = idx.device
         b, t = idx.size()
@@ -186,7 +188,7 @@ class GPT(nn.Module):
             kv_cache.pos += t
         x = self.transformer.ln_f(x)
         if targets is None:
-            return self.lm_head(x), None
+            return self.lm_head(x[:, -1:, :] if last_only else x), None
         logits = self.lm_head(x)
         loss_sum = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                                    ignore_index=-1, reduction="sum")
@@ -373,13 +375,13 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             if not use_cache:
                 ctx = seen[:, -block:]
-                logits, _ = self(ctx)
+                logits, _ = self(ctx, last_only=True)
             elif cache is None or cache.pos >= block:
                 # (re)fill the cache; past block_size keep the last half of the window
                 ctx = seen if seen.size(1) <= block else seen[:, -(block // 2):]
                 p = next(self.parameters())
                 cache = KVCache(self.config, B, block, p.device, p.dtype)
-                logits, _ = self(ctx, kv_cache=cache)
+                logits, _ = self(ctx, kv_cache=cache, last_only=True)
             else:
                 logits, _ = self(seen[:, -1:], kv_cache=cache)
             nxt = self._sample_next(logits[:, -1, :], seen, temperature, top_k, top_p, repetition_penalty,
