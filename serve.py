@@ -364,6 +364,13 @@ class Job:
         self.events = asyncio.Queue()
         self.cancel = threading.Event()
         self.completion_tokens = 0
+        self.t0 = time.perf_counter()
+
+    def log(self, how):
+        dt = time.perf_counter() - self.t0
+        print(f"request {how}: prompt {sum(len(p) for p in self.prompts)} tokens, completion "
+              f"{self.completion_tokens} tokens in {dt:.2f}s ({self.completion_tokens / max(dt, 1e-9):.1f} tok/s)",
+              flush=True)
 
     def emit(self, *event):
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -444,11 +451,13 @@ class Engine:
                     if job.cancel.is_set():  # client gone: drop its generation
                         runner.close()
                         self.stats["cancelled"] += 1
+                        job.log("cancelled (client gone)")
                         active.remove(item)
                         continue
                     with autocast(self.device, self.dtype):
                         next(runner)
                 except StopIteration:
+                    job.log("done")
                     active.remove(item)
                 except Exception as e:  # a failed request must not take the server down
                     traceback.print_exc()
@@ -647,7 +656,7 @@ def make_app(engine, cfg, source):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": cfg["model_name"], "source": source, "device": engine.device,
+        return {"status": "ok", "model": cfg["model_name"], "source": None if key else source, "device": engine.device,
                 "dtype": engine.dtype, "context_length": ctx, "auth_required": bool(key),
                 "queued": engine.pending.qsize(), "active": engine.active, **engine.stats,
                 "defaults": {k: cfg[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty",
@@ -685,7 +694,8 @@ def main():
     app = make_app(engine, cfg, source)
     import uvicorn
     print(f"open http://{cfg['host']}:{cfg['port']}/  (API at http://{cfg['host']}:{cfg['port']}/v1)", flush=True)
-    uvicorn.run(app, host=cfg["host"], port=cfg["port"], access_log=cfg["access_log"], log_level="info")
+    uvicorn.run(app, host=cfg["host"], port=cfg["port"], access_log=cfg["access_log"], log_level="info",
+                timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

@@ -443,6 +443,9 @@ def test_a_client_that_disconnects_stops_its_generation(srv):
         for line in r.iter_lines():
             seen += line.startswith("data: ")
             if seen >= 5:
+                t0 = time.time()
+                assert srv.health()["active"] == 1  # the event loop answers while the model works
+                assert time.time() - t0 < 5
                 break  # leave mid-stream: the connection closes
     after = wait_idle(srv)
     generated = after["generated_tokens"] - before["generated_tokens"]
@@ -454,4 +457,5 @@ def test_a_client_that_disconnects_stops_its_generation(srv):
     final = wait_idle(srv)
     assert final["generated_tokens"] - after["generated_tokens"] < 20000
     assert final["cancelled"] == after["cancelled"] + 1
+    assert open(srv.log_path).read().count("request cancelled (client gone)") == 2
     assert post(srv, "/v1/completions", {"prompt": "next", "max_tokens": 2}).status_code == 200
