@@ -45,7 +45,7 @@ bot_name = ''  # roleplay: the bot's name ('Aqua' -> 'Aqua:')
 seed = 1337
 device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps', or auto
 dtype = 'auto'  # 'float32', 'bfloat16', 'float16', or auto (device.pick_dtype)
-compile = False  # torch.compile the forward pass (GPU; slow to warm up)
+compile = False  # torch.compile each block's MLP (worth it on GPUs; the first call takes a while)
 # -----------------------------------------------------------------------------
 
 
@@ -348,8 +348,9 @@ def main():
         raise ValueError(str(e)) from None
     log(f"loaded {source}: {model.get_num_params() / 1e6:.2f}M parameters, block_size {model.config.block_size}, "
         f"{dev} {ptdtype}")
-    if compile:
-        model.forward = torch.compile(model.forward, dynamic=True)
+    if compile:  # the MLPs only: the KV cache's moving position would recompile a whole-forward graph every step
+        for block in model.transformer.h:
+            block.mlp = torch.compile(block.mlp, dynamic=True)
     ctx = autocast(dev, ptdtype)
 
     if chat:

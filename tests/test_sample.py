@@ -68,9 +68,6 @@ def test_tag_echo_renders_training_prompt(tiny_out_dir):
 @pytest.mark.parametrize("args, needle", [
     (["--tag=Maths"], "unknown tag 'Maths'"),
     (["--start=FILE:/no/such/prompt.txt"], "/no/such/prompt.txt"),
-    (["--start=FILE:"], "needs a path"),
-    (["--temperature=-1"], "--temperature"),
-    (["--chat_style=irc"], "unknown chat style 'irc'"),
     (["--top_q=0.9"], "did you mean top_p"),
 ])
 def test_bad_input_errors(tiny_out_dir, args, needle):
@@ -248,6 +245,15 @@ def test_chat_context_trimming(tiny_model):
     assert len(conv.turns) == 24
 
 
+def test_chat_rejects_unknown_style_and_full_budget(tiny_model):
+    with pytest.raises(ValueError, match="unknown chat style 'irc'"):
+        sample.Chat(tiny_model, 10, style="irc")
+    with pytest.raises(ValueError, match="leaves no room"):
+        sample.Chat(tiny_model, 128).prompt_ids("hi")
+    with pytest.raises(ValueError, match="needs a path"):
+        sample.read_start("FILE:")
+
+
 def test_chat_reply_cut_at_speaker_marker(tiny_model):
     conv = sample.Chat(tiny_model, max_new_tokens=30, sampling=dict(temperature=0))
     ids, _ = conv.prompt_ids("hello")
@@ -257,3 +263,28 @@ def test_chat_reply_cut_at_speaker_marker(tiny_model):
     conv.stops.append(marker)
     reply, _ = conv.reply("hello")
     assert reply == full[:full.find(marker)].strip()
+
+
+def test_lora_adapter_dir_as_init_from(tiny_hf_dir, tmp_path):
+    import lora
+    from model import GPT
+
+    def greedy(model, prompt, n=20):
+        ids = encode(prompt)
+        out = model.generate(torch.tensor([ids]), n, temperature=0, stop_ids=[EOT_ID])[0, len(ids):].tolist()
+        return decode(out).split("<|endoftext|>")[0]
+
+    base = GPT.from_pretrained(tiny_hf_dir).eval()
+    base_text = greedy(base, "The quick brown fox")
+    peft_model = lora.wrap(base, 4, 8, 0.0, lora.DEFAULT_TARGETS)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:  # peft starts B at zero (a no-op adapter): make it change the model
+                p.normal_(0, 0.5)
+    adir = lora.save_adapter(peft_model, str(tmp_path / "adapter"), tiny_hf_dir, {"block_size": 128})
+    want = greedy(lora.load_merged(adir), "The quick brown fox")
+    assert want != base_text  # the adapter really changes the model
+    r = run([f"--init_from={adir}", "--temperature=0", "--start=The quick brown fox", "--max_new_tokens=20"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want + "\n"
