@@ -66,6 +66,10 @@ class DataError(ValueError):
     """Bad input: the message names the file (or dataset), the line/row and the field."""
 
 
+class SourceMissing(DataError):
+    """A task's offline source is not on this machine (e.g. a hand-written file not yet written)."""
+
+
 class FieldError(ValueError):
     def __init__(self, field, problem):
         super().__init__(f"field {field!r}: {problem}")
@@ -302,30 +306,26 @@ class Decontaminator:
     Eval items shorter than 13 words (a math question) count when they appear whole."""
 
     def __init__(self, humaneval=True, eval_texts=()):
-        import numpy as np
-        grams = {"humaneval": {}, "eval_items": {}}   # kind -> {n: [n-gram hash arrays]}
-        self.n_humaneval = 0
-        if humaneval:
-            for t in humaneval_texts():
+        self.grams = {"humaneval": {}, "eval_items": {}}   # kind -> {n: set of n-gram hashes}
+        self.n_humaneval = self.n_eval = 0
+        for kind, texts in (("humaneval", humaneval_texts() if humaneval else ()), ("eval_items", eval_texts)):
+            for t in texts:
                 w = words(normalise(t))
-                grams["humaneval"].setdefault(min(NGRAM, len(w)), []).append(_gram_hashes(w, min(NGRAM, len(w))))
-                self.n_humaneval += 1
-        self.n_eval = 0
-        for t in eval_texts:
-            w = words(normalise(t))
-            if w:
-                grams["eval_items"].setdefault(min(NGRAM, len(w)), []).append(_gram_hashes(w, min(NGRAM, len(w))))
-                self.n_eval += 1
-        self.grams = {kind: {n: np.unique(np.concatenate(a)) for n, a in by_n.items()} for kind, by_n in grams.items()}
+                if w:
+                    n = min(NGRAM, len(w))
+                    self.grams[kind].setdefault(n, set()).update(_gram_hashes(w, n).tolist())
+                    if kind == "humaneval":
+                        self.n_humaneval += 1
+                    else:
+                        self.n_eval += 1
 
     def hit(self, norm):
         """'humaneval', 'eval_items' or None."""
-        import numpy as np
         w = None
         for kind, by_n in self.grams.items():
             for n, table in by_n.items():
                 w = w if w is not None else words(norm)
-                if len(w) >= n and np.isin(_gram_hashes(w, n), table, assume_unique=False).any():
+                if len(w) >= n and not table.isdisjoint(_gram_hashes(w, n).tolist()):
                     return kind
         return None
 

@@ -67,7 +67,7 @@ SCHEMAS = schemas()
 
 def offline(cfg):
     if not os.path.isfile(HANDWRITTEN):
-        raise dataprep.DataError(f"{HANDWRITTEN}: missing; the roleplay task's offline source is this hand-written file")
+        raise dataprep.SourceMissing(f"{HANDWRITTEN}: missing; the roleplay task's offline source is this hand-written file")
     return [Source("handwritten", lambda: dataprep.read_jsonl(HANDWRITTEN), schemas(dataprep.chat_styles(cfg.styles))[0])]
 
 
