@@ -309,7 +309,7 @@ class TextStream:
         self.stops, self.strip, self.ignore_eos = stops, strip, ignore_eos
         self.longest = max((len(s) for s in stops), default=0)
         self.text, self.sent = "", 0  # decoded text, characters handed out
-        self.tokens, self.finish = 0, None
+        self.finish = None
 
     def _cut(self, start):
         hits = [i for i in (self.text.find(s, start) for s in self.stops) if i != -1]
@@ -335,7 +335,6 @@ class TextStream:
 
     def add(self, token):
         """Take one generated token id; return the text that can now be handed out."""
-        self.tokens += 1
         if token == tokenizer.EOT_ID and not self.ignore_eos:
             self.text += self.decoder.decode(b"", final=True)
             self.finish = "stop"

@@ -268,7 +268,8 @@ print(client.completions.create(model="nanophi", prompt="def fib(n):", extra_bod
 How it runs: one worker thread owns the model (the event loop only parses, queues and streams, so
 `/health` and the page stay responsive). Up to `max_active` requests generate at once, interleaved
 one forward pass (KV cache) at a time; more wait in a FIFO queue. Each request samples with its own
-`torch.Generator`, so outputs never mix and seeded requests reproduce exactly.
+`torch.Generator`, so outputs never mix and seeded requests reproduce exactly. The prompt must fit
+the context; a reply may run past it (`model.generate_stream` then keeps the last half of the window).
 
 Load test (`python bench/bench_serve.py`): {what}; {clients} clients each streaming {max_tokens}
 tokens (`ignore_eos`, a seed per client); every client must end with `[DONE]` and get exactly the text
