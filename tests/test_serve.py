@@ -159,6 +159,14 @@ def test_textstream_holds_back_stop_prefixes_and_split_characters():
     assert "".join(out) == "abc " and s.close() == "ST" and s.finish == "length"
 
 
+def test_a_full_queue_answers_503(local_model):
+    from serve import APIError, Engine
+    engine = Engine(local_model, "cpu", "float32", max_active=1, max_queue=0)
+    with pytest.raises(APIError) as e:
+        engine.submit(object())
+    assert e.value.status == 503 and e.value.body()["error"]["code"] == "server_busy"
+
+
 # ------------------------------------------------------------------ basics
 
 def test_health_models_and_page(srv):
@@ -239,6 +247,18 @@ def test_tag_renders_the_task_prompt(srv):
     assert rendered.endswith("Answer:")
     assert r["choices"][0]["text"].startswith(rendered)
     assert r["usage"]["prompt_tokens"] == len(textformat.encode_prompt(textformat.prompt_for("math", q)))
+
+
+def test_chat_style_and_roleplay_names_render_through_textformat(srv):
+    turns = [(m["role"], m["content"]) for m in CHAT[1:]]
+    for extra, segs in (
+            ({"chat_style": "plain"}, textformat.chat(turns, system="Be brief.", style="plain")),
+            ({"chat_style": "metharme", "tag": "Roleplay"},
+             textformat.chat(turns, system="Be brief.", task="roleplay", style="metharme")),
+            ({"tag": "Roleplay", "user_name": "Kazuma", "bot_name": "Aqua"},
+             textformat.chat(turns, system="Be brief.", task="roleplay", user_name="Kazuma", bot_name="Aqua"))):
+        r = post(srv, "/v1/chat/completions", {"messages": CHAT, "max_tokens": 2, **extra}).json()
+        assert r["usage"]["prompt_tokens"] == len(textformat.encode_prompt(segs)), extra
 
 
 def test_stop_cuts_before_the_stop_string_and_never_streams_past_it(srv):
