@@ -17,6 +17,7 @@ plain dict the task's prepare.py renders with textformat. Generators are determi
 import ast
 import functools
 import importlib
+import itertools
 import os
 import random
 import re
@@ -350,7 +351,7 @@ def _sentences(text):
 def excerpt_items(seed=1337, max_chars=1200):
     """{"text", "response", "kind"} items: topic of a section, module of a docstring, a definition sentence."""
     rng = random.Random(seed)
-    for where, rec in list(doc_sections()) + list(pydoc_topics()):
+    for where, rec in itertools.chain(doc_sections(), pydoc_topics()):
         text = _chunks(rec["text"], max_chars)[0]
         if len(text) < 200:
             continue
