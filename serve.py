@@ -64,6 +64,7 @@ system = ""  # default system line for chats that send none
 max_request_bytes = 1 << 20  # bigger bodies get a 413
 max_active = 4  # requests generating at once (interleaved); more wait in the queue
 max_queue = 256  # waiting requests beyond this get a 503
+cors_origins = ""  # other web apps allowed to call the API from a browser: "https://a.example,https://b.example" or "*"
 access_log = True
 # -----------------------------------------------------------------------------
 
@@ -477,6 +478,11 @@ def make_app(engine, cfg, source):
 
     app = FastAPI(title="NanoPhi", docs_url=None, redoc_url=None, openapi_url=None)  # docs need a CDN
     ctx = engine.model.config.block_size
+    if cfg["cors_origins"]:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in cfg["cors_origins"].split(",")],
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["X-NanoPhi-Dropped-Turns"])
     key = cfg["api_key"].encode()
 
     @app.exception_handler(APIError)

@@ -227,7 +227,8 @@ Flags (`--key=value`, or a config file): `init_from` (`resume`, a `.pt`, a gpt2 
 directory), `out_dir`, `which` (best/latest), `block_size`, `device`, `dtype`, `host` (default
 127.0.0.1), `port`, `api_key` (or `NANOPHI_API_KEY`), `model_name` (the id in /v1/models), sampling
 defaults `temperature`, `top_k`, `top_p`, `repetition_penalty`, `max_tokens`, `max_tokens_cap`, `max_n`,
-`chat_style`, `system`, and limits `max_request_bytes` (413 above it), `max_active`, `max_queue` (503 above it).
+`chat_style`, `system`, limits `max_request_bytes` (413 above it), `max_active`, `max_queue` (503 above it),
+and `cors_origins` (other web apps allowed to call the API from a browser; none by default).
 
 Requests follow OpenAI's shapes: `messages` (system, user, assistant; rendered in the training chat
 format by `textformat.chat`, the reply cut at `<|endoftext|>` or the next speaker marker), `prompt`

@@ -71,7 +71,7 @@ class Server:
 def servers(tiny_out_dir, tiny_hf_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serve_logs")
     a = Server([f"--out_dir={tiny_out_dir}", "--max_tokens_cap=20000", "--max_request_bytes=100000",
-                "--max_active=2"], str(logs / "open.log"))
+                "--max_active=2", "--cors_origins=http://app.example"], str(logs / "open.log"))
     b = Server([f"--init_from={tiny_hf_dir}", "--model_name=tiny-hf"], str(logs / "auth.log"),
                env={"NANOPHI_API_KEY": KEY})
     try:
@@ -182,6 +182,16 @@ def test_health_models_and_page(srv):
     assert 'id="tag"' in page.text and "/static/app.js" in page.text
     assert httpx.get(srv.url + "/static/app.js").status_code == 200
     assert httpx.get(srv.url + "/static/style.css").status_code == 200
+
+
+def test_cors_only_for_the_configured_origin(srv):
+    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    ok = httpx.options(srv.url + "/v1/chat/completions", headers={"Origin": "http://app.example", **pre})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://app.example"
+    bad = httpx.options(srv.url + "/v1/chat/completions", headers={"Origin": "http://evil.example", **pre})
+    assert "access-control-allow-origin" not in bad.headers
+    r = httpx.get(srv.url + "/v1/models", headers={"Origin": "http://app.example"})
+    assert r.headers["access-control-allow-origin"] == "http://app.example"
 
 
 @pytest.mark.parametrize("path", ["/static/../serve.py", "/static/%2e%2e/serve.py", "/static/serve.py",
