@@ -683,14 +683,19 @@ def make_app(engine, cfg, source):
 
 def main():
     from configurator import configure
-    cfg = configure(globals())
-    cfg["api_key"] = cfg["api_key"] or os.environ.get("NANOPHI_API_KEY", "")
-    cfg["created"] = int(time.time())
-    dev = pick_device(cfg["device"])
-    dt = pick_dtype(cfg["dtype"], dev)
-    if cfg["max_tokens"] > cfg["max_tokens_cap"]:
-        sys.exit(f"serve.py: max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
-    model, source = load_model(cfg["init_from"], cfg["out_dir"], dev, cfg["which"], cfg["block_size"])
+    try:  # bad settings or a missing checkpoint: one clear line, no traceback
+        cfg = configure(globals())
+        cfg["api_key"] = cfg["api_key"] or os.environ.get("NANOPHI_API_KEY", "")
+        cfg["created"] = int(time.time())
+        dev = pick_device(cfg["device"])
+        dt = pick_dtype(cfg["dtype"], dev)
+        if cfg["max_tokens"] > cfg["max_tokens_cap"]:
+            raise ValueError(f"max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
+        if cfg["chat_style"] not in textformat.CHAT_STYLES:
+            raise ValueError(f"chat_style={cfg['chat_style']!r}: known styles are {', '.join(textformat.CHAT_STYLES)}")
+        model, source = load_model(cfg["init_from"], cfg["out_dir"], dev, cfg["which"], cfg["block_size"])
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"serve.py: {e}")
     print(f"serving {source} as '{cfg['model_name']}' on {dev} ({dt}), context {model.config.block_size}, "
           f"{model.get_num_params() / 1e6:.1f}M parameters")
     if cfg["host"] not in ("127.0.0.1", "localhost", "::1") and not cfg["api_key"]:

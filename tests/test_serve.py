@@ -167,6 +167,15 @@ def test_a_full_queue_answers_503(local_model):
     assert e.value.status == 503 and e.value.body()["error"]["code"] == "server_busy"
 
 
+def test_bad_settings_exit_with_a_clear_message(tmp_path):
+    runs = [(["--temprature=1"], "temperature"), ([f"--out_dir={tmp_path}"], "no checkpoint")]
+    procs = [subprocess.Popen([sys.executable, "serve.py", f"--port={free_port()}", *args], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for args, _ in runs]
+    for p, (args, words) in zip(procs, runs):
+        out = p.communicate(timeout=120)[0]
+        assert p.returncode != 0 and words in out and "Traceback" not in out, (args, out)
+
+
 # ------------------------------------------------------------------ basics
 
 def test_health_models_and_page(srv):
