@@ -220,8 +220,12 @@ class Chat:
         return reply, dropped
 
     def undo(self):
-        n = 2 if len(self.turns) >= 2 else len(self.turns)
-        del self.turns[len(self.turns) - n:]
+        """Take back the last user message and whatever followed it; returns the turns removed."""
+        n = 0
+        while self.turns:
+            n += 1
+            if self.turns.pop()[0] == "user":
+                break
         return n
 
     def to_json(self):

@@ -288,3 +288,20 @@ def test_lora_adapter_dir_as_init_from(tiny_hf_dir, tmp_path):
     r = run([f"--init_from={adir}", "--temperature=0", "--start=The quick brown fox", "--max_new_tokens=20"])
     assert r.returncode == 0, r.stderr
     assert r.stdout == want + "\n"
+
+
+def test_chat_undo_and_load(tiny_model, tmp_path):
+    conv = sample.Chat(tiny_model, 10)
+    conv.turns = [("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")]
+    assert conv.undo() == 2 and conv.turns == [("user", "a"), ("assistant", "b")]
+    conv.turns.append(("user", "unanswered"))
+    assert conv.undo() == 1 and conv.turns == [("user", "a"), ("assistant", "b")]
+    saved = conv.to_json()
+    other = sample.Chat(tiny_model, 10)
+    other.load(json.loads(json.dumps(saved)), "chat.json")
+    assert other.turns == conv.turns
+    with pytest.raises(ValueError, match="chat.json: turn 0: role must be"):
+        other.load({"turns": [{"role": "narrator", "content": "x"}]}, "chat.json")
+    with pytest.raises(ValueError, match="'turns' list"):
+        other.load([], "chat.json")
+    assert other.turns == conv.turns  # a bad file changes nothing
