@@ -240,13 +240,24 @@ def parse_chat(body, cfg, ctx):
     tag = tag_of(body, "chat")
     style = style_of(body, cfg)
     user_name, bot_name = field(body, "user_name", (str,)), field(body, "bot_name", (str,))
-    dropped = 0
+    n_turns = len(turns)
     if field(body, "trim_history", (bool,), False):
         budget = max(ctx - params["max_tokens"], ctx // 2)
+        # first drop, cheaply, the old turns that cannot fit: each turn's text alone (rendered as
+        # ' ' + text) already costs this many tokens; trim_chat then re-renders only what is left
+        total, keep = 0, 0
+        for role, text in reversed(turns):
+            total += len(encode(" " + text.strip()))
+            if total > budget and keep:
+                break
+            keep += 1
+        while keep < len(turns) and keep > 1 and turns[-keep][0] == "assistant":
+            keep -= 1  # as trim_chat does: a trimmed history starts on a user turn
         try:
-            turns, dropped = textformat.trim_chat(turns, budget, sys_line, tag, style, user_name, bot_name)
+            turns = textformat.trim_chat(turns[-keep:], budget, sys_line, tag, style, user_name, bot_name)[0]
         except ValueError as e:
             raise APIError(400, str(e), "messages", "context_length_exceeded") from None
+    dropped = n_turns - len(turns)
     ids = textformat.encode_prompt(textformat.chat(turns, sys_line, tag, style, user_name, bot_name))
     check_context(len(ids), ctx, "messages")
     reply = dict(stops=textformat.stop_strings(style, user_name, bot_name) + [tokenizer.EOT_TEXT], strip=True)
@@ -636,14 +647,15 @@ def make_app(engine, cfg, source):
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
         body = await read_json(request)
-        prompts, params, reply, dropped = parse_chat(body, cfg, ctx)
+        # rendering a long conversation takes a while: off the event loop
+        prompts, params, reply, dropped = await asyncio.to_thread(parse_chat, body, cfg, ctx)
         headers = {"X-NanoPhi-Dropped-Turns": str(dropped)} if dropped else None
         return await respond(request, "chat", prompts, params, reply, headers=headers)
 
     @v1.post("/completions")
     async def completions(request: Request):
         body = await read_json(request)
-        prompts, params, reply, echoes = parse_completion(body, cfg, ctx)
+        prompts, params, reply, echoes = await asyncio.to_thread(parse_completion, body, cfg, ctx)
         return await respond(request, "text", prompts, params, reply, echoes=echoes)
 
     @v1.get("/models")

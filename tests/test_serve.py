@@ -338,6 +338,15 @@ def test_trim_history_fits_a_long_chat(srv):
     r = post(srv, "/v1/chat/completions", {"messages": long, "max_tokens": 4, "trim_history": True})
     assert r.status_code == 200, r.text
     assert int(r.headers["x-nanophi-dropped-turns"]) > 0
+    # a very long conversation: only the turns that can fit are re-rendered, the answer is trim_chat's
+    turns = [("user" if i % 2 == 0 else "assistant", f"turn {i} " + "la " * (i % 7)) for i in range(2001)]
+    msgs = [{"role": role, "content": text} for role, text in turns]
+    r = post(srv, "/v1/chat/completions", {"messages": msgs, "max_tokens": 100, "trim_history": True})
+    assert r.status_code == 200, r.text
+    kept = textformat.trim_chat(turns[-60:], 128 // 2)[0]  # budget: max(context - max_tokens, context / 2)
+    assert 1 < len(kept) < 60
+    assert int(r.headers["x-nanophi-dropped-turns"]) == len(turns) - len(kept)
+    assert r.json()["usage"]["prompt_tokens"] == len(textformat.encode_prompt(textformat.chat(kept)))
 
 
 # ------------------------------------------------------------------ the openai client
