@@ -25,6 +25,7 @@ from tokenizer import EOT_ID, get_tokenizer
 init_from = 'resume'  # 'resume' (out_dir), a .pt file, gpt2 .. gpt2-xl, a transformers dir, a LoRA adapter dir
 out_dir = 'out'  # used by init_from='resume'
 which = 'best'  # resume from out_dir's 'best' (lowest val loss) or 'latest' checkpoint
+block_size = None  # None: the checkpoint's context length; a number crops or grows it (model.resize_block_size)
 start = "\n"  # prompt text, or FILE:path to read it from a file
 tag = ''  # task tag: Textbook, Code, Math, Logic, Roleplay, Excerpt, Chat ('' = raw text)
 num_samples = 1  # completions to draw
@@ -333,6 +334,8 @@ def main():
         raise ValueError(f"--which must be 'best' or 'latest', got {which!r}")
     sampling = sampling_args(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
     stops = parse_stops(stop)
+    if block_size is not None and (not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1):
+        raise ValueError(f"--block_size must be a positive integer (or None), got {block_size!r}")
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
     if num_samples < 1:
@@ -347,7 +350,7 @@ def main():
     torch.manual_seed(seed)
     generator = torch.Generator(device=dev).manual_seed(seed)
     try:
-        model, source = load_model(init_from, out_dir, dev, which)
+        model, source = load_model(init_from, out_dir, dev, which, block_size)
     except RuntimeError as e:
         raise ValueError(str(e)) from None
     log(f"loaded {source}: {model.get_num_params() / 1e6:.2f}M parameters, block_size {model.config.block_size}, "
