@@ -52,8 +52,10 @@ class KVCache:
     def __init__(self, config, batch_size, max_len, device, dtype):
         hs = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # empty, not zeros: only positions already written (:pos) are ever read, and clearing a
+        # block_size-long cache costs as much as tens of generated tokens on a CPU
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0  # number of positions filled (advanced by GPT.forward after all layers)
 
@@ -372,15 +374,16 @@ class GPT(nn.Module):
         block = self.config.block_size
         seen = idx
         cache = None
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             if not use_cache:
                 ctx = seen[:, -block:]
                 logits, _ = self(ctx, last_only=True)
-            elif cache is None or cache.pos >= block:
-                # (re)fill the cache; past block_size keep the last half of the window
+            elif cache is None or cache.pos >= cache.max_len:
+                # (re)fill the cache; past block_size keep the last half of the window. Room for
+                # the context and the tokens still to come, at most block_size: no bigger allocation
                 ctx = seen if seen.size(1) <= block else seen[:, -(block // 2):]
                 p = next(self.parameters())
-                cache = KVCache(self.config, B, block, p.device, p.dtype)
+                cache = KVCache(self.config, B, min(block, ctx.size(1) + max_new_tokens - step), p.device, p.dtype)
                 logits, _ = self(ctx, kv_cache=cache, last_only=True)
             else:
                 logits, _ = self(seen[:, -1:], kv_cache=cache)
