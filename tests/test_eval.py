@@ -149,6 +149,8 @@ def test_token_bytes_add_up_to_utf8_length():
 def test_answer_normalisation():
     assert ev.same_answer(" 42.", "42") and ev.same_answer("1,000", "1000") and ev.same_answer("0.5", "1/2")
     assert ev.same_answer("Yes", "yes") and ev.same_answer("-3\nbecause ...", "-3")
+    assert ev.same_answer("x^2+4x - 45", "x^2 + 4x - 45") and ev.same_answer("-4", "x = -4")  # data/math's formats
+    assert not ev.same_answer("x^2 + 4x + 45", "x^2 + 4x - 45") and not ev.same_answer("x = 4", "x = -4")
     assert not ev.same_answer("42 apples", "42") and not ev.same_answer("", "0") and not ev.same_answer("4", "42")
 
 
@@ -229,6 +231,13 @@ def test_humaneval_samples_file_scoring(tmp_path):
     assert (m["humaneval/passed"], m["humaneval/failed"], m["humaneval/timeout"]) == (4, 4, 1)
     out = [json.loads(line) for line in open(path + "_results.jsonl")]
     assert [r["passed"] for r in out] == [True] * 4 + [False] * 5 and out[5]["result"] == "timeout"
+    # an empty completion leaves a docstring-only function: it parses, but is not counted as code
+    problem0 = [sandbox.read_humaneval()[0]]
+    m, c, d, _ = ev.humaneval_scores(problem0, [{"task_id": "HumanEval/0", "completion": ""},
+                                                {"task_id": "HumanEval/0", "completion": "    return 1 +\n"}],
+                                     [1], 3.0, 1024, 2, "auto")
+    assert m["humaneval/parse"] == 0.0 and (m["humaneval/failed"], m["humaneval/error"]) == (1, 1)
+    assert c["humaneval/pass@1"] == 1 and c["humaneval/parse"] == 2
 
 
 def test_comparison_mode_cli(setup, tiny_out_dir, tmp_path):
