@@ -140,6 +140,18 @@ def test_bits_per_byte_by_hand(tmp_path):
     assert m["bpb/math"] == pytest.approx(nll_12 / math.log(2) / 3, rel=1e-5)
 
 
+def test_long_documents_are_scored_in_chunks(tmp_path):
+    segs = tf.textbook("one two three four five six seven eight nine ten eleven twelve")
+    ids, mask = tf.encode_example(segs)
+    w = SplitWriter(str(tmp_path / "textbook"), "val")
+    w.add(ids, mask)
+    w.commit()
+    rows = ev.loss_rows(TaskSplit(str(tmp_path), "textbook", "val"), 4)
+    assert all(len(x) <= 4 and len(x) == len(y) for x, y in rows)
+    assert np.concatenate([x for x, _ in rows]).tolist() == ids[:-1]  # every position, in order
+    assert sum(int((y != -1).sum()) for _, y in rows) == sum(mask[1:])  # every target once
+
+
 def test_token_bytes_add_up_to_utf8_length():
     text = "café ☕ naïve — 数学 [Math] 6+6=12"
     assert int(ev.token_bytes()[encode(text)].sum()) == len(text.encode("utf-8"))
@@ -207,6 +219,17 @@ def test_every_metric_end_to_end_on_a_tiny_trained_model(setup):
     assert [s["task_id"] for s in samples] == [f"HumanEval/{i}" for i in range(4)]
     assert report["plots"] and all(os.path.getsize(p) > 1000 for p in report["plots"])
     assert open(report["plots"][0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pass_at_k_with_sampling(setup, tmp_path):
+    report = ev.main([f"--out_dir={setup['out_dir']}", "--which=latest", f"--data_dir={tmp_path}", "--device=cpu",
+                      "--metrics=['humaneval']", "--limit=2", "--num_samples_per_task=3", "--temperature=0.8",
+                      "--pass_at_k=[1, 2, 5]", "--code_max_new_tokens=8", f"--results={tmp_path / 'r.json'}"])
+    m, c = report["models"][0]["metrics"], report["models"][0]["counts"]
+    assert "humaneval/pass@1" in m and "humaneval/pass@2" in m and "humaneval/pass@5" not in m
+    assert c["humaneval/samples"] == 6 and c["humaneval/problems"] == 2
+    samples = [json.loads(line) for line in open(report["models"][0]["details"]["humaneval_samples_file"])]
+    assert [s["task_id"] for s in samples] == ["HumanEval/0"] * 3 + ["HumanEval/1"] * 3
 
 
 def test_humaneval_samples_file_scoring(tmp_path):
