@@ -43,26 +43,29 @@ def hf_greedy(hf_dir, prompt, n):
 
 # ------------------------------------------------------------------ CLI
 
-def test_greedy_parity_with_transformers_and_stream_equal(tiny_hf_dir):
+def test_greedy_parity_with_transformers(tiny_hf_dir):
     prompt = "The quick brown fox"
     want = decode(hf_greedy(tiny_hf_dir, prompt, 40))
     assert len(want) > 40  # a real completion, not an immediate end-of-text
-    args = [f"--init_from={tiny_hf_dir}", "--temperature=0", f"--start={prompt}", "--max_new_tokens=40"]
+    r = run([f"--init_from={tiny_hf_dir}", "--temperature=0", f"--start={prompt}", "--max_new_tokens=40"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want + "\n"
+
+
+def test_tag_echo_and_stream_equal_plain(tiny_out_dir, tiny_model):
+    args = [f"--out_dir={tiny_out_dir}", "--tag=math", "--start=What is 12*7?", "--echo=True", "--temperature=0",
+            "--top_k=5", "--num_samples=2", "--max_new_tokens=30"]
     plain = run(args)
     assert plain.returncode == 0, plain.stderr
-    assert plain.stdout == want + "\n"
+    head = tf.render_text(tf.qa("math", "What is 12*7?"))
+    assert head == "[Math] What is 12*7?\nAnswer:"
+    ids = tf.encode_prompt(tf.qa("math", "What is 12*7?"))
+    completion, _ = sample.complete(tiny_model, ids, 30, temperature=0)
+    assert len(completion) > 30
+    assert plain.stdout == (head + completion + "\n---------------\n") * 2
     streamed = run(args + ["--stream=True"])
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == plain.stdout
-
-
-def test_tag_echo_renders_training_prompt(tiny_out_dir):
-    r = run([f"--out_dir={tiny_out_dir}", "--tag=math", "--start=What is 12*7?", "--echo=True",
-             "--temperature=0", "--max_new_tokens=5"])
-    assert r.returncode == 0, r.stderr
-    head = tf.render_text(tf.qa("math", "What is 12*7?"))
-    assert head == "[Math] What is 12*7?\nAnswer:"
-    assert r.stdout.startswith(head) and len(r.stdout) > len(head) + 1
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -229,7 +232,7 @@ def test_trim_chat_drops_oldest_keeps_current():
 def test_chat_context_trimming(tiny_model):
     block = tiny_model.config.block_size  # 128
     conv = sample.Chat(tiny_model, max_new_tokens=40, system="Be brief.", sampling=dict(temperature=0))
-    for i in range(12):
+    for i in range(7):
         ids, dropped = conv.prompt_ids(f"message number {i} with some words")
         assert len(ids) + 40 <= block
         rendered = decode(ids)
@@ -239,10 +242,10 @@ def test_chat_context_trimming(tiny_model):
         assert dropped2 == dropped
         assert "[Human]:" not in reply and "[Bot]:" not in reply
     assert dropped > 0  # the history outgrew the context and was trimmed
-    assert len(conv.turns) == 24  # ... but is kept whole for /save
+    assert len(conv.turns) == 14  # ... but is kept whole for /save
     with pytest.raises(ValueError, match="current message needs"):
         conv.prompt_ids("word " * 200)
-    assert len(conv.turns) == 24
+    assert len(conv.turns) == 14
 
 
 def test_chat_rejects_unknown_style_and_full_budget(tiny_model):
