@@ -80,7 +80,7 @@ sandbox_network = "auto"  # auto: own network namespace where the kernel allows 
 results = ""  # JSON path; '' = out_dir/eval.json. The Markdown table goes next to it (.md)
 # -----------------------------------------------------------------------------
 _DEFAULTS = config_keys(globals())
-METRICS = ("loss", "qa", "fewshot", "tags", "humaneval", "plots")
+_KNOWN_METRICS = ("loss", "qa", "fewshot", "tags", "humaneval", "plots")
 
 
 def log(msg):
@@ -538,9 +538,9 @@ def discover_tasks(cfg):
 
 
 def check_config(cfg):
-    bad = [m for m in cfg["metrics"] if m not in METRICS]
+    bad = [m for m in cfg["metrics"] if m not in _KNOWN_METRICS]
     if bad:
-        raise ConfigError(f"metrics: unknown {bad}; known: {list(METRICS)}")
+        raise ConfigError(f"metrics: unknown {bad}; known: {list(_KNOWN_METRICS)}")
     if cfg["num_samples_per_task"] < 1:
         raise ConfigError(f"num_samples_per_task must be at least 1, got {cfg['num_samples_per_task']}")
     if cfg["num_samples_per_task"] > 1 and cfg["temperature"] <= 0:
@@ -624,6 +624,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
