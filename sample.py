@@ -19,7 +19,7 @@ import sys
 import torch
 
 import textformat as tf
-from tokenizer import EOT_ID, get_tokenizer
+from tokenizer import EOT_ID, EOT_TEXT, get_tokenizer
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir), a .pt file, gpt2 .. gpt2-xl, a transformers dir, a LoRA adapter dir
@@ -195,7 +195,8 @@ class Chat:
         self.model, self.max_new_tokens = model, max_new_tokens
         self.task, self.style, self.system = tf.task_of(task), style, system or None
         self.user_name, self.bot_name = user_name or None, bot_name or None
-        self.stops = tf.stop_strings(style, self.user_name, self.bot_name) + list(stops)
+        # the next speaker's marker, and <|endoftext|> written out as text (as old datasets did)
+        self.stops = tf.stop_strings(style, self.user_name, self.bot_name) + [EOT_TEXT] + list(stops)
         self.generator, self.sampling = generator, dict(sampling or {})
         self.turns = []  # [(role, text)], the whole conversation (the prompt may use only its end)
         tf.markers(style)  # unknown style: error now, not at the first message
@@ -301,13 +302,16 @@ def chat_loop(conv, inp, out, stream=False):
             continue
         try:
             if stream:
-                first = [True]
+                held = [None]  # whitespace not shown yet: None before the reply's first character
 
                 def show(piece):
-                    if first[0]:  # the reply's leading space is not part of what the bot says
-                        piece = piece.lstrip()
-                        first[0] = not piece
-                    out.write(piece)
+                    # print what cut_reply will keep: no leading space, no trailing whitespace
+                    text = piece.lstrip() if held[0] is None else held[0] + piece
+                    if not text:
+                        return
+                    body = text.rstrip()
+                    held[0] = text[len(body):]
+                    out.write(body)
                     out.flush()
                 reply, dropped = conv.reply(line, show)
                 out.write("\n")

@@ -308,3 +308,20 @@ def test_chat_undo_and_load(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="'turns' list"):
         other.load([], "chat.json")
     assert other.turns == conv.turns  # a bad file changes nothing
+
+
+def test_chat_loop_stream_prints_what_is_kept(tiny_model):
+    import io
+    script = "hi\n\nwhat is this?\n/undo\nand now?\n"
+    outs, turns = [], []
+    for stream in (False, True):
+        conv = sample.Chat(tiny_model, 25, sampling=dict(temperature=0))
+        out = io.StringIO()
+        sample.chat_loop(conv, io.StringIO(script), out, stream=stream)
+        outs.append(out.getvalue())
+        turns.append(conv.turns)
+    assert outs[0] == outs[1]
+    assert turns[0] == turns[1] and [t for r, t in turns[0] if r == "user"] == ["hi", "and now?"]
+    lines = outs[0].splitlines()
+    assert len(lines) == 3  # one line per message (the blank line is ignored), even the undone one
+    assert lines[0] == turns[0][1][1] and lines[2] == turns[0][3][1]  # printed == kept in the history
