@@ -199,14 +199,13 @@ class Chat:
         self.stops = tf.stop_strings(style, self.user_name, self.bot_name) + [EOT_TEXT] + list(stops)
         self.generator, self.sampling = generator, dict(sampling or {})
         self.turns = []  # [(role, text)], the whole conversation (the prompt may use only its end)
-        tf.markers(style)  # unknown style: error now, not at the first message
+        if model.config.block_size - max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+                             f"block_size {model.config.block_size}")
 
     def prompt_ids(self, message):
         """Token ids for history + message, oldest turns dropped to leave max_new_tokens of room."""
         budget = self.model.config.block_size - self.max_new_tokens
-        if budget <= 0:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} leaves no room for a prompt in "
-                             f"block_size {self.model.config.block_size}")
         kept, dropped = tf.trim_chat(self.turns + [("user", message)], budget, self.system, self.task,
                                      self.style, self.user_name, self.bot_name)
         segs = tf.chat(kept, self.system, self.task, self.style, self.user_name, self.bot_name)
@@ -322,6 +321,10 @@ def chat_loop(conv, inp, out, stream=False):
         except ValueError as e:  # the message alone does not fit the context: say so, keep going
             log(f"error: {e}")
             continue
+        except KeyboardInterrupt:  # Ctrl-C stops the reply, not the chat; the exchange is dropped
+            out.write("\n")
+            log("(reply interrupted; not kept)")
+            continue
         if dropped:
             log(f"(context full: the {dropped} oldest turns were left out of the prompt)")
 
@@ -377,12 +380,12 @@ def main():
         stops = stops + tf.stop_strings(chat_style, user_name or None, bot_name or None)
     block = model.config.block_size
     if len(ids) > block:
-        log(f"warning: the prompt has {len(ids)} tokens, more than block_size {block}; only its end is used")
+        log(f"warning: the prompt has {len(ids)} tokens, more than block_size {block}; only its last {block // 2} are used")
     elif len(ids) + max_new_tokens > block:
         log(f"warning: prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) > block_size {block}: "
             f"past it the model keeps only the last {block // 2} tokens of context")
     write = sys.stdout.write
-    for k in range(num_samples):
+    for _ in range(num_samples):
         if echo:
             write(tf.render_text(segs))
         on_text = (lambda piece: (write(piece), sys.stdout.flush())) if stream else None
