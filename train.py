@@ -420,7 +420,8 @@ def main(argv=None):
     gpt = model.get_base_model() if lcfg else model  # the plain GPT (shared modules)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if master:
-        print(f"model: {n_params / 1e6:.2f}M parameters ({n_trainable / 1e6:.3f}M trained"
+        n_total = sum(p.numel() for p in model.parameters())
+        print(f"model: {n_total / 1e6:.2f}M parameters ({n_trainable / 1e6:.3f}M trained"
               + (f", LoRA r={lcfg['r']} on {lcfg['target_modules']}" if lcfg else "") + f"), block_size {block_size}")
         mem = memory_estimate(n_params, n_trainable, gpt.config, batch_size, ptdtype, gradient_checkpointing)
         have = device_memory(device_type)
@@ -576,6 +577,7 @@ def main(argv=None):
                     save(iter_num, best=improved)
                     saved_iter = iter_num
                     print(f"saved {out_dir}/ckpt.pt" + (" and best.pt" if improved else ""))
+            t0 = time.time()  # the step's time excludes the evaluation
         if eval_only or iter_num >= max_iters:
             break
 
@@ -617,7 +619,7 @@ def main(argv=None):
             speed = f"mfu {mfu * 100:.1f}%" if mfu is not None else f"{achieved / 1e12:.3f} TFLOP/s"
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f}ms, {tok_s:,.0f} tok/s, {speed}, "
                   f"epochs " + " ".join(f"{t} {e:.2f}" for t, e in eps.items())
-                  + f", tokens {fmt_tokens(tokens_seen)} = {tokens_seen / chinchilla:.3f}x chinchilla")
+                  + f", tokens {fmt_tokens(tokens_seen)} = {tokens_seen / chinchilla:.2g}x chinchilla (20 tok/param)")
             rec = {"type": "train", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "tok_per_s": tok_s,
                    "tokens": tokens_seen, "mfu": mfu, "flops_per_s": achieved, "epochs": eps,
                    "chinchilla": tokens_seen / chinchilla}
@@ -631,6 +633,8 @@ def main(argv=None):
     if master and plot and not eval_only:
         for p in plot_losses(out_dir):
             print(f"wrote {p}")
+    if wandb_log and master:
+        wandb.finish()
     signal.signal(signal.SIGINT, old_handlers[0])
     signal.signal(signal.SIGTERM, old_handlers[1])
     if ddp:
