@@ -45,6 +45,7 @@ def save_adapter(peft_model, path, base, model_args):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".adapter-", dir=parent)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an adapter directory is ordinary output
     try:
         peft_model.save_pretrained(tmp)
         with open(os.path.join(tmp, META), "w") as f:
