@@ -19,7 +19,12 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-GPT2_VOCAB = 50257  # real token ids; rows above it (nanoGPT pads to 50304) are never sampled
+GPT2_VOCAB = 50257
+
+
+def _compiling():
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())  # real token ids; rows above it (nanoGPT pads to 50304) are never sampled
 
 
 @dataclass
@@ -167,8 +172,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, kv_cache=None, reduction="mean", last_only=False):
         """
-        idx (B, T) ids -> logits (B, T, vocab). With targets (B, T), -1 = no loss there, also the
-        loss: mean over counted targets, or their sum with reduction='sum' (gradient accumulation
+        idx (B, T) ids -> (logits (B, T, vocab), None). With targets (B, T), -1 = no loss there:
+        (None, loss), the loss a mean over counted targets, or their sum with reduction='sum' (gradient accumulation
         over micro-batches with different mask counts divides once by the total). A batch with
         no counted target gives loss 0, never NaN. With kv_cache, idx continues the cached positions.
         last_only (no targets): logits (B, 1, vocab) of the last position only, as generation needs
@@ -191,13 +196,19 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x[:, -1:, :] if last_only else x), None
-        logits = self.lm_head(x)
-        loss_sum = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                   ignore_index=-1, reduction="sum")
+        # the vocab projection only where there is a target: in SFT most positions are masked
+        # prompt tokens, and this projection (n_embd x 50304) is the largest matmul of a small GPT
+        targets = targets.reshape(-1)
+        keep = targets != -1
+        if _compiling():  # a data-dependent row count would break the graph: project every position
+            logits = self.lm_head(x).view(-1, self.config.vocab_size)
+            loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=-1, reduction="sum")
+        else:
+            logits = self.lm_head(x.reshape(-1, x.size(-1))[keep])
+            loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
         if reduction == "sum":
-            return logits, loss_sum
-        count = (targets != -1).sum().clamp(min=1)
-        return logits, loss_sum / count
+            return None, loss_sum
+        return None, loss_sum / keep.sum().clamp(min=1)
 
     # ------------------------------------------------------------------ context length
 
@@ -328,11 +339,14 @@ class GPT(nn.Module):
 
     @staticmethod
     def _sample_next(logits, seen, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
-                     generator):
-        """logits (B, V) of the last position -> next ids (B,). seen (B, t) is the context."""
+                     generator, stop=None):
+        """logits (B, V) of the last position -> next ids (B,). seen (B, t) is the context. Stop ids
+        are exempt from the repetition controls: a chat history full of <|endoftext|> must not
+        make the model unable to end its reply."""
         logits = logits.float()
         if logits.size(-1) > GPT2_VOCAB:
             logits[:, GPT2_VOCAB:] = -float("inf")
+        keep = logits[:, stop].clone() if stop is not None and stop.numel() else None
         if repetition_penalty and repetition_penalty != 1.0:  # CTRL's penalty on tokens already seen
             prev = logits.gather(1, seen)
             logits.scatter_(1, seen, torch.where(prev > 0, prev / repetition_penalty, prev * repetition_penalty))
@@ -344,6 +358,8 @@ class GPT(nn.Module):
                 banned = [row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i:i + n - 1]) == prefix]
                 if banned:
                     logits[b, banned] = -float("inf")
+        if keep is not None:
+            logits[:, stop] = keep
         if not temperature:  # temperature 0: greedy
             return logits.argmax(dim=-1)
         logits = logits / temperature
@@ -388,7 +404,7 @@ class GPT(nn.Module):
             else:
                 logits, _ = self(seen[:, -1:], kv_cache=cache)
             nxt = self._sample_next(logits[:, -1, :], seen, temperature, top_k, top_p, repetition_penalty,
-                                    no_repeat_ngram_size, generator)
+                                    no_repeat_ngram_size, generator, stop)
             if stop.numel():
                 done = done | torch.isin(nxt, stop)
             seen = torch.cat((seen, nxt.unsqueeze(1)), dim=1)

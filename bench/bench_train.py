@@ -13,8 +13,15 @@ Modes:
                train.py's configure_optimizers (fused AdamW, decay on >=2-dim tensors) vs
                torch.optim.AdamW's default implementation, which a transformers user gets
   bf16-step    the same step under bf16 autocast for both (CPUs with avx512_bf16/amx only)
+Batches:
+  text         every position is a target (textbooks, code)
+  chat         the hand-written conversations (data/chat/handwritten.jsonl) packed into rows with
+               their real loss mask: only the bot's replies are targets, as in SFT. Both sides get
+               the same mask (transformers: labels -100); model.py projects to the vocabulary only
+               where there is a target, transformers projects every position.
 Both models have the same vocabulary (50257, GPT-2's, what finetuning from gpt2 uses), no dropout.
 """
+import json
 import os
 import statistics
 import sys
@@ -32,6 +39,7 @@ batch_size = 4
 block_size = 256
 steps = 4  # measured steps per model and mode (after one warm-up step)
 modes = ["fp32-fwdbwd", "fp32-step", "bf16-step"]
+batches = ["text", "chat"]
 threads = 0  # 0 = torch's default
 compile = False  # torch.compile both models (slow to compile on 2 cores)
 configure(globals())
@@ -62,8 +70,8 @@ def theirs():
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=1e-4, betas=(0.9, 0.95))
 
-    def loss_fn(x, y):
-        return model(input_ids=x, labels=x).loss  # transformers shifts the labels itself
+    def loss_fn(x, labels):
+        return model(input_ids=x, labels=labels).loss  # transformers shifts the labels itself
     return model, opt, loss_fn
 
 
@@ -85,36 +93,58 @@ def make_step(side, mode):
     return step
 
 
+def make_batch(kind):
+    """(x, y) for model.py and (x, labels) for transformers: the same tokens and the same targets."""
+    if kind == "text":
+        data = torch.randint(0, 50257, (batch_size, block_size + 1))
+        mask = torch.ones_like(data)
+    else:
+        import textformat
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        ids, mask = [], []
+        for line in open(os.path.join(root, "data", "chat", "handwritten.jsonl")):
+            rec = json.loads(line)
+            i, m = textformat.encode_example(textformat.chat(rec["turns"], system=rec.get("system")))
+            ids += i
+            mask += m
+        n = batch_size * (block_size + 1)
+        data = torch.tensor(ids[:n]).view(batch_size, -1)
+        mask = torch.tensor(mask[:n]).view(batch_size, -1)
+    x, y = data[:, :-1], torch.where(mask[:, 1:] == 1, data[:, 1:], -1)
+    labels = torch.where(mask[:, :-1] == 1, data[:, :-1], -100)  # transformers predicts T-1 of them
+    return x, y, labels
+
+
 def main():
-    data = torch.randint(0, 50257, (batch_size, block_size + 1))
-    x, y = data[:, :-1], data[:, 1:]
-    xh = data[:, :-1]  # transformers gets the same T tokens and predicts T-1 of them
     sides = {"model.py": ours(), "transformers": theirs()}
     n_params = sides["model.py"][0].get_num_params()
     print(f"machine: {device_name('cpu')}, torch {torch.__version__}, bf16 CPU: {cpu_has_bf16()}")
     print(f"shape: {shape['n_layer']} layers x {shape['n_embd']} ({n_params / 1e6:.1f}M params), "
           f"batch {batch_size} x {block_size}, {steps} steps per model and mode, alternating")
     rows = []
-    for mode in modes:
-        if mode.startswith("bf16") and not cpu_has_bf16():
-            print(f"{mode}: skipped (no native bf16 on this CPU)")
-            continue
-        steps_fn = {name: make_step(side, mode) for name, side in sides.items()}
-        times = {name: [] for name in sides}
-        for i in range(steps + 1):
-            for name, fn in steps_fn.items():
-                t = time.perf_counter()
-                fn(x, y) if name == "model.py" else fn(xh, None)
-                if i:  # the first step warms up (allocations, compilation)
-                    times[name].append(time.perf_counter() - t)
-        tok = batch_size * block_size
-        ours_s, theirs_s = statistics.median(times["model.py"]), statistics.median(times["transformers"])
-        rows.append((mode, tok / ours_s, tok / theirs_s, theirs_s / ours_s))
+    for kind in batches:
+        x, y, labels = make_batch(kind)
+        share = (y != -1).float().mean().item()
+        for mode in modes:
+            if mode.startswith("bf16") and not cpu_has_bf16():
+                print(f"{mode}: skipped (no native bf16 on this CPU)")
+                continue
+            steps_fn = {name: make_step(side, mode) for name, side in sides.items()}
+            times = {name: [] for name in sides}
+            for i in range(steps + 1):
+                for name, fn in steps_fn.items():
+                    t = time.perf_counter()
+                    fn(x, y) if name == "model.py" else fn(x, labels)
+                    if i:  # the first step warms up (allocations, compilation)
+                        times[name].append(time.perf_counter() - t)
+            tok = batch_size * block_size
+            ours_s, theirs_s = statistics.median(times["model.py"]), statistics.median(times["transformers"])
+            rows.append((f"{kind} ({share:.0%} targets)", mode, tok / ours_s, tok / theirs_s, theirs_s / ours_s))
     print()
-    print("| mode | model.py tok/s | transformers tok/s | ratio |")
-    print("|---|---:|---:|---:|")
-    for mode, a, b, r in rows:
-        print(f"| {mode} | {a:,.0f} | {b:,.0f} | {r:.2f}x |")
+    print("| batch | mode | model.py tok/s | transformers tok/s | ratio |")
+    print("|---|---|---:|---:|---:|")
+    for kind, mode, a, b, r in rows:
+        print(f"| {kind} | {mode} | {a:,.0f} | {b:,.0f} | {r:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -186,3 +186,15 @@ def test_optimizer_groups_and_flops():
     assert m.flops_per_token() == 6 * N + 12 * 2 * 2 * 8 * 32
     mfu, achieved = m.estimate_mfu(fwdbwd_per_iter=4, dt=0.5, device="cpu")
     assert mfu is None and achieved == pytest.approx(m.flops_per_token() * 32 * 4 / 0.5)
+
+
+def test_stop_ids_are_exempt_from_repetition_controls():
+    logits = torch.zeros(1, 50304)
+    logits[0, 7] = 5.0  # the stop id is the most likely token and already in the context
+    logits[0, 9] = 4.0
+    seen = torch.tensor([[3, 7, 4, 7]])
+    args = dict(temperature=0, top_k=None, top_p=None, generator=None)
+    assert GPT._sample_next(logits.clone(), seen, repetition_penalty=10.0, no_repeat_ngram_size=0, **args) == 9
+    assert GPT._sample_next(logits.clone(), seen, repetition_penalty=1.0, no_repeat_ngram_size=1, **args) == 9
+    stop = torch.tensor([7])
+    assert GPT._sample_next(logits.clone(), seen, repetition_penalty=10.0, no_repeat_ngram_size=1, stop=stop, **args) == 7
