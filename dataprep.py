@@ -602,6 +602,16 @@ def conversation(rec, field="turns"):
     return out
 
 
+def handwritten_offline(task, path, schemas):
+    """The offline source of a hand-written conversation task: its committed JSONL file, read through
+    the task's first schema (schemas(styles)[0]) in the chat styles the run asks for."""
+    def offline(cfg):
+        if not os.path.isfile(path):
+            raise SourceMissing(f"{path}: missing; the {task} task's offline source is this hand-written file")
+        return [Source("handwritten", lambda: read_jsonl(path), schemas(chat_styles(cfg.styles))[0])]
+    return offline
+
+
 def chat_styles(styles):
     """The --styles setting, checked: known chat styles, nanophi (what sample.py/serve.py use) included."""
     unknown = [s for s in styles if s not in textformat.CHAT_STYLES]

@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 import dataprep  # noqa: E402
 import textformat  # noqa: E402
-from dataprep import FieldError, Schema, Source, need  # noqa: E402
+from dataprep import FieldError, Schema, need  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HANDWRITTEN = os.path.join(HERE, "handwritten.jsonl")
@@ -100,10 +100,7 @@ def schemas(cfg_styles=None):
 SCHEMAS = schemas()
 
 
-def offline(cfg):
-    if not os.path.isfile(HANDWRITTEN):
-        raise dataprep.SourceMissing(f"{HANDWRITTEN}: missing; the chat task's offline source is this hand-written file")
-    return [Source("handwritten", lambda: dataprep.read_jsonl(HANDWRITTEN), schemas(dataprep.chat_styles(cfg.styles))[0])]
+offline = dataprep.handwritten_offline("chat", HANDWRITTEN, schemas)
 
 
 def main(argv=None):

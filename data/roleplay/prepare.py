@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 import dataprep  # noqa: E402
 import textformat  # noqa: E402
-from dataprep import FieldError, Schema, Source, need  # noqa: E402
+from dataprep import FieldError, Schema, need  # noqa: E402
 
 HANDWRITTEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handwritten.jsonl")
 styles = list(textformat.CHAT_STYLES)
@@ -65,10 +65,7 @@ def schemas(cfg_styles=None):
 SCHEMAS = schemas()
 
 
-def offline(cfg):
-    if not os.path.isfile(HANDWRITTEN):
-        raise dataprep.SourceMissing(f"{HANDWRITTEN}: missing; the roleplay task's offline source is this hand-written file")
-    return [Source("handwritten", lambda: dataprep.read_jsonl(HANDWRITTEN), schemas(dataprep.chat_styles(cfg.styles))[0])]
+offline = dataprep.handwritten_offline("roleplay", HANDWRITTEN, schemas)
 
 
 def main(argv=None):
