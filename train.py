@@ -23,7 +23,6 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -379,7 +378,7 @@ def main(argv=None):
 
     if master:
         os.makedirs(out_dir, exist_ok=True)
-        print(f"tasks: " + ", ".join(f"{t} {w / sum(weights.values()):.2f} ({fmt_tokens(len(train_data[t].s))} train, "
+        print("tasks: " + ", ".join(f"{t} {w / sum(weights.values()):.2f} ({fmt_tokens(len(train_data[t].s))} train, "
                                       f"{fmt_tokens(len(data[t]['val'].s))} val)" for t, w in weights.items()))
         print(f"tokens per iteration: {tokens_per_iter:,} = {batch_size} rows x {block_size} x "
               f"{gradient_accumulation_steps} accumulation ({world} process{'es' if world > 1 else ''})")

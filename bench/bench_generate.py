@@ -85,8 +85,8 @@ def main():
               + f", same tokens: {'yes' if same else 'NO'}", flush=True)
 
     print()
-    print(f"| context | new tokens | KV cache tok/s | transformers tok/s | no cache tok/s | cache / transformers "
-          f"| cache / no cache | same tokens |")
+    print("| context | new tokens | KV cache tok/s | transformers tok/s | no cache tok/s | cache / transformers "
+          "| cache / no cache | same tokens |")
     print("|---:|---:|---:|---:|---:|---:|---:|:---:|")
     for T, tps, same in rows:
         print(f"| {T} | {new_tokens} | {tps['cache']:.1f} | {tps['transformers']:.1f} | {tps['no_cache']:.2f} | "

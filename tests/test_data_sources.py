@@ -11,7 +11,7 @@ import dataprep
 import offline_sources
 import textformat
 from datafiles import TaskSplit
-from tokenizer import EOT_ID, decode
+from tokenizer import decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
