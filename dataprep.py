@@ -602,6 +602,18 @@ def conversation(rec, field="turns"):
     return out
 
 
+def load_prepare(task):
+    """data/<task>/prepare.py as a module (the scripts live in folders, not in a package)."""
+    import importlib.util
+    path = os.path.join(ROOT, "data", task, "prepare.py")
+    if not os.path.isfile(path):
+        raise DataError(f"unknown task {task!r}: no {path}")
+    spec = importlib.util.spec_from_file_location(f"prepare_{task}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def handwritten_offline(task, path, schemas):
     """The offline source of a hand-written conversation task: its committed JSONL file, read through
     the task's first schema (schemas(styles)[0]) in the chat styles the run asks for."""

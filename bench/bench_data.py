@@ -22,6 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import dataprep  # noqa: E402
 from configurator import configure  # noqa: E402
 
 size_mb = 8
@@ -38,10 +39,7 @@ def child(spec):
         import prepare_all
         metas, problems = prepare_all.main([f"--out_dir={spec['out_dir']}", "--progress=False"])
     else:
-        import importlib.util
-        s = importlib.util.spec_from_file_location("prep_textbook", os.path.join(ROOT, "data", "textbook", "prepare.py"))
-        mod = importlib.util.module_from_spec(s)
-        s.loader.exec_module(mod)
+        mod = dataprep.load_prepare("textbook")
         metas = [mod.main([f"--source={spec['source']}", f"--out_dir={spec['out_dir']}", "--progress=False",
                            f"--num_threads={spec['threads']}", f"--near_dedup={spec.get('near', True)}"])]
     dt = time.time() - t0

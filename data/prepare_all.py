@@ -8,7 +8,6 @@ Runs each data/<task>/prepare.py in this process with the shared settings below 
 summary table. A task whose offline source is missing (a hand-written file) is reported and
 skipped; any other error is reported and makes the exit status 1 after the other tasks ran.
 """
-import importlib.util
 import os
 import sys
 import time
@@ -27,12 +26,6 @@ num_generated = 20000   # math/logic generated training items
 progress = True
 
 
-def load(task):
-    path = os.path.join(HERE, task, "prepare.py")
-    spec = importlib.util.spec_from_file_location(f"prepare_{task}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main(argv=None):
@@ -46,7 +39,7 @@ def main(argv=None):
         if task in ("math", "logic"):
             args.append(f"--num_generated={g['num_generated']}")
         try:
-            metas.append(load(task).main(args))
+            metas.append(dataprep.load_prepare(task).main(args))
         except dataprep.SourceMissing as e:
             problems.append((task, "skipped", str(e)))
         except (dataprep.DataError, ValueError, OSError) as e:

@@ -1,5 +1,4 @@
 """Prepared documents are textformat's examples token for token, and the loss mask covers exactly the responses."""
-import importlib.util
 import json
 import os
 
@@ -16,10 +15,7 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 
 
 def load(task):
-    spec = importlib.util.spec_from_file_location(f"prep_{task}", os.path.join(ROOT, "data", task, "prepare.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return dataprep.load_prepare(task)
 
 
 def all_docs(out, task):

@@ -95,10 +95,7 @@ def test_decontamination_humaneval_and_eval_items(tmp_path):
 
 
 def test_generated_eval_items_never_in_training(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("prep_math", os.path.join(ROOT, "data", "math", "prepare.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = dataprep.load_prepare("math")
     meta = mod.main([f"--out_dir={tmp_path}", "--progress=False", "--num_generated=3000", "--n_eval=100"])
     items = [json.loads(l) for l in open(tmp_path / "math" / "eval.jsonl")]
     assert len(items) == 100 and all(set(it) == {"kind", "question", "answer"} for it in items)
@@ -132,10 +129,7 @@ def test_bad_input_names_file_line_field(tmp_path, content, message):
 
 
 def test_bad_chat_turns_name_the_field(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("prep_chat", os.path.join(ROOT, "data", "chat", "prepare.py"))
-    chat = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(chat)
+    chat = dataprep.load_prepare("chat")
     path = jsonl(tmp_path / "c.jsonl", [
         {"id": "a", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
         {"id": "b", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]}])

@@ -1,5 +1,4 @@
 """Every hub schema through fixture files of the same shape, local file types, and the offline sources."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,10 +17,7 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 
 
 def load(task):
-    spec = importlib.util.spec_from_file_location(f"prep_{task}", os.path.join(ROOT, "data", task, "prepare.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return dataprep.load_prepare(task)
 
 
 def run(task, tmp_path, *args):

@@ -71,11 +71,7 @@ def persona_chat(r):
 
 def _load_roleplay():
     # PIPPA's field mapping lives in the roleplay script; chat reuses it (one definition)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("roleplay_prepare", os.path.join(HERE, "..", "roleplay", "prepare.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return dataprep.load_prepare("roleplay")
 
 
 roleplay = _load_roleplay()
