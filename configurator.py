@@ -11,6 +11,7 @@ type-checked against the defaults; lists and dicts (task mixtures) can be set to
 """
 import ast
 import difflib
+import os
 import sys
 import types
 
@@ -79,6 +80,13 @@ def configure(g, argv=None):
     argv = sys.argv[1:] if argv is None else argv
     defaults = config_keys(g)
     for arg in argv:
+        if arg in ("-h", "--help"):
+            script = os.path.basename(g.get("__file__", "this script"))
+            print(f"usage: python {script} [config_file.py ...] [--key=value ...]\nsettings and their defaults "
+                  f"(the comments beside them in the script say what they do):")
+            for k, v in defaults.items():
+                print(f"  --{k}={v!r}")
+            sys.exit(0)
         if not arg.startswith("--"):
             # a config file: run it in a copy of the settings, then take what it assigned
             try:

@@ -42,3 +42,11 @@ def test_unknown_key_in_config_file(tmp_path):
     cfg.write_text("learning_rat = 1e-3\n")
     with pytest.raises(ConfigError, match=r"c.py: unknown config key 'learning_rat'; did you mean learning_rate"):
         configure(settings(), [str(cfg)])
+
+
+def test_help_lists_every_setting(capsys):
+    with pytest.raises(SystemExit) as e:
+        configure(settings(), ["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--batch_size=4" in out and "--tasks={'math': 1.0}" in out
