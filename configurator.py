@@ -23,8 +23,9 @@ class ConfigError(ValueError):
 
 
 def config_keys(g):
-    """The settings of a script: public globals of plain types, captured before configure()."""
-    return {k: v for k, v in g.items() if not k.startswith("_") and isinstance(v, CONFIG_TYPES)}
+    """The settings of a script: public lower-case globals of plain types (UPPER_CASE names are
+    constants such as an imported EOT_ID, never settings)."""
+    return {k: v for k, v in g.items() if not k.startswith("_") and not k.isupper() and isinstance(v, CONFIG_TYPES)}
 
 
 def _unknown(key, known, where):

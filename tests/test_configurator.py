@@ -50,3 +50,9 @@ def test_help_lists_every_setting(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--batch_size=4" in out and "--tasks={'math': 1.0}" in out
+
+
+def test_constants_are_not_settings():
+    g = dict(settings(), EOT_ID=50256, CHAT_HELP="text")
+    with pytest.raises(ConfigError, match="unknown config key 'EOT_ID'"):
+        configure(g, ["--EOT_ID=1"])
