@@ -555,6 +555,8 @@ def run(task, schemas, offline, argv=None, render_task=None, eval_items=None, me
         extra["styles"] = list(cfg.styles)
     eval_texts = ()
     if eval_items is not None:
+        if getattr(cfg, "eval_seed", None) == cfg.seed:
+            raise DataError("eval_seed must differ from seed (held-out items come from another seed)")
         items = eval_items(cfg)
         path = write_eval(task_dir, items)
         eval_texts = [it["question"] for it in items]
