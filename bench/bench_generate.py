@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure  # noqa: E402
 from device import device_name  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from tokenizer import EOT_ID, VOCAB_SIZE  # noqa: E402
 
 # -----------------------------------------------------------------------------
 contexts = [128, 1024]  # prompt lengths in tokens
@@ -41,8 +42,8 @@ def build():
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(seed)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions,
-                                    vocab_size=50257)).eval()
-    ours = GPT(GPTConfig(block_size=n_positions, vocab_size=50257, n_layer=n_layer, n_head=n_head,
+                                    vocab_size=VOCAB_SIZE)).eval()
+    ours = GPT(GPTConfig(block_size=n_positions, vocab_size=VOCAB_SIZE, n_layer=n_layer, n_head=n_head,
                          n_embd=n_embd)).eval()
     ours.load_hf_state_dict(hf.state_dict())
     return ours, hf
@@ -59,16 +60,16 @@ def main():
     methods = {
         "cache": lambda x, n: ours.generate(x, n, temperature=0)[0, x.size(1):],
         "transformers": lambda x, n: hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                                 pad_token_id=50256)[0, x.size(1):],
+                                                 pad_token_id=EOT_ID)[0, x.size(1):],
         "no_cache": lambda x, n: ours.generate(x, n, temperature=0, use_cache=False)[0, x.size(1):],
     }
-    warm = torch.randint(0, 50257, (1, 16))
+    warm = torch.randint(0, VOCAB_SIZE, (1, 16))
     for f in methods.values():  # first calls allocate and pick kernels
         f(warm, 4)
     rows = []
     g = torch.Generator().manual_seed(seed)
     for T in contexts:
-        x = torch.randint(0, 50257, (1, T), generator=g)
+        x = torch.randint(0, VOCAB_SIZE, (1, T), generator=g)
         best = {k: float("inf") for k in methods}
         outs = {}
         for r in range(repeats):

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure  # noqa: E402
 from device import autocast, cpu_has_bf16, device_name  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from tokenizer import VOCAB_SIZE  # noqa: E402
 
 preset = "small"  # small: 6 x 384 (quick); gpt2: 12 x 768 (124M)
 batch_size = 4
@@ -52,7 +53,7 @@ shape = SHAPES[preset]
 
 
 def ours():
-    model = GPT(GPTConfig(block_size=block_size, vocab_size=50257, dropout=0.0, bias=True, **shape))
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=VOCAB_SIZE, dropout=0.0, bias=True, **shape))
     opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")
 
     def loss_fn(x, y):
@@ -62,7 +63,7 @@ def ours():
 
 def theirs():
     from transformers import GPT2Config, GPT2LMHeadModel
-    cfg = GPT2Config(vocab_size=50257, n_positions=block_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    cfg = GPT2Config(vocab_size=VOCAB_SIZE, n_positions=block_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      activation_function="gelu_new", **shape)
     model = GPT2LMHeadModel(cfg)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -96,7 +97,7 @@ def make_step(side, mode):
 def make_batch(kind):
     """(x, y) for model.py and (x, labels) for transformers: the same tokens and the same targets."""
     if kind == "text":
-        data = torch.randint(0, 50257, (batch_size, block_size + 1))
+        data = torch.randint(0, VOCAB_SIZE, (batch_size, block_size + 1))
         mask = torch.ones_like(data)
     else:
         import textformat
