@@ -76,12 +76,16 @@ class SplitWriter:
                 os.remove(self.tmp[k])
 
 
-def write_json_atomic(path, obj):
+def write_text_atomic(path, text):
+    """Write text to a temporary name, then rename: readers never see a half-written file."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path, obj):
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 class TaskSplit:

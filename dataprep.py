@@ -37,7 +37,7 @@ if ROOT not in sys.path:
 
 import textformat  # noqa: E402
 from configurator import configure  # noqa: E402
-from datafiles import SPLITS, SplitWriter, write_json_atomic  # noqa: E402
+from datafiles import SPLITS, SplitWriter, write_json_atomic, write_text_atomic  # noqa: E402
 from tokenizer import EOT_ID, VOCAB_SIZE  # noqa: E402
 
 # settings every prepare script understands (--key=value); scripts may change the defaults
@@ -346,11 +346,7 @@ def write_eval(task_dir, items):
     """data/<task>/eval.jsonl ({"question", "answer", "kind"}), atomically."""
     os.makedirs(task_dir, exist_ok=True)
     path = os.path.join(task_dir, "eval.jsonl")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for it in items:
-            f.write(json.dumps(it, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
     return path
 
 

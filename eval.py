@@ -38,6 +38,7 @@ import torch
 from torch.nn import functional as F
 
 from configurator import ConfigError, config_keys, configure
+from datafiles import write_text_atomic
 
 # -----------------------------------------------------------------------------
 # model(s)
@@ -367,11 +368,7 @@ def _lines(path, stream_jsonl):
 
 
 def write_jsonl_atomic(path, rows):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 # ----------------------------------------------------------------------------- one model
@@ -496,13 +493,6 @@ def short_path(path):
     """Relative to the working directory when inside it, else as given."""
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel
-
-
-def write_text_atomic(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def training_plots(out_dir):

@@ -13,12 +13,12 @@ so `python sample.py ... > out.txt` and piped chats are scriptable.
 import codecs
 import contextlib
 import json
-import os
 import sys
 
 import torch
 
 import textformat as tf
+from datafiles import write_text_atomic
 from tokenizer import EOT_ID, EOT_TEXT, get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -279,11 +279,7 @@ def chat_loop(conv, inp, out, stream=False):
                 log(f"error: {cmd} needs a file name, e.g. {cmd} chat.json")
             elif cmd == "/save":
                 try:
-                    tmp = f"{arg}.tmp-{os.getpid()}"  # temp name then rename: never a half-written file
-                    with open(tmp, "w", encoding="utf-8") as f:
-                        json.dump(conv.to_json(), f, indent=2, ensure_ascii=False)
-                        f.write("\n")
-                    os.replace(tmp, arg)
+                    write_text_atomic(arg, json.dumps(conv.to_json(), indent=2, ensure_ascii=False) + "\n")
                     log(f"(saved {len(conv.turns)} turns to {arg})")
                 except OSError as e:
                     log(f"error: /save {arg}: {e.strerror}")
