@@ -10,7 +10,6 @@ Settings are plain globals below; override them with config files or --key=value
 stdout carries only the generated text (and the prompt with --echo); everything else goes to stderr,
 so `python sample.py ... > out.txt` and piped chats are scriptable.
 """
-import codecs
 import contextlib
 import json
 import sys
@@ -19,7 +18,7 @@ import torch
 
 import textformat as tf
 from datafiles import write_text_atomic
-from tokenizer import EOT_ID, EOT_TEXT, get_tokenizer
+from tokenizer import EOT_ID, EOT_TEXT
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir), a .pt file, gpt2 .. gpt2-xl, a transformers dir, a LoRA adapter dir
@@ -99,60 +98,26 @@ def render_prompt(tag, text, system=None, style="nanophi", user_name=None, bot_n
     return tf.prompt_for(task, text, system=system, style=style)
 
 
-class TextStream:
-    """
-    Token ids in, printable text out. Never half a UTF-8 character (a GPT-2 token can end in the
-    middle of one: bytes are decoded incrementally and incomplete sequences wait), and never text
-    at or past a stop string (a tail one shorter than the longest stop string is held back until
-    it cannot be the start of one). Non-streamed output goes through the same path, so both agree.
-    """
-
-    def __init__(self, stops=()):
-        self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.pending = ""  # decoded, not yet released
-        self.text = ""  # released so far
-        self.stopped = False  # a stop string was found
-
-    def push(self, ids, final=False):
-        if self.stopped:
-            return ""
-        self.pending += self.utf8.decode(get_tokenizer().decode_bytes(ids), final=final)
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i != -1]
-        if hits:
-            self.stopped = True
-            piece, self.pending = self.pending[:min(hits)], ""
-        else:
-            n = len(self.pending) if final else max(len(self.pending) - self.hold, 0)
-            piece, self.pending = self.pending[:n], self.pending[n:]
-        self.text += piece
-        return piece
-
-    def finish(self):
-        return self.push([], final=True)
-
-
 def complete(model, ids, max_new_tokens, stops=(), on_text=None, generator=None, use_cache=True, **sampling):
     """
     One completion of the prompt ids: (text, reason). The text ends before <|endoftext|> or the
     first stop string; reason is 'eot', 'stop' or 'length'. on_text(piece) gets the text as it comes.
     """
     x = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
-    ts = TextStream(stops)
+    ts = tf.TextStream(stops)
     reason = "length"
     for nxt, done in model.generate_stream(x, max_new_tokens, stop_ids=[EOT_ID], use_cache=use_cache,
                                            generator=generator, **sampling):
         if done[0]:
             reason = "eot"
             break
-        piece = ts.push([nxt.item()])
+        piece = ts.add(nxt.item())
         if piece and on_text:
             on_text(piece)
-        if ts.stopped:
+        if ts.finish:
             reason = "stop"
             break
-    piece = ts.finish()
+    piece = ts.close()
     if piece and on_text:
         on_text(piece)
     return ts.text, reason

@@ -17,7 +17,6 @@ OpenAI's: top_k, repetition_penalty, tag (task tag), chat_style, system, user_na
 ignore_eos, trim_history (drop the oldest chat turns to fit the context).
 """
 import asyncio
-import codecs
 import hmac
 import json
 import math
@@ -33,6 +32,7 @@ import uuid
 import torch
 
 import textformat
+from textformat import TextStream
 from checkpoint import load_model
 from device import autocast, pick_device, pick_dtype
 import tokenizer
@@ -307,65 +307,6 @@ def parse_completion(body, cfg, ctx):
 
 # -----------------------------------------------------------------------------
 # generation
-
-class TextStream:
-    """
-    One choice's text as tokens arrive: UTF-8 decoded incrementally (a character split over two
-    tokens waits for its second half), cut before the first stop string, and never handing out
-    text that might turn out to be the start of a stop string. Chat replies are stripped of
-    leading and trailing whitespace (as textformat.cut_reply does).
-    """
-
-    def __init__(self, stops, strip, ignore_eos=False):
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.stops, self.strip, self.ignore_eos = stops, strip, ignore_eos
-        self.longest = max((len(s) for s in stops), default=0)
-        self.text, self.sent = "", 0  # decoded text, characters handed out
-        self.finish = None
-
-    def _cut(self, start):
-        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i != -1]
-        if hits:
-            self.text = self.text[:min(hits)]
-            self.finish = "stop"
-
-    def _held(self):
-        """How many trailing characters could be the start of a stop string."""
-        for k in range(min(self.longest - 1, len(self.text)), 0, -1):
-            tail = self.text[-k:]
-            if any(s.startswith(tail) for s in self.stops):
-                return k
-        return 0
-
-    def _delta(self):
-        visible = self.text if self.finish else self.text[:len(self.text) - self._held()]
-        if self.strip:
-            visible = visible.strip()
-        out = visible[self.sent:]
-        self.sent = len(visible)
-        return out
-
-    def add(self, token):
-        """Take one generated token id; return the text that can now be handed out."""
-        if token == tokenizer.EOT_ID and not self.ignore_eos:
-            self.text += self.decoder.decode(b"", final=True)
-            self.finish = "stop"
-            self._cut(max(0, len(self.text) - self.longest))
-            return self._delta()
-        start = max(0, len(self.text) - self.longest + 1)
-        self.text += self.decoder.decode(get_tokenizer().decode_single_token_bytes(token))
-        self._cut(start)
-        return self._delta()
-
-    def close(self):
-        """max_tokens reached: hand out what was held back."""
-        start = max(0, len(self.text) - self.longest + 1)
-        self.text += self.decoder.decode(b"", final=True)
-        self._cut(start)
-        if self.finish is None:
-            self.finish = "length"
-        return self._delta()
-
 
 class Job:
     """One request: its prompts, settings and generator; events go back to the event loop."""

@@ -1,5 +1,6 @@
 """
-The training text format: task tags, chat markers, and which tokens carry loss.
+The training text format: task tags, chat markers, which tokens carry loss, and how generated
+tokens turn back into text (TextStream: cut at end-of-text and stop strings).
 
 Data preparation, training, sampling, serving and evaluation all render text through this file,
 so a prompt at inference is token-for-token the prefix the model saw in training.
@@ -18,7 +19,9 @@ answer/reply (and the end-of-text that closes it, so the model learns to stop).
     [Excerpt] ...\n[Response]| The passage says ...<|endoftext|>
     [Chat]\n[System]: ...\n[Human]: hi\n[Bot]:| Hello!<|endoftext|>\n[Human]: ...\n[Bot]:| ...<|endoftext|>
 """
-from tokenizer import EOT_ID, encode, decode
+import codecs
+
+from tokenizer import EOT_ID, decode, encode, get_tokenizer
 
 # task name -> tag written at the start of every example of that task
 TAGS = {
@@ -231,3 +234,68 @@ def trim_chat(turns, budget, system=None, task="chat", style="nanophi", user_nam
         kept = kept[1:]
         while len(kept) > 1 and _roles(kept[:1])[0][0] == "assistant":  # history starts with a user turn
             kept = kept[1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# generated text
+
+class TextStream:
+    """
+    Generated token ids in, text out, for sample.py and serve.py alike: UTF-8 decoded
+    incrementally (a character split over two tokens waits for its second half), cut before the
+    first stop string, never handing out text that might turn out to be the start of a stop
+    string; end-of-text finishes it (unless ignore_eos). strip=True strips chat replies of leading
+    and trailing whitespace (as cut_reply does). add(token) -> new text; close() -> the rest;
+    .finish is None, 'stop' or 'length'; .text is the whole text.
+    """
+
+    def __init__(self, stops=(), strip=False, ignore_eos=False):
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = [s for s in stops if s]  # an empty stop string would cut everything
+        self.strip, self.ignore_eos = strip, ignore_eos
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.text, self.sent = "", 0  # decoded text, characters handed out
+        self.finish = None
+
+    def _cut(self, start):
+        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i != -1]
+        if hits:
+            self.text = self.text[:min(hits)]
+            self.finish = "stop"
+
+    def _held(self):
+        """How many trailing characters could be the start of a stop string."""
+        for k in range(min(self.longest - 1, len(self.text)), 0, -1):
+            tail = self.text[-k:]
+            if any(s.startswith(tail) for s in self.stops):
+                return k
+        return 0
+
+    def _delta(self):
+        visible = self.text if self.finish else self.text[:len(self.text) - self._held()]
+        if self.strip:
+            visible = visible.strip()
+        out = visible[self.sent:]
+        self.sent = len(visible)
+        return out
+
+    def add(self, token):
+        """Take one generated token id; return the text that can now be handed out."""
+        if token == EOT_ID and not self.ignore_eos:
+            self.text += self.decoder.decode(b"", final=True)
+            self.finish = "stop"
+            self._cut(max(0, len(self.text) - self.longest))
+            return self._delta()
+        start = max(0, len(self.text) - self.longest + 1)
+        self.text += self.decoder.decode(get_tokenizer().decode_single_token_bytes(token))
+        self._cut(start)
+        return self._delta()
+
+    def close(self):
+        """max_tokens reached: hand out what was held back."""
+        start = max(0, len(self.text) - self.longest + 1)
+        self.text += self.decoder.decode(b"", final=True)
+        self._cut(start)
+        if self.finish is None:
+            self.finish = "length"
+        return self._delta()

@@ -154,8 +154,8 @@ def test_stream_never_splits_utf8():
     ids = encode(text)
     naive = [decode([i]) for i in ids]
     assert any("\ufffd" in p for p in naive)  # single tokens do cut characters: the test can fail
-    ts = sample.TextStream()
-    pieces = [ts.push([i]) for i in ids] + [ts.finish()]
+    ts = tf.TextStream()
+    pieces = [ts.add(i) for i in ids] + [ts.close()]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == text
 
@@ -163,22 +163,22 @@ def test_stream_never_splits_utf8():
 def test_stream_holds_back_stop_prefix():
     stop = "\n[Human]:"
     text = "Sure, 🙂 here it is.\n[Human]: next question"
-    ts = sample.TextStream([stop])
+    ts = tf.TextStream([stop])
     pieces = []
     for i in encode(text):
-        pieces.append(ts.push([i]))
+        pieces.append(ts.add(i))
         assert "\n[" not in "".join(pieces)  # nothing of the stop string is ever released
-        if ts.stopped:
+        if ts.finish:
             break
-    pieces.append(ts.finish())
-    assert ts.stopped and "".join(pieces) == "Sure, 🙂 here it is."
+    pieces.append(ts.close())
+    assert ts.finish == "stop" and "".join(pieces) == "Sure, 🙂 here it is."
 
 
 def test_stream_invalid_bytes_replaced_once():
     enc = get_tokenizer()
     bad = [i for i in range(256) if enc.decode_bytes([i]) == b"\xff"]
-    ts = sample.TextStream()
-    out = ts.push(encode("a") + bad) + ts.push(encode("b")) + ts.finish()
+    ts = tf.TextStream()
+    out = "".join(ts.add(i) for i in encode("a") + bad + encode("b")) + ts.close()
     assert out == "a\ufffdb"
 
 

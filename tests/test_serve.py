@@ -139,7 +139,7 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 # ------------------------------------------------------------------ text handling (in-process)
 
 def test_textstream_holds_back_stop_prefixes_and_split_characters():
-    from serve import TextStream
+    from textformat import TextStream
     enc = get_tokenizer()
     text = "héllo wörld 日本\n[Human]: more"
     ids = enc.encode_ordinary(text)
