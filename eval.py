@@ -170,7 +170,8 @@ def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temper
     attention mask). Prompts longer than the context keep their end."""
     import contextlib
     from tqdm import tqdm
-    from tokenizer import EOT_ID, decode
+    from textformat import TextStream
+    from tokenizer import EOT_ID
     dev = next(model.parameters()).device
     block = model.config.block_size
     keep = max(block // 2, block - max_new_tokens)
@@ -188,36 +189,20 @@ def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temper
     out = [[None] * n for _ in prompts]
     for batch in tqdm(batches, desc=desc, leave=False, disable=desc is False):
         idx = torch.tensor([prompts[i] for i, _ in batch], dtype=torch.long, device=dev)
-        new = [[] for _ in batch]
-        done = [False] * len(batch)
+        streams = [TextStream(stops) for _ in batch]  # each row ends at end-of-text or a stop string
         with ctx or contextlib.nullcontext():
             for nxt, _ in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                                 top_p=top_p, repetition_penalty=repetition_penalty,
                                                 stop_ids=[EOT_ID], generator=gen):
-                for r, t in enumerate(nxt.tolist()):
-                    if done[r]:
-                        continue
-                    if t == EOT_ID:
-                        done[r] = True
-                        continue
-                    new[r].append(t)
-                    if stops and any(s in decode(new[r][-64:]) for s in stops):
-                        done[r] = True
-                if all(done):
+                for s, t in zip(streams, nxt.tolist()):
+                    if not s.finish:
+                        s.add(t)
+                if all(s.finish for s in streams):
                     break
-        for (i, j), toks in zip(batch, new):
-            out[i][j] = cut_at(decode(toks), stops)
+        for (i, j), s in zip(batch, streams):
+            s.close()
+            out[i][j] = s.text
     return out
-
-
-def cut_at(text, stops):
-    """text before the first stop string."""
-    end = len(text)
-    for s in stops:
-        k = text.find(s)
-        if k != -1:
-            end = min(end, k)
-    return text[:end]
 
 
 # ----------------------------------------------------------------------------- question answering

@@ -281,6 +281,8 @@ class TextStream:
 
     def add(self, token):
         """Take one generated token id; return the text that can now be handed out."""
+        if self.finish:  # finished: later tokens are not part of the text
+            return ""
         if token == EOT_ID and not self.ignore_eos:
             self.text += self.decoder.decode(b"", final=True)
             self.finish = "stop"

@@ -186,7 +186,11 @@ def test_complete_stops_at_stop_strings(setup):
     assert ev.complete(model, [prompt], 8, stops=("2",), desc=False) == [[" 4"]]  # cut before the stop string
     two = ev.complete(model, [prompt, tf.encode_prompt(tf.qa("math", "What is 2+3?"))], 8, desc=False)
     assert two == [[" 42"], [" 5"]]  # equal-length prompts share a batch
-    assert ev.cut_at("x = 1\ndef g():\n", ["\ndef ", "\nclass "]) == "x = 1"
+    cut = tf.TextStream(["\ndef ", "\nclass "])
+    for t in encode("x = 1\ndef g():\n"):
+        cut.add(t)
+    cut.close()
+    assert cut.text == "x = 1"
 
 
 # ----------------------------------------------------------------------------- end to end
