@@ -38,7 +38,7 @@ import torch
 from torch.nn import functional as F
 
 from configurator import ConfigError, config_keys, configure
-from datafiles import write_text_atomic
+from nanophi.datafiles import write_text_atomic
 
 # -----------------------------------------------------------------------------
 # model(s)
@@ -97,7 +97,7 @@ def token_bytes():
     """UTF-8 byte length of every GPT-2 token (0 for end-of-text, which has no text)."""
     global _TOKEN_BYTES
     if _TOKEN_BYTES is None:
-        from tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer
+        from nanophi.tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer
         enc = get_tokenizer()
         _TOKEN_BYTES = np.array([len(enc.decode_single_token_bytes(i)) if i != EOT_ID else 0
                                  for i in range(VOCAB_SIZE)], dtype=np.int64)
@@ -123,7 +123,7 @@ def loss_rows(split, block, limit=0):
 def score_rows(model, rows, batch_size, dev, ctx, desc=None):
     """Sum of nats and count over all targets, and over text targets (not end-of-text) with their bytes."""
     from tqdm import tqdm
-    from tokenizer import EOT_ID
+    from nanophi.tokenizer import EOT_ID
     tb = torch.from_numpy(token_bytes()).to(dev)
     rows = sorted(rows, key=lambda r: len(r[0]))  # similar lengths share a batch: little padding
     tot = dict(nats=0.0, tokens=0, text_nats=0.0, bytes=0)
@@ -170,8 +170,8 @@ def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temper
     attention mask). Prompts longer than the context keep their end."""
     import contextlib
     from tqdm import tqdm
-    from textformat import TextStream
-    from tokenizer import EOT_ID
+    from nanophi.textformat import TextStream
+    from nanophi.tokenizer import EOT_ID
     dev = next(model.parameters()).device
     block = model.config.block_size
     keep = max(block // 2, block - max_new_tokens)
@@ -252,7 +252,7 @@ def same_answer(pred, gold):
 
 def qa_prompts(task, items, tag=None, shots=0):
     """Prompt ids for each item; with shots, the next `shots` items (solved) come first."""
-    from textformat import encode_example, encode_prompt, qa
+    from nanophi.textformat import encode_example, encode_prompt, qa
     shots = min(shots, len(items) - 1)
     out = []
     for i, item in enumerate(items):
@@ -290,7 +290,7 @@ def estimate_pass_at_k(n, c, k):
 
 def humaneval_scores(problems, samples, ks, timeout, memory_mb, workers, network):
     """Run each (task_id, completion) in the sandbox -> (metrics, counts, per-sample results)."""
-    import sandbox
+    from nanophi import sandbox
     by_id = {p["task_id"]: p for p in problems}
     programs = [sandbox.humaneval_program(by_id[s["task_id"]], s["completion"]) for s in samples]
     runs = sandbox.run_many(programs, timeout=timeout, memory_mb=memory_mb, network=network, workers=workers,
@@ -360,9 +360,9 @@ def write_jsonl_atomic(path, rows):
 
 def evaluate(model, cfg, task_names, qa_tasks, problems, ctx, label, out_prefix):
     """Every selected metric for one model -> (metrics, counts, details)."""
-    from datafiles import TaskSplit
-    from textformat import TAGS, code_exercise, encode_prompt
-    from tokenizer import encode
+    from nanophi.datafiles import TaskSplit
+    from nanophi.textformat import TAGS, code_exercise, encode_prompt
+    from nanophi.tokenizer import encode
     dev = next(model.parameters()).device
     block = min(cfg["block_size"] or model.config.block_size, model.config.block_size)
     metrics, counts, details = {}, {}, {}
@@ -496,7 +496,7 @@ def training_plots(out_dir):
 
 def discover_tasks(cfg):
     """Tasks for losses (prepared val split) and for question answering (eval.jsonl)."""
-    from datafiles import split_paths
+    from nanophi.datafiles import split_paths
     data = cfg["data_dir"]
     if cfg["tasks"]:
         names = list(cfg["tasks"])
@@ -534,9 +534,9 @@ def main(argv=None):
     globals().update(_DEFAULTS)  # a fresh start for every in-process call
     cfg = configure(globals(), argv)
     check_config(cfg)
-    import sandbox
-    from checkpoint import load_model
-    from device import autocast, device_name, pick_device, pick_dtype
+    from nanophi import sandbox
+    from nanophi.checkpoint import load_model
+    from nanophi.device import autocast, device_name, pick_device, pick_dtype
 
     res_path = cfg["results"] or os.path.join(cfg["out_dir"], "eval.json")
     os.makedirs(os.path.dirname(os.path.abspath(res_path)), exist_ok=True)

@@ -8,9 +8,9 @@ convert_hf_to_gguf.py.
 import os
 import shutil
 
-from checkpoint import load_model
+from nanophi.checkpoint import load_model
 from configurator import configure
-from tokenizer import save_hf_tokenizer
+from nanophi.tokenizer import save_hf_tokenizer
 
 init_from = "resume"   # resume (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, an HF dir, a LoRA adapter dir
 out_dir = "out"

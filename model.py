@@ -329,7 +329,7 @@ class GPT(nn.Module):
     def estimate_mfu(self, fwdbwd_per_iter, dt, device="cuda", seq_len=None):
         """(mfu, achieved FLOP/s). mfu is against the device's real peak (device.py) and None
         where the peak is unknown (CPU): then report achieved FLOP/s."""
-        from device import peak_flops
+        from nanophi.device import peak_flops
         T = seq_len or self.config.block_size
         achieved = self.flops_per_token(T) * T * fwdbwd_per_iter / dt
         peak = peak_flops(device)

@@ -16,9 +16,9 @@ import sys
 
 import torch
 
-import textformat as tf
-from datafiles import write_text_atomic
-from tokenizer import EOT_ID, EOT_TEXT
+from nanophi import textformat
+from nanophi.datafiles import write_text_atomic
+from nanophi.tokenizer import EOT_ID, EOT_TEXT
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir), a .pt file, gpt2 .. gpt2-xl, a transformers dir, a LoRA adapter dir
@@ -91,11 +91,11 @@ def render_prompt(tag, text, system=None, style="nanophi", user_name=None, bot_n
     """Segments of the prompt: raw text without a tag, else exactly what training put before the answer."""
     if not tag:
         return [(text, False)]
-    task = tf.task_of(tag)
+    task = textformat.task_of(tag)
     if task in ("chat", "roleplay") and (user_name or bot_name):
-        return tf.chat([("user", text)], system=system, task=task, style=style, user_name=user_name,
+        return textformat.chat([("user", text)], system=system, task=task, style=style, user_name=user_name,
                        bot_name=bot_name)
-    return tf.prompt_for(task, text, system=system, style=style)
+    return textformat.prompt_for(task, text, system=system, style=style)
 
 
 def complete(model, ids, max_new_tokens, stops=(), on_text=None, generator=None, use_cache=True, **sampling):
@@ -104,7 +104,7 @@ def complete(model, ids, max_new_tokens, stops=(), on_text=None, generator=None,
     first stop string; reason is 'eot', 'stop' or 'length'. on_text(piece) gets the text as it comes.
     """
     x = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
-    ts = tf.TextStream(stops)
+    ts = textformat.TextStream(stops)
     reason = "length"
     for nxt, done in model.generate_stream(x, max_new_tokens, stop_ids=[EOT_ID], use_cache=use_cache,
                                            generator=generator, **sampling):
@@ -158,10 +158,10 @@ class Chat:
     def __init__(self, model, max_new_tokens, task="chat", style="nanophi", system=None, user_name=None,
                  bot_name=None, stops=(), generator=None, sampling=None):
         self.model, self.max_new_tokens = model, max_new_tokens
-        self.task, self.style, self.system = tf.task_of(task), style, system or None
+        self.task, self.style, self.system = textformat.task_of(task), style, system or None
         self.user_name, self.bot_name = user_name or None, bot_name or None
         # the next speaker's marker, and <|endoftext|> written out as text (as old datasets did)
-        self.stops = tf.stop_strings(style, self.user_name, self.bot_name) + [EOT_TEXT] + list(stops)
+        self.stops = textformat.stop_strings(style, self.user_name, self.bot_name) + [EOT_TEXT] + list(stops)
         self.generator, self.sampling = generator, dict(sampling or {})
         self.turns = []  # [(role, text)], the whole conversation (the prompt may use only its end)
         if model.config.block_size - max_new_tokens <= 0:
@@ -171,17 +171,17 @@ class Chat:
     def prompt_ids(self, message):
         """Token ids for history + message, oldest turns dropped to leave max_new_tokens of room."""
         budget = self.model.config.block_size - self.max_new_tokens
-        kept, dropped = tf.trim_chat(self.turns + [("user", message)], budget, self.system, self.task,
+        kept, dropped = textformat.trim_chat(self.turns + [("user", message)], budget, self.system, self.task,
                                      self.style, self.user_name, self.bot_name)
-        segs = tf.chat(kept, self.system, self.task, self.style, self.user_name, self.bot_name)
-        return tf.encode_prompt(segs), dropped
+        segs = textformat.chat(kept, self.system, self.task, self.style, self.user_name, self.bot_name)
+        return textformat.encode_prompt(segs), dropped
 
     def reply(self, message, on_text=None):
         """Answer a user message; the exchange joins the history. Returns (reply, dropped turns)."""
         ids, dropped = self.prompt_ids(message)
         text, _ = complete(self.model, ids, self.max_new_tokens, self.stops, on_text, self.generator,
                            **self.sampling)
-        reply = tf.cut_reply(text, self.style, self.user_name, self.bot_name)
+        reply = textformat.cut_reply(text, self.style, self.user_name, self.bot_name)
         self.turns += [("user", message.strip()), ("assistant", reply)]
         return reply, dropped
 
@@ -202,7 +202,7 @@ class Chat:
         if not isinstance(obj, dict) or not isinstance(obj.get("turns"), list):
             raise ValueError(f"{where}: expected a JSON object with a 'turns' list (as /save writes)")
         try:
-            turns = tf._roles(obj["turns"])
+            turns = textformat._roles(obj["turns"])
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{where}: {e}") from None
         self.turns = turns
@@ -294,8 +294,8 @@ def chat_loop(conv, inp, out, stream=False):
 
 def main():
     from configurator import configure
-    from checkpoint import load_model
-    from device import autocast, pick_device, pick_dtype
+    from nanophi.checkpoint import load_model
+    from nanophi.device import autocast, pick_device, pick_dtype
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for generated text only
         configure(globals())
     if which not in ("best", "latest"):
@@ -309,8 +309,8 @@ def main():
     if num_samples < 1:
         raise ValueError(f"--num_samples must be >= 1, got {num_samples}")
     if tag:
-        tf.task_of(tag)  # unknown tag: fail before loading the model
-    tf.markers(chat_style)
+        textformat.task_of(tag)  # unknown tag: fail before loading the model
+    textformat.markers(chat_style)
     text = None if chat else read_start(start)
 
     dev = pick_device(device)
@@ -336,9 +336,9 @@ def main():
         return
 
     segs = render_prompt(tag, text, system or None, chat_style, user_name or None, bot_name or None)
-    ids = tf.encode_prompt(segs) or [EOT_ID]  # an empty prompt starts from <|endoftext|>, as GPT-2 did
-    if tag and tf.task_of(tag) in ("chat", "roleplay"):  # one reply, not the whole conversation
-        stops = stops + tf.stop_strings(chat_style, user_name or None, bot_name or None)
+    ids = textformat.encode_prompt(segs) or [EOT_ID]  # an empty prompt starts from <|endoftext|>, as GPT-2 did
+    if tag and textformat.task_of(tag) in ("chat", "roleplay"):  # one reply, not the whole conversation
+        stops = stops + textformat.stop_strings(chat_style, user_name or None, bot_name or None)
     block = model.config.block_size
     if len(ids) > block:
         log(f"warning: the prompt has {len(ids)} tokens, more than block_size {block}; only its last {block // 2} are used")
@@ -348,7 +348,7 @@ def main():
     write = sys.stdout.write
     for _ in range(num_samples):
         if echo:
-            write(tf.render_text(segs))
+            write(textformat.render_text(segs))
         on_text = (lambda piece: (write(piece), sys.stdout.flush())) if stream else None
         with ctx:
             completion, _ = complete(model, ids, max_new_tokens, stops, on_text, generator, **sampling)

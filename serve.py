@@ -31,12 +31,12 @@ import uuid
 
 import torch
 
-import textformat
-from textformat import TextStream
-from checkpoint import load_model
-from device import autocast, pick_device, pick_dtype
-import tokenizer
-from tokenizer import encode, get_tokenizer
+from nanophi import textformat
+from nanophi.textformat import TextStream
+from nanophi.checkpoint import load_model
+from nanophi.device import autocast, pick_device, pick_dtype
+from nanophi import tokenizer
+from nanophi.tokenizer import encode, get_tokenizer
 
 # -----------------------------------------------------------------------------
 # settings (override with a config file or --key=value)
@@ -68,7 +68,7 @@ cors_origins = ""  # other web apps allowed to call the API from a browser: "htt
 access_log = True
 # -----------------------------------------------------------------------------
 
-_STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+_STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nanophi", "static")
 # the page's assets: a fixed table, so no request path ever reaches the file system
 _ASSETS = {
     "/": ("index.html", "text/html; charset=utf-8"),

@@ -14,7 +14,7 @@ if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install --quiet torch==2.13.0
 fi
 $PY -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 | grep -v -e "ignored: it is neither" -e "Running pip as the 'root'" || true
-$PY tokenizer.py --setup 2>&1 | grep -v "ignored: it is neither" || true
+$PY -m nanophi.tokenizer --setup 2>&1 | grep -v "ignored: it is neither" || true
 need=()
 for pkg in python3.11-doc chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -94,7 +94,7 @@ class TaskData:
     """One split of one task: its window starts and how to cut rows (x, y) from them."""
 
     def __init__(self, split_data, block_size, packing):
-        from tokenizer import EOT_ID
+        from nanophi.tokenizer import EOT_ID
         self.s, self.T, self.packing, self.eot = split_data, block_size, packing, EOT_ID
         docs = split_data.docs
         lens = np.diff(docs)
@@ -177,7 +177,7 @@ def draw(d, rng):
 
 def open_tasks(data_dir, tasks, block_size):
     """Check the mixture and open every task's splits; clear errors before any compute."""
-    from datafiles import TaskSplit
+    from nanophi.datafiles import TaskSplit
     if not isinstance(tasks, dict) or not tasks:
         raise ConfigError(f"tasks must be a non-empty dict {{task: weight}}, got {tasks!r}")
     for t, w in tasks.items():
@@ -313,9 +313,9 @@ def main(argv=None):
     """Train; argv as sys.argv[1:] (tests call main in-process). Returns a summary dict."""
     global max_iters, block_size
     config = configure(globals(), argv)
-    import checkpoint as ckpt_lib
-    import lora as lora_lib
-    from device import autocast, device_name, pick_device, pick_dtype
+    from nanophi import checkpoint as ckpt_lib
+    from nanophi import lora as lora_lib
+    from nanophi.device import autocast, device_name, pick_device, pick_dtype
     from model import GPT, GPTConfig
 
     # ---- checks that need no data and no compute

@@ -22,7 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import dataprep  # noqa: E402
+from nanophi import dataprep  # noqa: E402
 from configurator import configure  # noqa: E402
 
 size_mb = 8

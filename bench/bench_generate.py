@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure  # noqa: E402
-from device import device_name  # noqa: E402
+from nanophi.device import device_name  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from tokenizer import EOT_ID, VOCAB_SIZE  # noqa: E402
+from nanophi.tokenizer import EOT_ID, VOCAB_SIZE  # noqa: E402
 
 # -----------------------------------------------------------------------------
 contexts = [128, 1024]  # prompt lengths in tokens

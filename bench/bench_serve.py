@@ -46,7 +46,7 @@ def free_port():
 
 def random_model_dir(tmp):
     from dataclasses import asdict
-    from checkpoint import save_checkpoint
+    from nanophi.checkpoint import save_checkpoint
     from model import GPT, GPTConfig
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)

@@ -31,9 +31,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure  # noqa: E402
-from device import autocast, cpu_has_bf16, device_name  # noqa: E402
+from nanophi.device import autocast, cpu_has_bf16, device_name  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from tokenizer import VOCAB_SIZE  # noqa: E402
+from nanophi.tokenizer import VOCAB_SIZE  # noqa: E402
 
 preset = "small"  # small: 6 x 384 (quick); gpt2: 12 x 768 (124M)
 batch_size = 4
@@ -100,7 +100,7 @@ def make_batch(kind):
         data = torch.randint(0, VOCAB_SIZE, (batch_size, block_size + 1))
         mask = torch.ones_like(data)
     else:
-        import textformat
+        from nanophi import textformat
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ids, mask = [], []
         for line in open(os.path.join(root, "data", "chat", "handwritten.jsonl")):

@@ -14,7 +14,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-import dataprep  # noqa: E402
+from nanophi import dataprep  # noqa: E402
 from configurator import configure  # noqa: E402
 
 tasks = ["textbook", "code", "math", "logic", "excerpt", "chat", "roleplay", "symposium"]

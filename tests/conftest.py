@@ -30,7 +30,7 @@ def tiny_hf_dir(tmp_path_factory):
 def tiny_out_dir(tmp_path_factory):
     """An out_dir holding a random tiny NanoPhi checkpoint (ckpt.pt and best.pt), as train.py writes."""
     from dataclasses import asdict
-    from checkpoint import BEST, LATEST, save_checkpoint
+    from nanophi.checkpoint import BEST, LATEST, save_checkpoint
     from model import GPT, GPTConfig
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=128, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)

@@ -6,7 +6,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from checkpoint import (BEST, LATEST, clean_state_dict, find_checkpoint, load_checkpoint, load_model,
+from nanophi.checkpoint import (BEST, LATEST, clean_state_dict, find_checkpoint, load_checkpoint, load_model,
                         save_checkpoint)
 from conftest import ROOT
 from model import GPT, GPTConfig
@@ -59,7 +59,7 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
     path = str(tmp_path / LATEST)
     save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "model_args": {}, "iter_num": 1})
     code = (
-        "import os, signal, torch, checkpoint\n"
+        "import os, signal, torch\nfrom nanophi import checkpoint\n"
         "real = torch.save\n"
         "def dying_save(obj, f):\n"
         "    open(f, 'wb').write(b'partial')\n"

@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 
-import dataprep
-import offline_sources
-import textformat
-from datafiles import TaskSplit
-from tokenizer import EOT_ID, decode
+from nanophi import dataprep
+from nanophi import offline_sources
+from nanophi import textformat
+from nanophi.datafiles import TaskSplit
+from nanophi.tokenizer import EOT_ID, decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")

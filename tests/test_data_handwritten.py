@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-import textformat
-from tokenizer import EOT_ID, decode
+from nanophi import textformat
+from nanophi.tokenizer import EOT_ID, decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT = os.path.join(ROOT, "data", "chat", "handwritten.jsonl")
@@ -148,7 +148,7 @@ def test_checks_reject_roleplay_name_marker():
 
 def test_no_humaneval_overlap():
     """Hand-written code answers must survive decontamination (no 13-gram shared with HumanEval)."""
-    import dataprep
+    from nanophi import dataprep
     dc = dataprep.Decontaminator(humaneval=True)
     for path in [CHAT, ROLEPLAY] + ([SYMPOSIUM] if os.path.exists(SYMPOSIUM) else []):
         texts = [(n, r["id"], textformat.render_text(textformat.chat(r["turns"], system=r.get("system") or r.get("persona"))))

@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-import dataprep
-import textformat
-from datafiles import SplitWriter, TaskSplit
-from tokenizer import EOT_ID, decode
+from nanophi import dataprep
+from nanophi import textformat
+from nanophi.datafiles import SplitWriter, TaskSplit
+from nanophi.tokenizer import EOT_ID, decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = [dataprep.Schema("text", ["text"], lambda r: [textformat.textbook(dataprep.need(r, "text"))])]

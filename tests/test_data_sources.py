@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-import dataprep
-import offline_sources
-import textformat
-from datafiles import TaskSplit
-from tokenizer import decode
+from nanophi import dataprep
+from nanophi import offline_sources
+from nanophi import textformat
+from nanophi.datafiles import TaskSplit
+from nanophi.tokenizer import decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from device import autocast, peak_flops, peak_flops_by_name, pick_device, pick_dtype
+from nanophi.device import autocast, peak_flops, peak_flops_by_name, pick_device, pick_dtype
 
 
 def test_peak_table_uses_the_real_gpu():
@@ -29,7 +29,7 @@ def test_dtype_selection_on_cpu():
 
 
 def test_auto_dtype_by_capability():
-    from device import auto_dtype
+    from nanophi.device import auto_dtype
     assert auto_dtype("cuda", (7, 5)) == "float16"   # T4: fp16 + GradScaler, no emulated bf16
     assert auto_dtype("cuda", (7, 0)) == "float16"   # V100
     assert auto_dtype("cuda", (8, 0)) == "bfloat16"  # A100

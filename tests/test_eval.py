@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 
 import eval as ev
-import sandbox
-import textformat as tf
-from checkpoint import save_checkpoint
+from nanophi import sandbox
+from nanophi import textformat
+from nanophi.checkpoint import save_checkpoint
 from configurator import ConfigError
-from datafiles import SplitWriter, TaskSplit
+from nanophi.datafiles import SplitWriter, TaskSplit
 from model import GPT, GPTConfig
-from tokenizer import EOT_ID, encode
+from nanophi.tokenizer import EOT_ID, encode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +37,7 @@ def write_task(data_dir, task, examples, eval_items=None):
     for split in ("train", "val"):
         w = SplitWriter(os.path.join(data_dir, task), split)
         for segs in examples:
-            w.add(*tf.encode_example(segs))
+            w.add(*textformat.encode_example(segs))
         w.commit()
     if eval_items is not None:
         with open(os.path.join(data_dir, task, "eval.jsonl"), "w") as f:
@@ -49,7 +49,7 @@ def train_tiny(examples, max_steps=300, seed=0):
     """A 2-layer GPT that memorises the examples' answers (loss on masked targets only); stops
     10 steps after every target is the argmax, so greedy decoding reproduces every answer."""
     torch.manual_seed(seed)
-    docs = [tf.encode_example(s) for s in examples]
+    docs = [textformat.encode_example(s) for s in examples]
     T = max(len(ids) for ids, _ in docs) - 1
     x = torch.full((len(docs), T), EOT_ID)
     y = torch.full((len(docs), T), -1)
@@ -87,11 +87,11 @@ def train_tiny(examples, max_steps=300, seed=0):
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     data_dir = str(root / "data")
-    math_ex = [tf.qa("math", it["question"], it["answer"]) for it in MATH]
-    logic_ex = [tf.qa("logic", it["question"], it["answer"]) for it in LOGIC]
+    math_ex = [textformat.qa("math", it["question"], it["answer"]) for it in MATH]
+    logic_ex = [textformat.qa("logic", it["question"], it["answer"]) for it in LOGIC]
     write_task(data_dir, "math", math_ex, MATH)
     write_task(data_dir, "logic", logic_ex, LOGIC)
-    write_task(data_dir, "textbook", [tf.textbook(TEXTBOOK)])
+    write_task(data_dir, "textbook", [textformat.textbook(TEXTBOOK)])
     model, cfg = train_tiny(math_ex + logic_ex)
     out_dir = str(root / "out")
     save_checkpoint(os.path.join(out_dir, "ckpt.pt"), {"model": model.state_dict(), "model_args": asdict(cfg)})
@@ -121,8 +121,8 @@ def test_pass_at_k_against_hand_computed_values():
 def test_bits_per_byte_by_hand(tmp_path):
     torch.manual_seed(1)
     model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=1, n_head=2, n_embd=32)).eval()
-    segs = tf.qa("math", "What is 6+6?", "12")
-    ids, mask = tf.encode_example(segs)
+    segs = textformat.qa("math", "What is 6+6?", "12")
+    ids, mask = textformat.encode_example(segs)
     w = SplitWriter(str(tmp_path / "math"), "val")
     w.add(ids, mask)
     w.commit()
@@ -141,8 +141,8 @@ def test_bits_per_byte_by_hand(tmp_path):
 
 
 def test_long_documents_are_scored_in_chunks(tmp_path):
-    segs = tf.textbook("one two three four five six seven eight nine ten eleven twelve")
-    ids, mask = tf.encode_example(segs)
+    segs = textformat.textbook("one two three four five six seven eight nine ten eleven twelve")
+    ids, mask = textformat.encode_example(segs)
     w = SplitWriter(str(tmp_path / "textbook"), "val")
     w.add(ids, mask)
     w.commit()
@@ -169,24 +169,24 @@ def test_answer_normalisation():
 def test_prompts_are_the_training_format():
     items = MATH[:3]
     plain = ev.qa_prompts("math", items)
-    assert plain[0] == tf.encode_prompt(tf.qa("math", "What is 2+3?"))
-    assert tf.render_text(tf.qa("math", "q?", tag="[asy]")) == "[asy] q?\nAnswer:"
-    assert tf.render_text(tf.qa("math", "q?", "1", tag="")) == "q?\nAnswer: 1"
-    assert tf.render_text(tf.qa("math", "q?")) == "[Math] q?\nAnswer:"  # default unchanged
+    assert plain[0] == textformat.encode_prompt(textformat.qa("math", "What is 2+3?"))
+    assert textformat.render_text(textformat.qa("math", "q?", tag="[asy]")) == "[asy] q?\nAnswer:"
+    assert textformat.render_text(textformat.qa("math", "q?", "1", tag="")) == "q?\nAnswer: 1"
+    assert textformat.render_text(textformat.qa("math", "q?")) == "[Math] q?\nAnswer:"  # default unchanged
     shots = ev.qa_prompts("math", items, shots=2)
-    expect = (tf.encode_example(tf.qa("math", items[1]["question"], items[1]["answer"]))[0]
-              + tf.encode_example(tf.qa("math", items[2]["question"], items[2]["answer"]))[0] + plain[0])
+    expect = (textformat.encode_example(textformat.qa("math", items[1]["question"], items[1]["answer"]))[0]
+              + textformat.encode_example(textformat.qa("math", items[2]["question"], items[2]["answer"]))[0] + plain[0])
     assert shots[0] == expect
 
 
 def test_complete_stops_at_stop_strings(setup):
     model = setup["model"]
-    prompt = tf.encode_prompt(tf.qa("math", "What is 7*6?"))
+    prompt = textformat.encode_prompt(textformat.qa("math", "What is 7*6?"))
     assert ev.complete(model, [prompt], 8, desc=False) == [[" 42"]]  # stops at end-of-text
     assert ev.complete(model, [prompt], 8, stops=("2",), desc=False) == [[" 4"]]  # cut before the stop string
-    two = ev.complete(model, [prompt, tf.encode_prompt(tf.qa("math", "What is 2+3?"))], 8, desc=False)
+    two = ev.complete(model, [prompt, textformat.encode_prompt(textformat.qa("math", "What is 2+3?"))], 8, desc=False)
     assert two == [[" 42"], [" 5"]]  # equal-length prompts share a batch
-    cut = tf.TextStream(["\ndef ", "\nclass "])
+    cut = textformat.TextStream(["\ndef ", "\nclass "])
     for t in encode("x = 1\ndef g():\n"):
         cut.add(t)
     cut.close()

@@ -4,9 +4,9 @@ import sys
 import torch
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
-from checkpoint import load_model
+from nanophi.checkpoint import load_model
 from conftest import ROOT
-from tokenizer import get_tokenizer
+from nanophi.tokenizer import get_tokenizer
 
 
 def test_export_cli_round_trip(tiny_out_dir, tmp_path):

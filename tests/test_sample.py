@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-import textformat as tf
+from nanophi import textformat
 from conftest import ROOT
-from tokenizer import EOT_ID, decode, encode, get_tokenizer
+from nanophi.tokenizer import EOT_ID, decode, encode, get_tokenizer
 
 import sample
 
@@ -24,7 +24,7 @@ def run(args, stdin=None):
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_out_dir):
-    from checkpoint import load_model
+    from nanophi.checkpoint import load_model
     model, _ = load_model("resume", tiny_out_dir)
     return model
 
@@ -57,9 +57,9 @@ def test_tag_echo_and_stream_equal_plain(tiny_out_dir, tiny_model):
             "--top_k=5", "--num_samples=2", "--max_new_tokens=30"]
     plain = run(args)
     assert plain.returncode == 0, plain.stderr
-    head = tf.render_text(tf.qa("math", "What is 12*7?"))
+    head = textformat.render_text(textformat.qa("math", "What is 12*7?"))
     assert head == "[Math] What is 12*7?\nAnswer:"
-    ids = tf.encode_prompt(tf.qa("math", "What is 12*7?"))
+    ids = textformat.encode_prompt(textformat.qa("math", "What is 12*7?"))
     completion, _ = sample.complete(tiny_model, ids, 30, temperature=0)
     assert len(completion) > 30
     assert plain.stdout == (head + completion + "\n---------------\n") * 2
@@ -103,13 +103,13 @@ def test_piped_chat_session(tiny_out_dir, tmp_path):
 @pytest.mark.parametrize("tag", ["Textbook", "code", "[Math]", "LOGIC", "Roleplay", "excerpt", "Chat"])
 def test_tags_render_exactly_as_textformat(tag):
     segs = sample.render_prompt(tag, "Some text.", system="Be kind.")
-    assert segs == tf.prompt_for(tf.task_of(tag), "Some text.", system="Be kind.")
-    assert tf.encode_prompt(segs)[:3] == encode(tf.TAGS[tf.task_of(tag)])[:3]
+    assert segs == textformat.prompt_for(textformat.task_of(tag), "Some text.", system="Be kind.")
+    assert textformat.encode_prompt(segs)[:3] == encode(textformat.TAGS[textformat.task_of(tag)])[:3]
 
 
 def test_roleplay_names_render_through_chat():
     segs = sample.render_prompt("roleplay", "Hi!", user_name="Kazuma", bot_name="Aqua")
-    assert tf.render_text(segs) == "[Roleplay]\nKazuma: Hi!\nAqua:"
+    assert textformat.render_text(segs) == "[Roleplay]\nKazuma: Hi!\nAqua:"
 
 
 def test_parse_stops():
@@ -154,7 +154,7 @@ def test_stream_never_splits_utf8():
     ids = encode(text)
     naive = [decode([i]) for i in ids]
     assert any("\ufffd" in p for p in naive)  # single tokens do cut characters: the test can fail
-    ts = tf.TextStream()
+    ts = textformat.TextStream()
     pieces = [ts.add(i) for i in ids] + [ts.close()]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == text
@@ -163,7 +163,7 @@ def test_stream_never_splits_utf8():
 def test_stream_holds_back_stop_prefix():
     stop = "\n[Human]:"
     text = "Sure, 🙂 here it is.\n[Human]: next question"
-    ts = tf.TextStream([stop])
+    ts = textformat.TextStream([stop])
     pieces = []
     for i in encode(text):
         pieces.append(ts.add(i))
@@ -177,7 +177,7 @@ def test_stream_holds_back_stop_prefix():
 def test_stream_invalid_bytes_replaced_once():
     enc = get_tokenizer()
     bad = [i for i in range(256) if enc.decode_bytes([i]) == b"\xff"]
-    ts = tf.TextStream()
+    ts = textformat.TextStream()
     out = "".join(ts.add(i) for i in encode("a") + bad + encode("b")) + ts.close()
     assert out == "a\ufffdb"
 
@@ -216,17 +216,17 @@ def test_sampling_args_validated():
 def test_trim_chat_drops_oldest_keeps_current():
     turns = [("user", "first question " * 5), ("assistant", "first answer " * 5),
              ("user", "second"), ("assistant", "second answer"), ("user", "current message")]
-    full = len(tf.encode_prompt(tf.chat(turns, system="S")))
-    kept, dropped = tf.trim_chat(turns, full, system="S")
+    full = len(textformat.encode_prompt(textformat.chat(turns, system="S")))
+    kept, dropped = textformat.trim_chat(turns, full, system="S")
     assert dropped == 0 and kept == turns
-    kept, dropped = tf.trim_chat(turns, full - 1, system="S")
+    kept, dropped = textformat.trim_chat(turns, full - 1, system="S")
     assert dropped == 2 and kept == turns[2:]  # a whole exchange goes; history starts on a user turn
-    assert len(tf.encode_prompt(tf.chat(kept, system="S"))) <= full - 1
-    alone = len(tf.encode_prompt(tf.chat(turns[-1:], system="S")))
-    kept, dropped = tf.trim_chat(turns, alone, system="S")
+    assert len(textformat.encode_prompt(textformat.chat(kept, system="S"))) <= full - 1
+    alone = len(textformat.encode_prompt(textformat.chat(turns[-1:], system="S")))
+    kept, dropped = textformat.trim_chat(turns, alone, system="S")
     assert kept == turns[-1:] and dropped == 4
     with pytest.raises(ValueError, match=f"needs {alone} tokens"):
-        tf.trim_chat(turns, alone - 1, system="S")
+        textformat.trim_chat(turns, alone - 1, system="S")
 
 
 def test_chat_context_trimming(tiny_model):
@@ -269,7 +269,7 @@ def test_chat_reply_cut_at_speaker_marker(tiny_model):
 
 
 def test_lora_adapter_dir_as_init_from(tiny_hf_dir, tmp_path):
-    import lora
+    from nanophi import lora
     from model import GPT
 
     def greedy(model, prompt, n=20):

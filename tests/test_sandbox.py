@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-import sandbox
+from nanophi import sandbox
 
 
 @pytest.fixture(scope="module")

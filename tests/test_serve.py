@@ -16,9 +16,9 @@ import openai
 import pytest
 import torch
 
-import textformat
-from checkpoint import load_model
-from tokenizer import EOT_ID, decode, get_tokenizer
+from nanophi import textformat
+from nanophi.checkpoint import load_model
+from nanophi.tokenizer import EOT_ID, decode, get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sekret-key-123"
@@ -139,7 +139,7 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 # ------------------------------------------------------------------ text handling (in-process)
 
 def test_textstream_holds_back_stop_prefixes_and_split_characters():
-    from textformat import TextStream
+    from nanophi.textformat import TextStream
     enc = get_tokenizer()
     text = "héllo wörld 日本\n[Human]: more"
     ids = enc.encode_ordinary(text)

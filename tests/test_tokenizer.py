@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from tokenizer import EOT_ID, VOCAB_SIZE, decode, encode, get_tokenizer
+from nanophi.tokenizer import EOT_ID, VOCAB_SIZE, decode, encode, get_tokenizer
 
 
 def test_known_gpt2_ids():
@@ -28,16 +28,16 @@ def test_round_trip_unicode():
 def test_missing_tokenizer_gives_clear_error(tmp_path):
     env = dict(os.environ, NANOPHI_GPT2_RANKS=str(tmp_path / "absent.tiktoken"),
                TIKTOKEN_CACHE_DIR=str(tmp_path / "tk"))
-    r = subprocess.run([sys.executable, "-c", "import tokenizer; tokenizer.get_tokenizer()"], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-c", "from nanophi import tokenizer; tokenizer.get_tokenizer()"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
-    assert "python tokenizer.py --setup" in r.stderr and "absent.tiktoken" in r.stderr
+    assert "python -m nanophi.tokenizer --setup" in r.stderr and "absent.tiktoken" in r.stderr
 
 
 def test_wrong_ranks_file_is_rejected(tmp_path):
     bad = tmp_path / "bad.tiktoken"
     bad.write_text("YQ== 0\n")
     env = dict(os.environ, NANOPHI_GPT2_RANKS=str(bad))
-    r = subprocess.run([sys.executable, "-c", "import tokenizer; tokenizer.get_tokenizer()"], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-c", "from nanophi import tokenizer; tokenizer.get_tokenizer()"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "not GPT-2's" in r.stderr

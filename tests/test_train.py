@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-import textformat as tf
-from checkpoint import load_checkpoint, load_model
-from datafiles import SplitWriter, TaskSplit
-from tokenizer import EOT_ID
+from nanophi import textformat
+from nanophi.checkpoint import load_checkpoint, load_model
+from nanophi.datafiles import SplitWriter, TaskSplit
+from nanophi.tokenizer import EOT_ID
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
@@ -32,7 +32,7 @@ def write_task(data_dir, task, docs_by_split):
     for split, docs in docs_by_split.items():
         w = SplitWriter(os.path.join(data_dir, task), split)
         for segs in docs:
-            w.add(*tf.encode_example(segs))
+            w.add(*textformat.encode_example(segs))
         w.commit()
 
 
@@ -43,16 +43,16 @@ def make_data(data_dir, n=40, seed=0):
 
     def math_doc():
         a, b = rng.randint(0, 30), rng.randint(0, 30)
-        return tf.qa("math", f"What is {a} plus {b}?", str(a + b))
+        return textformat.qa("math", f"What is {a} plus {b}?", str(a + b))
 
     def book_doc():
         a = rng.randint(0, 90)
-        return tf.textbook(f"The number {a} comes before {a + 1}. " * rng.randint(1, 8))
+        return textformat.textbook(f"The number {a} comes before {a + 1}. " * rng.randint(1, 8))
 
     def chat_doc():
         a = rng.randint(0, 9)
         system = "You are a helpful bot. " * rng.choice([1, 12])  # 12x: > 32 tokens of prompt first
-        return tf.chat([("user", f"Say {a}"), ("assistant", f"{a}"), ("user", "again"), ("assistant", f"{a} again")],
+        return textformat.chat([("user", f"Say {a}"), ("assistant", f"{a}"), ("user", "again"), ("assistant", f"{a} again")],
                        system=system)
 
     for task, fn in (("math", math_doc), ("textbook", book_doc), ("chat", chat_doc)):
@@ -239,7 +239,7 @@ def test_gradient_checkpointing_and_bf16_train(data_dir, tmp_path):
                                 f"--gradient_checkpointing={gc}"))
         losses.append(r["loss"])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    from device import cpu_has_bf16
+    from nanophi.device import cpu_has_bf16
     if cpu_has_bf16():
         r = run_main(train_args(data_dir, str(tmp_path / "bf16"), "--max_iters=2", "--eval_interval=100",
                                 "--dtype=bfloat16"))

@@ -9,10 +9,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-import dataprep  # noqa: E402
-import offline_sources  # noqa: E402
-import textformat  # noqa: E402
-from dataprep import Schema, Source, need  # noqa: E402
+from nanophi import dataprep  # noqa: E402
+from nanophi import offline_sources  # noqa: E402
+from nanophi import textformat  # noqa: E402
+from nanophi.dataprep import Schema, Source, need  # noqa: E402
 
 SCHEMAS = [
     Schema("excerpt", ["text", "response"], lambda r: [textformat.excerpt(need(r, "text"), need(r, "response"))]),

@@ -13,9 +13,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-import dataprep  # noqa: E402
-import textformat  # noqa: E402
-from dataprep import Schema, need  # noqa: E402
+from nanophi import dataprep  # noqa: E402
+from nanophi import textformat  # noqa: E402
+from nanophi.dataprep import Schema, need  # noqa: E402
 
 HANDWRITTEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handwritten.jsonl")
 styles = list(textformat.CHAT_STYLES)

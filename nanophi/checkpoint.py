@@ -76,7 +76,7 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
     init_from: 'resume' (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, a local
     transformers GPT-2 directory, or a LoRA adapter directory (lora.py; merged into its base).
     """
-    import lora  # LoRA runs: adapter directories and adapter checkpoints load merged into the base
+    from nanophi import lora  # LoRA runs: adapter directories and adapter checkpoints load merged into the base
     if init_from == "resume" or (isinstance(init_from, str) and init_from.endswith(".pt")):
         path = find_checkpoint(out_dir, which) if init_from == "resume" else init_from
         ckpt = load_checkpoint(path)

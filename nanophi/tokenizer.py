@@ -3,7 +3,7 @@ GPT-2's BPE tokenizer, the one definition every script uses.
 
 get_tokenizer() returns a tiktoken Encoding identical to tiktoken.get_encoding("gpt2").
 Offline (this machine, CI) it is built from a local GPT-2 ranks file: openai-whisper's
-source distribution on PyPI ships one (whisper/assets/gpt2.tiktoken). `python tokenizer.py
+source distribution on PyPI ships one (whisper/assets/gpt2.tiktoken). `python -m nanophi.tokenizer
 --setup` fetches that one file with pip into the cache directory; it is never committed.
 """
 import functools
@@ -45,7 +45,7 @@ def get_tokenizer():
         raise RuntimeError(
             f"GPT-2 tokenizer not available: no ranks file at {RANKS_FILE} and "
             f"tiktoken.get_encoding('gpt2') failed ({type(e).__name__}: {e}).\n"
-            f"Fix: run `python tokenizer.py --setup` (fetches whisper/assets/gpt2.tiktoken from the "
+            f"Fix: run `python -m nanophi.tokenizer --setup` (fetches whisper/assets/gpt2.tiktoken from the "
             f"openai-whisper sdist on PyPI), or set NANOPHI_GPT2_RANKS to a GPT-2 .tiktoken file.") from None
 
 

@@ -31,14 +31,12 @@ import unicodedata
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from configurator import configure
+from nanophi import textformat
+from nanophi.datafiles import SPLITS, SplitWriter, write_json_atomic, write_text_atomic
+from nanophi.tokenizer import EOT_ID, VOCAB_SIZE
 
-import textformat  # noqa: E402
-from configurator import configure  # noqa: E402
-from datafiles import SPLITS, SplitWriter, write_json_atomic, write_text_atomic  # noqa: E402
-from tokenizer import EOT_ID, VOCAB_SIZE  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 # settings every prepare script understands (--key=value); scripts may change the defaults
 DEFAULTS = dict(

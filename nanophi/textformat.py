@@ -21,7 +21,7 @@ answer/reply (and the end-of-text that closes it, so the model learns to stop).
 """
 import codecs
 
-from tokenizer import EOT_ID, decode, encode, get_tokenizer
+from nanophi.tokenizer import EOT_ID, decode, encode, get_tokenizer
 
 # task name -> tag written at the start of every example of that task
 TAGS = {

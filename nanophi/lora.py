@@ -69,7 +69,7 @@ def is_adapter_dir(path):
 
 def load_base(base, model_args):
     """The base model an adapter was trained on, at the block_size it was trained with."""
-    from checkpoint import load_model
+    from nanophi.checkpoint import load_model
     model, _ = load_model(base, block_size=model_args.get("block_size"))
     return model
 

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from tokenizer import EOT_ID
+from nanophi.tokenizer import EOT_ID
 
 TOKEN_DTYPE = np.uint16
 MASK_DTYPE = np.uint8
