@@ -46,14 +46,17 @@ DEFAULTS = dict(
     seed=1337,              # split seed (and generators' seed)
     val_fraction=0.05,      # share of documents in val
     max_docs=0,             # read at most this many records per source (0 = all)
+    source_caps={},         # {source name: records to read}, overriding max_docs per source (prepare_all --budget sets them)
     skip_bad=False,         # count and skip bad records instead of stopping at the first
     dedup=True,             # exact dedup on normalised text
     near_dedup=True,        # MinHash near-duplicate removal (datasketch)
     near_threshold=0.8,     # estimated Jaccard similarity of word 5-grams that counts as a near duplicate
+    near_dedup_max=300000,  # documents held in the MinHash index (~2 KB each); later ones are checked, not added
     decontaminate=True,     # drop documents sharing a 13-gram with HumanEval or the task's eval items
     num_threads=1,          # tokenizer threads (bench/bench_data.py: no gain on 2 cores, tokenizing is not the bottleneck)
     batch_size=256,         # records per tokenization batch
-    hub_split="train",
+    hub_root="hf://datasets",  # where hub sources' files are: the hub, or a local mirror <dir>/<owner>/<name>/<file>
+    skip_unavailable=False, # a gated/missing/unreachable hub source (or a broken stream) is reported and skipped
     progress=True,
 )
 NGRAM = 13
@@ -159,20 +162,116 @@ def read_text(path):
             yield f"{path}:{start}", {"text": "".join(buf)}
 
 
-def read_hub(path, config=None, split="train"):
-    try:
+class SourceUnavailable(DataError):
+    """A hub source that cannot be read (gated, missing, unreachable, or its stream broke):
+    --skip_unavailable=True lets the task's other sources run."""
+
+    def __init__(self, reason):
+        super().__init__(f"{reason}; or skip it with --skip_unavailable=True (the task's other sources still run)")
+        self.reason = reason
+
+
+class Routed(Exception):
+    """A record that belongs to another task (an Open-Platypus row from MATH read by the logic task)."""
+
+
+class Hub:
+    """Where a hub dataset's records are: its own data files, read without any loading script.
+      fmt: 'parquet' or 'json' (JSON lines), read by datasets.load_dataset(fmt, data_files=..., streaming=True);
+           'json_array' (one JSON array, streamed item by item with ijson, never parsed whole);
+           'zip_jsonl_gz' (files=<zip>!<member glob>: gzipped JSON lines inside a zip, read member by member).
+      revision: e.g. '~parquet' for the hub's own parquet conversion (refs/convert/parquet).
+      features: datasets.Features (or a function returning them) for JSON lines whose first rows have
+           nulls: the schema is given instead of inferred from the first block.
+      tokens_per_doc, bytes_per_doc: estimates for sizing caps and printing the download (docs/data.md)."""
+
+    def __init__(self, repo, files, fmt, revision="", features=None, tokens_per_doc=500, bytes_per_doc=2000,
+                 gated=False):
+        self.repo, self.files, self.fmt, self.revision, self.features = repo, files, fmt, revision, features
+        self.tokens_per_doc, self.bytes_per_doc, self.gated = tokens_per_doc, bytes_per_doc, gated
+
+    def path(self, root="hf://datasets"):
+        """The data files' address: on the hub (hf://datasets/<repo>[@rev]/<files>) or in a local
+        mirror directory laid out the same way (<root>/<repo>/<files>; tests, offline rehearsals)."""
+        files = self.files.split("!")[0]
+        if root.startswith("hf://"):
+            return f"{root.rstrip('/')}/{self.repo}{'@' + self.revision if self.revision else ''}/{files}"
+        return os.path.join(root, self.repo, files)
+
+
+NETWORK_ERRORS = ("ConnectionError", "ConnectError", "ConnectTimeout", "ReadTimeout", "ClientConnectorError",
+                  "NameResolutionError", "MaxRetryError", "OfflineModeIsEnabled")
+MISSING_ERRORS = ("RepositoryNotFoundError", "EntryNotFoundError", "FileNotFoundError", "DatasetNotFoundError",
+                  "RevisionNotFoundError")
+
+
+def _hub_problem(hub, e, n_read, root):
+    """One line saying what went wrong with a hub source and how to fix it."""
+    text = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    low = text.lower()
+    kinds = [type(c).__name__ for c in (e, e.__cause__, e.__context__) if c is not None]
+    remote = root.startswith("hf://")
+    if "GatedRepoError" in kinds or "gated" in low or " 401" in low or " 403" in low or "unauthorized" in low:
+        why = (f"is gated: accept its terms on https://huggingface.co/datasets/{hub.repo} while logged in, "
+               f"then run `huggingface-cli login` (or set HF_TOKEN)")
+    elif remote and (os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+                     or any(k in NETWORK_ERRORS for k in kinds)):
+        why = "is unreachable (no internet, or HF_HUB_OFFLINE=1 is set): hub sources need the network"
+    elif n_read == 0 and (any(k in MISSING_ERRORS for k in kinds) or "not found" in low or "doesn't exist" in low
+                          or "no such file" in low or "unable to find" in low):
+        why = f"has no {hub.path(root)} (repository or pinned file missing; docs/data.md says what was verified)"
+    elif n_read:
+        why = f"stream failed after {n_read:,} records"
+    else:
+        why = "cannot be opened"
+    return f"hub dataset {hub.repo} {why} ({text})"
+
+
+def _stream_hub(hub, root):
+    """Records of one hub source, in file order, streamed (nothing is read twice or held whole)."""
+    path = hub.path(root)
+    if hub.fmt in ("parquet", "json"):
         import datasets
-        ds = datasets.load_dataset(path, config, split=split, streaming=True)
-    except Exception as e:
-        raise DataError(f"hub dataset {path}{'/' + config if config else ''}: cannot open it "
-                        f"({type(e).__name__}: {e}); hub sources need internet, offline use --source=offline "
-                        f"or a local file") from None
-    for i, rec in enumerate(ds):
-        yield f"{path}[{i}]", rec
+        features = hub.features() if callable(hub.features) else hub.features
+        ds = datasets.load_dataset(hub.fmt, data_files=path, split="train", streaming=True, features=features)
+        yield from ds
+    elif hub.fmt == "json_array":
+        import fsspec
+        import ijson
+        with fsspec.open(path, "rb") as f:
+            yield from ijson.items(f, "item", use_float=True)  # one record at a time
+    elif hub.fmt == "zip_jsonl_gz":
+        import fnmatch
+        import fsspec
+        import zipfile
+        member_glob = hub.files.split("!", 1)[1]
+        with fsspec.open(path, "rb") as f, zipfile.ZipFile(f) as z:  # the zip's index, then members by range
+            for name in sorted(n for n in z.namelist() if fnmatch.fnmatch(n, member_glob)):
+                with z.open(name) as member, gzip.open(member, "rt", encoding="utf-8") as lines:
+                    for line in lines:
+                        if line.strip():
+                            yield json.loads(line)
+    else:
+        raise ValueError(f"unknown hub format {hub.fmt!r}")
+
+
+def read_hub(hub, root="hf://datasets"):
+    """(where, record) from a hub source; any failure, at open or midway, is one SourceUnavailable line."""
+    n = 0
+    try:
+        for rec in _stream_hub(hub, root):
+            yield f"{hub.repo}[{n}]", rec
+            n += 1
+    except (GeneratorExit, KeyboardInterrupt):
+        raise
+    except ImportError as e:
+        raise SourceUnavailable(f"hub dataset {hub.repo}: needs the package {e.name} (pip install -r requirements.txt)") from None
+    except Exception as e:  # noqa: BLE001 - every hub failure becomes one line naming the dataset and the fix
+        raise SourceUnavailable(_hub_problem(hub, e, n, root)) from None
 
 
 class Schema:
-    """How records of one source shape become examples. hub=(path, config) if it is a hub dataset."""
+    """How records of one source shape become examples. hub=Hub(...) if it is a hub dataset."""
 
     def __init__(self, name, fields, render, hub=None):
         self.name, self.fields, self.render, self.hub = name, tuple(fields), render, hub
@@ -209,7 +308,7 @@ def local_source(path, schemas, schema_name=""):
     return Source(f"file:{os.path.basename(path)}", lambda: reader(path), schema)
 
 
-def resolve_sources(spec, schemas, offline, hub_split="train", schema_name=""):
+def resolve_sources(spec, schemas, offline, hub_root="hf://datasets", schema_name=""):
     """--source text -> [Source]. offline: [Source] (the task's built-in ones)."""
     out = []
     hub = [s for s in schemas if s.hub]
@@ -217,10 +316,10 @@ def resolve_sources(spec, schemas, offline, hub_split="train", schema_name=""):
         if part == "offline":
             out.extend(offline)
         elif part == "hub":
-            out.extend(Source(s.name, lambda s=s: read_hub(s.hub[0], s.hub[1], hub_split), s) for s in hub)
+            out.extend(Source(s.name, lambda s=s: read_hub(s.hub, hub_root), s) for s in hub)
         elif part in {s.name for s in hub}:
             s = next(s for s in hub if s.name == part)
-            out.append(Source(s.name, lambda s=s: read_hub(s.hub[0], s.hub[1], hub_split), s))
+            out.append(Source(s.name, lambda s=s: read_hub(s.hub, hub_root), s))
         elif os.path.exists(part) or re.search(r"\.(jsonl|json|parquet|txt)$", part, re.I):
             out.append(local_source(part, schemas, schema_name))
         else:
@@ -239,6 +338,12 @@ def normalise(text):
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
+def dedup_key(norm):
+    """Exact-dedup key: letters and digits only, so copies differing in spacing or punctuation
+    tokenisation (PersonaChat's lowercase 'i'm fine .' and truecased "I'm fine.") collide."""
+    return doc_hash(re.sub(r"[\W_]+", "", norm))
+
+
 def words(norm):
     return re.findall(r"\w+|[^\w\s]", norm)
 
@@ -254,14 +359,16 @@ def split_of(norm, seed, val_fraction):
 
 
 class NearDedup:
-    """MinHash LSH over word 5-grams; documents under 5 words are left to exact dedup."""
+    """MinHash LSH over word 5-grams; documents under 5 words are left to exact dedup.
+    Memory is bounded: the index holds at most max_docs documents (about 2 KB each); documents after
+    that are still checked against it but not added, so their own near copies may pass."""
 
-    def __init__(self, threshold=0.8, num_perm=64):
+    def __init__(self, threshold=0.8, num_perm=64, max_docs=300000):
         from datasketch import MinHash, MinHashLSH
         self.MinHash, self.num_perm = MinHash, num_perm
         self.proto = MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32)  # crc32: deterministic, ~20x faster than sha1
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self.n = 0
+        self.n, self.max_docs = 0, max_docs
 
     def is_dup(self, norm):
         w = norm.split()
@@ -272,8 +379,9 @@ class NearDedup:
         m.update_batch([" ".join(w[i:i + SHINGLE]).encode("utf-8") for i in range(len(w) - SHINGLE + 1)])
         if self.lsh.query(m):
             return True
-        self.lsh.insert(self.n, m)
-        self.n += 1
+        if self.n < self.max_docs:
+            self.lsh.insert(self.n, m)
+            self.n += 1
         return False
 
 
@@ -367,6 +475,23 @@ def _progress(cfg, task):
                 file=sys.stderr)
 
 
+def source_records(src, cfg, unavailable):
+    """A source's (where, record) pairs up to its cap (source_caps, else max_docs). A hub source that
+    fails (SourceUnavailable) stops the run with its one line, or with --skip_unavailable is noted in
+    `unavailable` and ends early, keeping what it had read."""
+    cap = cfg.source_caps.get(src.name, cfg.max_docs)
+    try:
+        for n, item in enumerate(src.records()):
+            if cap and n >= cap:
+                return
+            yield item
+    except SourceUnavailable as e:
+        if not cfg.skip_unavailable:
+            raise
+        print(f"skipped: {e.reason}", file=sys.stderr)
+        unavailable[src.name] = e.reason
+
+
 def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None):
     """
     Stream the sources into <out_dir>/<task>/{train,val}*.bin and meta.json; returns the meta dict.
@@ -376,9 +501,10 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
     t0 = time.time()
     task_dir = os.path.join(cfg.out_dir, task)
     decon = Decontaminator(humaneval=cfg.decontaminate, eval_texts=eval_texts if cfg.decontaminate else ())
-    near = NearDedup(cfg.near_threshold) if cfg.near_dedup else None
+    near = NearDedup(cfg.near_threshold, max_docs=cfg.near_dedup_max) if cfg.near_dedup else None
     seen = set()
-    counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped")}
+    counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped", "routed")}
+    unavailable = {}  # source name -> the one line saying why it was skipped (--skip_unavailable)
     per_source = {}
     skipped_examples = []
     writers = {s: SplitWriter(task_dir, s) for s in SPLITS}
@@ -416,9 +542,7 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
         for src in sources:
             per_source[src.name] = {"read": 0, "documents": 0}
             n_read, batch = 0, []
-            for where, rec in src.records():
-                if cfg.max_docs and n_read >= cfg.max_docs:
-                    break
+            for where, rec in source_records(src, cfg, unavailable):
                 n_read += 1
                 counts["read"] += 1
                 bar.update(1)
@@ -429,6 +553,9 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                     examples = src.schema.render(rec)
                     if not examples:
                         raise FieldError("*", "record renders to no example")
+                except Routed:
+                    counts["routed"] += 1
+                    continue
                 except FieldError as e:
                     bad(where, e)
                     continue
@@ -437,7 +564,7 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                     continue
                 norm = normalise(textformat.render_text(examples[0]))
                 if cfg.dedup:
-                    h = doc_hash(norm)
+                    h = dedup_key(norm)
                     if h in seen:
                         counts["exact"] += 1
                         continue
@@ -456,7 +583,7 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                     batch = []
             flush(batch)
             per_source[src.name]["read"] = n_read
-            if n_read == 0:
+            if n_read == 0 and src.name not in unavailable:
                 raise DataError(f"{src.name}: empty source (no records)")
         if held is not None:  # the held-back train document; to val only if val got nothing
             _, name, where, docs = held
@@ -470,7 +597,7 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
         if writers["train"].n_docs == 0:
             raise DataError(f"task {task}: no documents left ({counts['read']} read, {counts['skipped']} skipped, "
                             f"{counts['exact']} exact and {counts['near']} near duplicates, "
-                            f"{counts['humaneval'] + counts['eval_items']} decontaminated)")
+                            f"{counts['humaneval'] + counts['eval_items']} decontaminated, {counts['routed']} routed to other tasks)")
         for w in writers.values():
             w.commit()
     except BaseException:
@@ -503,6 +630,8 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
         "decontamination": {"humaneval": counts["humaneval"], "eval_items": counts["eval_items"],
                             "ngram": NGRAM, "humaneval_problems": decon.n_humaneval, "eval_item_count": decon.n_eval},
         "skipped": counts["skipped"],
+        "routed_to_other_tasks": counts["routed"],
+        "unavailable": unavailable,
         "skipped_examples": skipped_examples,
         "records": counts["read"],
         "elapsed_s": round(dt, 2),
@@ -542,7 +671,7 @@ def run(task, schemas, offline, argv=None, render_task=None, eval_items=None, me
     if callable(schemas):  # schemas that depend on settings (chat styles)
         schemas = schemas(cfg)
     sources = resolve_sources(cfg.source, schemas, offline(cfg) if "offline" in cfg.source.split(",") else [],
-                              cfg.hub_split, cfg.schema)
+                              cfg.hub_root, cfg.schema)
     task_dir = os.path.join(cfg.out_dir, task)
     extra = dict(meta_extra or {})
     if hasattr(cfg, "styles"):
@@ -634,3 +763,40 @@ def only_last_reply_trained(segments):
     rows are growing prefixes of one conversation (PersonaChat), so earlier replies are not trained twice."""
     last = max(i for i, (p, t) in enumerate(segments) if t and not isinstance(p, int))
     return [(p, t and i >= last) for i, (p, t) in enumerate(segments)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Open-Platypus: one dataset, rows from many sources (data_source); each row goes to the task it
+# belongs to or nowhere (docs/data.md has the table). Rows without data_source stay where read.
+
+PLATYPUS_ROUTES = [  # (lower-case part of data_source, task or None = dropped); first match wins
+    ("leetcode", "code"), ("tigerbot-kaggle", "code"),
+    ("prm", "math"), ("math", "math"), ("theoremqa", "math"), ("scibench", "math"),
+    ("reclor", "logic"), ("scienceqa", "logic"), ("arb", "logic"),
+    ("airoboros", None), ("guanaco", None),  # general assistant text, not a task of ours
+]
+PARQUET_CONVERSION = "refs/convert/parquet"  # the hub's own parquet copy of a dataset: <config>/<split>/NNNN.parquet
+OPEN_PLATYPUS = Hub("garage-bAInd/Open-Platypus", "default/train/*.parquet", "parquet", revision=PARQUET_CONVERSION,
+                    tokens_per_doc=350, bytes_per_doc=1300)
+
+
+def platypus_task(rec):
+    """The task an Open-Platypus row belongs to (None: dropped)."""
+    source = rec.get("data_source")
+    if not isinstance(source, str):
+        return "keep"
+    return next((task for part, task in PLATYPUS_ROUTES if part in source.lower()), None)
+
+
+def platypus(task, rec):
+    """An Open-Platypus row as `task`'s example; Routed when its data_source belongs elsewhere."""
+    routed = platypus_task(rec)
+    if routed not in (task, "keep"):
+        raise Routed(routed)
+    question = need(rec, "instruction")
+    extra = need(rec, "input", allow_empty=True) if rec.get("input") is not None else ""
+    if extra.strip():
+        question = f"{question}\n\n{extra}"
+    if task == "code":  # a programming problem as the prompt, the solution trained
+        return [textformat.code_exercise(f'"""{question.strip()}"""', need(rec, "output"))]
+    return [textformat.qa(task, question, need(rec, "output"))]

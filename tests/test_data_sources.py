@@ -140,7 +140,11 @@ def test_schema_detection_and_unknown_source(tmp_path):
     # hub names resolve to the datasets mapping (not opened here: no network in tests)
     srcs = dataprep.resolve_sources("hub", load("chat").SCHEMAS, [])
     assert [s.name for s in srcs] == ["bavard/personachat_truecased", "AlekseyKorshuk/persona-chat", "PygmalionAI/PIPPA"]
-    assert [s.hub for s in load("code").SCHEMAS if s.hub] == [("code_search_net", "python")]
+    # hub sources are pinned data files, never a loading script
+    assert [(s.hub.repo, s.hub.path()) for s in load("code").SCHEMAS if s.hub] == [
+        ("code-search-net/code_search_net", "hf://datasets/code-search-net/code_search_net/data/python.zip"),
+        ("garage-bAInd/Open-Platypus",
+         "hf://datasets/garage-bAInd/Open-Platypus@refs/convert/parquet/default/train/*.parquet")]
 
 
 def test_offline_sources_small(tmp_path):

@@ -4,7 +4,7 @@ Hand-written conversations are rendered in every chat style of textformat.CHAT_S
 always), MiniSymposium-style, so any of those prompt formats works at inference.
 
     python data/chat/prepare.py                          # offline: data/chat/handwritten.jsonl
-    python data/chat/prepare.py --source=hub             # PersonaChat (both hub schemas) + PygmalionAI/PIPPA
+    python data/chat/prepare.py --source=hub             # PersonaChat (truecased + lowercase copies) + PygmalionAI/PIPPA
     python data/chat/prepare.py --source=convs.jsonl     # local file in any of those schemas
 
 Hand-written schema: {"id", "system" (or null), "turns": [{"role": "user"|"assistant", "content"}, ...]}
@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 from nanophi import dataprep  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import FieldError, Schema, need  # noqa: E402
+from nanophi.dataprep import PARQUET_CONVERSION, FieldError, Hub, Schema, need  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HANDWRITTEN = os.path.join(HERE, "handwritten.jsonl")
@@ -40,10 +40,14 @@ def persona_system(r):
     return "Your persona: " + " ".join(p.strip() for p in strings(r, "personality"))
 
 
+SILENCE = "__ SILENCE __"  # PersonaChat's stand-in for a partner who said nothing (the bot opens)
+
+
 def persona_turns(history, reply):
     # the last history line is the partner's (user); roles alternate backwards from there
     n = len(history)
     turns = [{"role": "user" if (n - 1 - j) % 2 == 0 else "assistant", "content": h} for j, h in enumerate(history)]
+    turns = [t for t in turns if "".join(t["content"].split()).upper() != SILENCE.replace(" ", "")]  # any case/spacing
     return turns + [{"role": "assistant", "content": reply}]
 
 
@@ -85,11 +89,17 @@ def pippa(r):
 def schemas(cfg_styles=None):
     return [
         Schema("handwritten", ["turns"], lambda r: handwritten(r, cfg_styles or styles)),
-        Schema("bavard/personachat_truecased", ["personality", "history", "candidates"], personachat_truecased,
-               hub=("bavard/personachat_truecased", None)),
+        # the truecased file its loading script reads: one JSON array of conversations, streamed (ijson).
+        # The lowercase copy below holds the same dialogues: dataprep.dedup_key makes them collide.
+        Schema("bavard/personachat_truecased", ["personality", "utterances"], persona_chat,
+               hub=Hub("bavard/personachat_truecased", "personachat_truecased_full_train.json", "json_array",
+                       tokens_per_doc=330, bytes_per_doc=11000)),
         Schema("AlekseyKorshuk/persona-chat", ["personality", "utterances"], persona_chat,
-               hub=("AlekseyKorshuk/persona-chat", None)),
-        Schema("PygmalionAI/PIPPA", ["bot_name", "bot_definitions", "conversation"], pippa, hub=("PygmalionAI/PIPPA", None)),
+               hub=Hub("AlekseyKorshuk/persona-chat", "default/train/*.parquet", "parquet", revision=PARQUET_CONVERSION,
+                       tokens_per_doc=330, bytes_per_doc=3000)),
+        # rows as the old loading script gave them (one row per reply); local files only
+        Schema("personachat-rows", ["personality", "history", "candidates"], personachat_truecased),
+        Schema("PygmalionAI/PIPPA", ["bot_name", "bot_definitions", "conversation"], pippa, hub=roleplay.PIPPA),
     ]
 
 

@@ -4,8 +4,8 @@ CodeSearchNet-style (docstring, then the code; all trained) and phi-1 CodeExerci
 (signature + docstring as the prompt, the body trained).
 
     python data/code/prepare.py                        # offline: the installed standard library, via ast
-    python data/code/prepare.py --source=hub           # code_search_net, config python
-    python data/code/prepare.py --source=funcs.jsonl   # a local file in the code_search_net schema (or .txt)
+    python data/code/prepare.py --source=hub           # CodeSearchNet's Python functions + Open-Platypus's leetcode rows
+    python data/code/prepare.py --source=funcs.jsonl   # a local file in a CodeSearchNet schema (or .txt)
 """
 import os
 import sys
@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 from nanophi import dataprep  # noqa: E402
 from nanophi import offline_sources  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import Schema, Source, need  # noqa: E402
+from nanophi.dataprep import Hub, Schema, Source, need  # noqa: E402
 
 
 def both_styles(parts):
@@ -22,9 +22,11 @@ def both_styles(parts):
 
 
 def code_search_net(r):
-    whole = need(r, "whole_func_string")
-    code = need(r, "func_code_string")
-    doc = need(r, "func_documentation_string", allow_empty=True)
+    # the data files' own names (original_string, code, docstring), or the old loading script's renames
+    raw = "original_string" in r
+    whole = need(r, "original_string" if raw else "whole_func_string")
+    code = need(r, "code" if raw else "func_code_string")
+    doc = need(r, "docstring" if raw else "func_documentation_string", allow_empty=True)
     parts = offline_sources.split_function(whole)
     if parts:
         return both_styles(parts)
@@ -33,8 +35,13 @@ def code_search_net(r):
 
 
 SCHEMAS = [
-    Schema("code_search_net", ["func_code_string", "func_documentation_string", "whole_func_string"],
-           code_search_net, hub=("code_search_net", "python")),
+    # the repository's own data/python.zip: gzipped JSON lines per split, read member by member
+    Schema("code-search-net/code_search_net", ["original_string", "code", "docstring"], code_search_net,
+           hub=Hub("code-search-net/code_search_net", "data/python.zip!python/final/jsonl/train/*.jsonl.gz",
+                   "zip_jsonl_gz", tokens_per_doc=420, bytes_per_doc=2100)),
+    Schema("code_search_net", ["func_code_string", "func_documentation_string", "whole_func_string"], code_search_net),
+    Schema("garage-bAInd/Open-Platypus", ["instruction", "output", "data_source"], lambda r: dataprep.platypus("code", r),
+           hub=dataprep.OPEN_PLATYPUS),
     Schema("text", ["text"], lambda r: [textformat.code(need(r, "text"))]),
 ]
 

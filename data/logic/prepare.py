@@ -2,7 +2,7 @@
 [Logic] data: reasoning questions with short verified answers (loss on the answer).
 
     python data/logic/prepare.py                         # offline: syllogisms, transitive chains, true/false, checked by a solver
-    python data/logic/prepare.py --source=hub            # garage-bAInd/Open-Platypus
+    python data/logic/prepare.py --source=hub            # garage-bAInd/Open-Platypus rows from ReClor, ScienceQA, ARB
     python data/logic/prepare.py --source=qa.jsonl       # local {"instruction","input","output"} or {"question","answer"}
 
 Also writes data/logic/eval.jsonl (held-out, another seed; answers 'yes'/'no'/'true'/'false').
@@ -21,16 +21,10 @@ eval_seed = 434343
 n_eval = 200
 
 
-def platypus(r):
-    question = need(r, "instruction")
-    extra = need(r, "input", allow_empty=True) if "input" in r and r["input"] is not None else ""
-    if extra.strip():
-        question = f"{question}\n\n{extra}"
-    return [textformat.qa("logic", question, need(r, "output"))]
-
-
 SCHEMAS = [
-    Schema("garage-bAInd/Open-Platypus", ["instruction", "output"], platypus, hub=("garage-bAInd/Open-Platypus", None)),
+    # Open-Platypus rows are routed by data_source: MATH/PRM800K go to math, leetcode to code (dataprep.PLATYPUS_ROUTES)
+    Schema("garage-bAInd/Open-Platypus", ["instruction", "output"], lambda r: dataprep.platypus("logic", r),
+           hub=dataprep.OPEN_PLATYPUS),
     Schema("qa", ["question", "answer"], lambda r: [textformat.qa("logic", need(r, "question"), need(r, "answer"))]),
     Schema("text", ["text"], lambda r: [textformat.plain("logic", need(r, "text"))]),
 ]

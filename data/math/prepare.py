@@ -2,7 +2,7 @@
 [Math] data: question/answer pairs (loss on the answer) and few-shot arithmetic chains.
 
     python data/math/prepare.py                          # offline: generated, answers checked with sympy
-    python data/math/prepare.py --source=hub             # meta-math/MetaMathQA
+    python data/math/prepare.py --source=hub             # meta-math/MetaMathQA + Open-Platypus's MATH/PRM800K/TheoremQA rows
     python data/math/prepare.py --source=qa.jsonl        # local {"query","response"} or {"question","answer"} or {"text"}
 
 Also writes data/math/eval.jsonl: held-out items from a different seed (exact-match answers,
@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 from nanophi import dataprep  # noqa: E402
 from nanophi import offline_sources  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import Schema, Source, need  # noqa: E402
+from nanophi.dataprep import Hub, Schema, Source, need  # noqa: E402
 
 num_generated = 20000   # offline training items
 eval_seed = 424242      # held-out items come from another seed
@@ -29,8 +29,12 @@ def generated(r):
 
 
 SCHEMAS = [
+    # one 396 MB JSON array: streamed item by item (ijson), never parsed whole
     Schema("meta-math/MetaMathQA", ["query", "response"],
-           lambda r: [textformat.qa("math", need(r, "query"), need(r, "response"))], hub=("meta-math/MetaMathQA", None)),
+           lambda r: [textformat.qa("math", need(r, "query"), need(r, "response"))],
+           hub=Hub("meta-math/MetaMathQA", "MetaMathQA-395K.json", "json_array", tokens_per_doc=260, bytes_per_doc=1000)),
+    Schema("garage-bAInd/Open-Platypus", ["instruction", "output", "data_source"], lambda r: dataprep.platypus("math", r),
+           hub=dataprep.OPEN_PLATYPUS),
     Schema("qa", ["question", "answer"], lambda r: [textformat.qa("math", need(r, "question"), need(r, "answer"))]),
     Schema("text", ["text"], lambda r: [textformat.plain("math", need(r, "text"))]),
 ]

@@ -12,13 +12,16 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 from nanophi import dataprep  # noqa: E402
 from nanophi import offline_sources  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import Schema, Source, need  # noqa: E402
+from nanophi.dataprep import PARQUET_CONVERSION, Hub, Schema, Source, need  # noqa: E402
 
 SCHEMAS = [
+    # both read from the hub's parquet conversion; tiny-textbooks may be gated (accept its terms, log in)
     Schema("nampdn-ai/tiny-textbooks", ["textbook"], lambda r: [textformat.textbook(need(r, "textbook"))],
-           hub=("nampdn-ai/tiny-textbooks", None)),
+           hub=Hub("nampdn-ai/tiny-textbooks", "default/train/*.parquet", "parquet", revision=PARQUET_CONVERSION,
+                   tokens_per_doc=800, bytes_per_doc=4500, gated=True)),
     Schema("SciPhi/textbooks-are-all-you-need-lite", ["completion"], lambda r: [textformat.textbook(need(r, "completion"))],
-           hub=("SciPhi/textbooks-are-all-you-need-lite", None)),
+           hub=Hub("SciPhi/textbooks-are-all-you-need-lite", "default/train/*.parquet", "parquet",
+                   revision=PARQUET_CONVERSION, tokens_per_doc=1200, bytes_per_doc=4000)),
     Schema("text", ["text"], lambda r: [textformat.textbook(need(r, "text"))]),
 ]
 
