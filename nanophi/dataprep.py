@@ -183,12 +183,16 @@ class Hub:
       revision: e.g. '~parquet' for the hub's own parquet conversion (refs/convert/parquet).
       features: datasets.Features (or a function returning them) for JSON lines whose first rows have
            nulls: the schema is given instead of inferred from the first block.
-      tokens_per_doc, bytes_per_doc: estimates for sizing caps and printing the download (docs/data.md)."""
+      rows (the dataset card's count), tokens_per_doc, bytes_per_doc: estimates for sizing caps to a run and
+           printing the download before it starts (docs/data.md). copy_of: another source holding the same
+           documents (PersonaChat's two copies): it adds no new tokens. whole: small and shared by several
+           tasks (Open-Platypus): read whole, its routed rows not counted on in the plan."""
 
-    def __init__(self, repo, files, fmt, revision="", features=None, tokens_per_doc=500, bytes_per_doc=2000,
-                 gated=False):
+    def __init__(self, repo, files, fmt, revision="", features=None, rows=0, tokens_per_doc=500, bytes_per_doc=2000,
+                 gated=False, copy_of="", whole=False):
         self.repo, self.files, self.fmt, self.revision, self.features = repo, files, fmt, revision, features
-        self.tokens_per_doc, self.bytes_per_doc, self.gated = tokens_per_doc, bytes_per_doc, gated
+        self.rows, self.tokens_per_doc, self.bytes_per_doc = rows, tokens_per_doc, bytes_per_doc
+        self.gated, self.copy_of, self.whole = gated, copy_of, whole
 
     def path(self, root="hf://datasets"):
         """The data files' address: on the hub (hf://datasets/<repo>[@rev]/<files>) or in a local
@@ -218,7 +222,7 @@ def _hub_problem(hub, e, n_read, root):
                      or any(k in NETWORK_ERRORS for k in kinds)):
         why = "is unreachable (no internet, or HF_HUB_OFFLINE=1 is set): hub sources need the network"
     elif n_read == 0 and (any(k in MISSING_ERRORS for k in kinds) or "not found" in low or "doesn't exist" in low
-                          or "no such file" in low or "unable to find" in low):
+                          or "no such file" in low or "unable to find" in low or "valid data file" in low):
         why = f"has no {hub.path(root)} (repository or pinned file missing; docs/data.md says what was verified)"
     elif n_read:
         why = f"stream failed after {n_read:,} records"
@@ -777,7 +781,7 @@ PLATYPUS_ROUTES = [  # (lower-case part of data_source, task or None = dropped);
 ]
 PARQUET_CONVERSION = "refs/convert/parquet"  # the hub's own parquet copy of a dataset: <config>/<split>/NNNN.parquet
 OPEN_PLATYPUS = Hub("garage-bAInd/Open-Platypus", "default/train/*.parquet", "parquet", revision=PARQUET_CONVERSION,
-                    tokens_per_doc=350, bytes_per_doc=1300)
+                    rows=24926, tokens_per_doc=350, bytes_per_doc=1300, whole=True)
 
 
 def platypus_task(rec):

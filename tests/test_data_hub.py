@@ -2,6 +2,7 @@
 and JSON lines, ijson for JSON arrays, zipfile+gzip for CodeSearchNet) from a local mirror laid out
 like the hub (--hub_root=<dir>: <dir>/<owner>/<name>/<file>), in each dataset's own file format."""
 import gzip
+import math
 import json
 import os
 import subprocess
@@ -237,3 +238,31 @@ def test_near_dedup_index_is_bounded():
     assert near.n == 2                                   # the third was checked, not added
     assert near.is_dup(docs[0] + " extra")               # copies of indexed documents are still caught
     assert not near.is_dup(docs[2] + " extra")           # the price of the bound, documented in docs/data.md
+
+
+def test_budget_caps_sized_to_the_run(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("prepare_all", os.path.join(ROOT, "data", "prepare_all.py"))
+    prepare_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare_all)
+    # the Colab run: 200 x 4 x 1024 x 80 tokens, a sixth of them (weight 1 of 6) textbooks
+    total, per_task, _ = prepare_all.read_budget(os.path.join(ROOT, "config", "finetune_nanophi.py"))
+    assert total == 200 * 4 * 1024 * 80 and per_task["textbook"] == total / 6
+    hubs = [s.hub for s in dataprep.load_prepare("textbook").SCHEMAS if s.hub]
+    plan, need, short = prepare_all.plan_caps("textbook", hubs, per_task["textbook"], 8192, 0.05, 1.3)
+    supplied = sum(tokens for _, tokens, _ in plan.values())
+    assert short == 0 and need <= supplied * 1.01 and supplied < 1.2 * per_task["textbook"]   # enough, not ten times more
+    assert sum(docs for docs, _, _ in plan.values()) < 20000          # not the datasets' 1.1M documents
+    # a tiny run against a mirror: the cap is what is read, and the plan is printed before reading
+    (tmp_path / "tiny.py").write_text("max_iters = 2\nbatch_size = 2\nblock_size = 64\neval_iters = 1\ntasks = {'math': 1.0}\n")
+    m = tmp_path / "hub"
+    put(m, "meta-math/MetaMathQA", "MetaMathQA-395K.json",
+        json_array([{"query": f"What is {i} + 1?", "response": f"The answer is: {i + 1}"} for i in range(1000)]))
+    metas, problems = prepare_all.main([f"--budget={tmp_path / 'tiny.py'}", "--source=hub", "--tasks=['math']",
+                                        f"--hub_root={m}", f"--out_dir={tmp_path / 'out'}", "--progress=False",
+                                        "--skip_unavailable=True"])
+    out = capsys.readouterr().out
+    cap = math.ceil(max(2 * 2 * 64 / 0.95, 1 * 2 * 64 / 0.05) / 260 * 1.3)
+    assert f"| math | meta-math/MetaMathQA | {cap:,} |" in out
+    assert out.index("per-source caps") < out.index("| math | meta-math/MetaMathQA (")   # plan before the summary
+    assert not problems and metas[0]["records_read"]["meta-math/MetaMathQA"] == cap

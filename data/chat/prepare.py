@@ -93,10 +93,10 @@ def schemas(cfg_styles=None):
         # The lowercase copy below holds the same dialogues: dataprep.dedup_key makes them collide.
         Schema("bavard/personachat_truecased", ["personality", "utterances"], persona_chat,
                hub=Hub("bavard/personachat_truecased", "personachat_truecased_full_train.json", "json_array",
-                       tokens_per_doc=330, bytes_per_doc=11000)),
+                       rows=17878, tokens_per_doc=330, bytes_per_doc=11000)),
         Schema("AlekseyKorshuk/persona-chat", ["personality", "utterances"], persona_chat,
                hub=Hub("AlekseyKorshuk/persona-chat", "default/train/*.parquet", "parquet", revision=PARQUET_CONVERSION,
-                       tokens_per_doc=330, bytes_per_doc=3000)),
+                       rows=17878, tokens_per_doc=330, bytes_per_doc=3000, copy_of="bavard/personachat_truecased")),
         # rows as the old loading script gave them (one row per reply); local files only
         Schema("personachat-rows", ["personality", "history", "candidates"], personachat_truecased),
         Schema("PygmalionAI/PIPPA", ["bot_name", "bot_definitions", "conversation"], pippa, hub=roleplay.PIPPA),

@@ -38,7 +38,7 @@ SCHEMAS = [
     # the repository's own data/python.zip: gzipped JSON lines per split, read member by member
     Schema("code-search-net/code_search_net", ["original_string", "code", "docstring"], code_search_net,
            hub=Hub("code-search-net/code_search_net", "data/python.zip!python/final/jsonl/train/*.jsonl.gz",
-                   "zip_jsonl_gz", tokens_per_doc=420, bytes_per_doc=2100)),
+                   "zip_jsonl_gz", rows=412178, tokens_per_doc=420, bytes_per_doc=2100)),
     Schema("code_search_net", ["func_code_string", "func_documentation_string", "whole_func_string"], code_search_net),
     Schema("garage-bAInd/Open-Platypus", ["instruction", "output", "data_source"], lambda r: dataprep.platypus("code", r),
            hub=dataprep.OPEN_PLATYPUS),

@@ -32,7 +32,7 @@ SCHEMAS = [
     # one 396 MB JSON array: streamed item by item (ijson), never parsed whole
     Schema("meta-math/MetaMathQA", ["query", "response"],
            lambda r: [textformat.qa("math", need(r, "query"), need(r, "response"))],
-           hub=Hub("meta-math/MetaMathQA", "MetaMathQA-395K.json", "json_array", tokens_per_doc=260, bytes_per_doc=1000)),
+           hub=Hub("meta-math/MetaMathQA", "MetaMathQA-395K.json", "json_array", rows=395000, tokens_per_doc=260, bytes_per_doc=1000)),
     Schema("garage-bAInd/Open-Platypus", ["instruction", "output", "data_source"], lambda r: dataprep.platypus("math", r),
            hub=dataprep.OPEN_PLATYPUS),
     Schema("qa", ["question", "answer"], lambda r: [textformat.qa("math", need(r, "question"), need(r, "answer"))]),

@@ -89,7 +89,7 @@ def pippa_features():
                      "conversation": [{"message": Value("string"), "is_human": Value("bool")}]})
 
 
-PIPPA = Hub("PygmalionAI/PIPPA", "pippa_deduped.jsonl", "json", features=pippa_features, tokens_per_doc=3000,
+PIPPA = Hub("PygmalionAI/PIPPA", "pippa_deduped.jsonl", "json", features=pippa_features, rows=16832, tokens_per_doc=3000,
            bytes_per_doc=12000, gated=True)
 
 

@@ -18,10 +18,10 @@ SCHEMAS = [
     # both read from the hub's parquet conversion; tiny-textbooks may be gated (accept its terms, log in)
     Schema("nampdn-ai/tiny-textbooks", ["textbook"], lambda r: [textformat.textbook(need(r, "textbook"))],
            hub=Hub("nampdn-ai/tiny-textbooks", "default/train/*.parquet", "parquet", revision=PARQUET_CONVERSION,
-                   tokens_per_doc=800, bytes_per_doc=4500, gated=True)),
+                   rows=420000, tokens_per_doc=800, bytes_per_doc=4500, gated=True)),
     Schema("SciPhi/textbooks-are-all-you-need-lite", ["completion"], lambda r: [textformat.textbook(need(r, "completion"))],
            hub=Hub("SciPhi/textbooks-are-all-you-need-lite", "default/train/*.parquet", "parquet",
-                   revision=PARQUET_CONVERSION, tokens_per_doc=1200, bytes_per_doc=4000)),
+                   revision=PARQUET_CONVERSION, rows=682000, tokens_per_doc=1200, bytes_per_doc=4000)),
     Schema("text", ["text"], lambda r: [textformat.textbook(need(r, "text"))]),
 ]
 
