@@ -1,0 +1,36 @@
+"""The main job end to end, tiny: a small offline corpus, 2 iterations of pretraining the stand-in base,
+its transformers export, 2 iterations of finetuning from that directory, eval.py base against finetuned,
+one sample per tag, the next commands. The real run's figures are in docs/pipeline.md."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_pipeline_pretrain_export_finetune_compare(tmp_path):
+    data, out, base = tmp_path / "data", tmp_path / "out", tmp_path / "base"
+    r = subprocess.run([sys.executable, "data/prepare_all.py", f"--out_dir={data}", "--max_docs=60", "--num_generated=300",
+                        "--progress=False"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "pipeline.py", "--prepare=False", f"--data_dir={data}", f"--out_dir={out}",
+                        f"--base_dir={base}", "--max_iters=2", "--eval_limit=2", "--sample_tokens=4"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    steps = [line for line in r.stdout.splitlines() if line.startswith("=== ")]
+    assert [s.split(":")[0] for s in steps] == [
+        "=== pretrain the base (a stand-in for GPT-2) on textbook and code text", "=== export the base to a transformers directory",
+        "=== finetune from that directory on the task mixture", "=== evaluate", "=== pipeline done"]
+    assert f"--init_from={base}/hf" in steps[2] and f"init from {base}/hf" in r.stdout   # the gpt2-medium path
+    assert json.load(open(base / "hf" / "config.json"))["model_type"] == "gpt2"
+    report = json.load(open(out / "eval.json"))
+    assert [(m["role"], m["init_from"]) for m in report["models"]] == [("base", f"{base}/hf"), ("model", "resume")]
+    table = open(out / "eval.md").read()
+    for row in ("| loss/math |", "| em/math |", "| eot/em/math |", "| eot/em/logic |"):
+        assert row in table
+    for tag in ("Textbook", "Code", "Math", "Logic", "Excerpt", "Chat", "Roleplay"):
+        assert f"--- [{tag}]" in r.stdout
+    assert f"python serve.py --out_dir={out}" in r.stdout and f"--compare_with={base}/hf" in r.stdout
