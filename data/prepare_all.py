@@ -104,7 +104,8 @@ def budget_caps(g):
             continue
         plan, need, short = plan_caps(task, hubs, per_task[task], val_min, g["val_fraction"], g["margin"])
         caps[task] = {repo: docs for repo, (docs, _, _) in plan.items()}
-        rows += [(task, repo, *v) for repo, v in plan.items()]
+        gated = {h.repo for h in hubs if h.gated}
+        rows += [(task, repo + (" (may be gated)" if repo in gated else ""), *v) for repo, v in plan.items()]
         if short > 0.05 * need and task in g["offline_too"]:
             print(f"budget: {task}: its hub rows are routed Open-Platypus rows (not counted on); its offline "
                   f"source is prepared too")

@@ -175,7 +175,8 @@ class Hub:
       fmt: 'parquet' or 'json' (JSON lines), read by datasets.load_dataset(fmt, data_files=..., streaming=True);
            'json_array' (one JSON array, streamed item by item with ijson, never parsed whole);
            'zip_jsonl_gz' (files=<zip>!<member glob>: gzipped JSON lines inside a zip, read member by member).
-      revision: e.g. '~parquet' for the hub's own parquet conversion (refs/convert/parquet).
+      revision: e.g. 'refs/convert/parquet', the hub's own parquet conversion of a dataset.
+      gated: probably needs its terms accepted and a login (said in the plan prepare_all prints).
       features: datasets.Features (or a function returning them) for JSON lines whose first rows have
            nulls: the schema is given instead of inferred from the first block.
       rows (the dataset card's count), tokens_per_doc, bytes_per_doc: estimates for sizing caps to a run and
