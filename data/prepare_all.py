@@ -10,7 +10,7 @@ Runs each data/<task>/prepare.py in this process with the shared settings below 
 summary table. A task whose offline source is missing (a hand-written file) is reported and
 skipped; any other error is reported in one line and makes the exit status 1 after the other
 tasks ran. With --source=hub, tasks that have no hub dataset (excerpt, symposium) use their
-offline source.
+offline source, and those in offline_too add it to their hub datasets.
 
 --budget=<train config>: per-source caps that supply what that run trains on (iterations x batch x
 block x accumulation, shared by mixture weight) plus the validation split, with a margin for what
@@ -36,7 +36,9 @@ num_generated = 20000   # math/logic generated training items
 budget = ""             # a train config (config/finetune_nanophi.py): size per-source caps to the tokens it trains on
 margin = 1.3            # documents read per document needed: dedup, routing and decontamination drop some
 val_fraction = 0.05
-offline_too = ["logic"]  # with source=hub, these tasks add their offline source (Open-Platypus has a few thousand logic rows)
+# with source=hub these tasks add their offline source: the hand-written chat/roleplay sets, and the generated
+# math/logic items in the format of eval.py's held-out questions (Open-Platypus has only a few thousand logic rows)
+offline_too = ["math", "logic", "chat", "roleplay"]
 skip_unavailable = False  # a gated/missing/unreachable hub dataset is reported and skipped; the task's other sources run
 hub_root = "hf://datasets"  # or a local mirror <dir>/<owner>/<name>/<file>
 progress = True

@@ -260,7 +260,7 @@ def test_budget_caps_sized_to_the_run(tmp_path, capsys):
         json_array([{"query": f"What is {i} + 1?", "response": f"The answer is: {i + 1}"} for i in range(1000)]))
     metas, problems = prepare_all.main([f"--budget={tmp_path / 'tiny.py'}", "--source=hub", "--tasks=['math']",
                                         f"--hub_root={m}", f"--out_dir={tmp_path / 'out'}", "--progress=False",
-                                        "--skip_unavailable=True"])
+                                        "--skip_unavailable=True", "--num_generated=50"])
     out = capsys.readouterr().out
     cap = math.ceil(max(2 * 2 * 64 / 0.95, 1 * 2 * 64 / 0.05) / 260 * 1.3)
     assert f"| math | meta-math/MetaMathQA | {cap:,} |" in out
