@@ -240,6 +240,7 @@ def test_near_dedup_index_is_bounded():
     assert not near.is_dup(docs[2] + " extra")           # the price of the bound, documented in docs/data.md
 
 
+@pytest.mark.slow
 def test_budget_caps_sized_to_the_run(tmp_path, capsys):
     import importlib.util
     spec = importlib.util.spec_from_file_location("prepare_all", os.path.join(ROOT, "data", "prepare_all.py"))
