@@ -484,7 +484,7 @@ def training_plots(out_dir):
     """train.py's loss-curve PNGs per task from out_dir/log.jsonl (one definition: train.plot_losses)."""
     if not os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         return []
-    from train import plot_losses
+    from nanophi.plots import plot_losses
     try:
         return plot_losses(out_dir)
     except (ValueError, KeyError, TypeError) as e:
