@@ -34,7 +34,7 @@ from model import GPT, CausalSelfAttention, GPTConfig
 from nanophi import checkpoint as ckpt_lib
 from nanophi import lora as lora_lib
 from nanophi.datafiles import TaskSplit
-from nanophi.device import autocast, device_name, pick_device, pick_dtype
+from nanophi.device import autocast, device_name, peak_flops, pick_device, pick_dtype
 from nanophi.plots import plot_losses
 from nanophi.tokenizer import EOT_ID
 
@@ -294,7 +294,7 @@ def build_model(ck, block, master):
     if ck is not None:
         if "lora" in ck:
             lora_base = ck["lora_base"]
-            model = lora_lib.load_base(lora_base, ck["model_args"])
+            model = ckpt_lib.load_base(lora_base, ck["model_args"])
         else:
             model = ckpt_lib.model_from_checkpoint(ck)
     elif init_from == "scratch":
@@ -499,7 +499,7 @@ def evaluate_and_save(run):
 def log_step(run, lossf, lr, seconds):
     """One line and one log.jsonl record: loss, speed (MFU where the peak is known), epochs, tokens."""
     tok_s = run.tokens_per_iter / seconds
-    mfu, achieved = run.gpt.estimate_mfu(batch_size * run.accum_local, seconds, run.dev)  # per process
+    mfu, achieved = run.gpt.estimate_mfu(batch_size * run.accum_local, seconds, run.peak_flops)  # per process
     eps = run.sampler.epochs()
     chinchilla = run.tokens_seen / (20 * run.n_params)  # 20 tokens per parameter
     speed = f"mfu {mfu * 100:.1f}%" if mfu is not None else f"{achieved / 1e12:.3f} TFLOP/s"
@@ -630,7 +630,8 @@ def prepare_run(config):
     run = Run(config=config, ddp=ddp, rank=rank, world=world, master=master, dev=dev, ptdtype=ptdtype,
               accum_local=gradient_accumulation_steps // world, block_size=block, max_iters=n_iters,
               tokens_per_iter=tokens_per_iter, sampler=sampler, raw_model=model, gpt=gpt, model_args=model_args,
-              n_params=n_params, lora_config=lora_config, lora_base=lora_base, autocast_ctx=autocast(dev, ptdtype))
+              n_params=n_params, lora_config=lora_config, lora_base=lora_base, autocast_ctx=autocast(dev, ptdtype),
+              peak_flops=peak_flops(dev))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if master:
         report_model(run, n_params, n_trainable, device_type)

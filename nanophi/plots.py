@@ -2,6 +2,8 @@
 import json
 import os
 
+from nanophi.files import atomic_file
+
 
 def read_log(out_dir):
     """(train records, eval records) of out_dir/log.jsonl; empty lists when there is no log."""
@@ -40,9 +42,8 @@ def plot_losses(out_dir):
         ax.set_title(f"{name} loss")
         ax.legend()
         path = os.path.join(out_dir, f"loss_{name}.png")
-        tmp = path + ".tmp.png"  # savefig picks the format from the extension
-        fig.savefig(tmp, dpi=80)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
         plt.close(fig)
-        os.replace(tmp, path)
         written.append(path)
     return written

@@ -8,6 +8,8 @@ from transformers import GPT2LMHeadModel
 
 from conftest import make_hf_dir
 from model import GPT, GPTConfig, KVCache
+from nanophi.device import peak_flops_by_name
+from nanophi.hf_export import export_hf
 
 
 def hf_and_ours(path):
@@ -137,7 +139,7 @@ def test_export_round_trip(tmp_path):
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)  # padded vocab
     ours = GPT(cfg).eval()
-    path = ours.export_hf(str(tmp_path / "export"))
+    path = export_hf(ours, str(tmp_path / "export"))
     assert os.path.isfile(os.path.join(path, "model.safetensors"))
     hf = GPT2LMHeadModel.from_pretrained(path).eval()
     back = GPT.from_pretrained(path).eval()
@@ -146,7 +148,9 @@ def test_export_round_trip(tmp_path):
         want, _ = ours(x)
         assert (hf(x).logits - want[..., :50257]).abs().max() < 1e-5
         assert (back(x)[0] - want[..., :50257]).abs().max() < 1e-5
-    assert not any(n.startswith(".export-") for n in os.listdir(tmp_path))  # no temp dir left
+    assert os.listdir(tmp_path) == ["export"]  # no temporary directory left
+    export_hf(ours, path)  # over an existing export: replaced whole
+    assert sorted(os.listdir(path)) == ["config.json", "generation_config.json", "model.safetensors"]
 
 
 def test_loss_masking_and_reductions():
@@ -184,8 +188,10 @@ def test_optimizer_groups_and_flops():
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() < 2 for p in no_decay["params"])
     N = m.get_num_params()
     assert m.flops_per_token() == 6 * N + 12 * 2 * 2 * 8 * 32
-    mfu, achieved = m.estimate_mfu(fwdbwd_per_iter=4, dt=0.5, device="cpu")
+    mfu, achieved = m.estimate_mfu(fwdbwd_per_iter=4, seconds=0.5)
     assert mfu is None and achieved == pytest.approx(m.flops_per_token() * 32 * 4 / 0.5)
+    mfu, _ = m.estimate_mfu(fwdbwd_per_iter=4, seconds=0.5, peak_flops=peak_flops_by_name("Tesla T4"))
+    assert mfu == pytest.approx(achieved / 65e12)
 
 
 def test_stop_ids_are_exempt_from_repetition_controls():
