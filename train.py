@@ -36,6 +36,7 @@ from nanophi import lora as lora_lib
 from nanophi.datafiles import TaskSplit
 from nanophi.device import autocast, device_name, peak_flops, pick_device, pick_dtype
 from nanophi.plots import plot_losses
+from nanophi.tasks import TASK_NAMES, default_mixture
 from nanophi.tokenizer import EOT_ID
 
 # -----------------------------------------------------------------------------
@@ -55,7 +56,7 @@ wandb_run_name = "run"
 plot = True  # loss-curve PNGs per task in out_dir
 # data
 data_dir = "data"
-tasks = {"textbook": 1.0, "code": 1.0, "math": 1.0, "logic": 1.0, "roleplay": 1.0, "chat": 1.0, "excerpt": 1.0}
+tasks = default_mixture()  # {task: weight}; every tagged task, equal weights
 packing = True  # see the docstring: whole-document windows that run on into the next documents
 batch_size = 8  # micro-batch rows
 block_size = 256
@@ -91,7 +92,6 @@ device = "auto"
 dtype = "auto"  # auto: bf16 on sm80+, fp16 + GradScaler on older GPUs (T4), fp32 on CPU; 'bfloat16' opt-in on CPU
 compile = None  # None = on for Linux + CUDA only; True/False to force
 # -----------------------------------------------------------------------------
-KNOWN_TASKS = ("textbook", "code", "math", "logic", "roleplay", "chat", "excerpt", "symposium")
 
 # ----------------------------------------------------------------------------- data
 
@@ -192,8 +192,8 @@ def open_tasks(data_dir, tasks, block_size):
     if not active:
         raise ConfigError(f"tasks {tasks}: every mixture weight is zero; give at least one task a positive weight")
     for t in active:
-        if t not in KNOWN_TASKS and not os.path.isdir(os.path.join(data_dir, t)):
-            raise ConfigError(f"unknown task {t!r}: not one of {', '.join(KNOWN_TASKS)} and no directory "
+        if t not in TASK_NAMES and not os.path.isdir(os.path.join(data_dir, t)):
+            raise ConfigError(f"unknown task {t!r}: not one of {', '.join(TASK_NAMES)} and no directory "
                               f"{os.path.join(data_dir, t)!r}")
     data = {}
     for t in active:
