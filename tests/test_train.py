@@ -149,6 +149,7 @@ def test_accumulation_with_sum_reduction_equals_big_batch():
         torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_train_accumulation_4x2_equals_1x8(data_dir, tmp_path):
     outs = []
     for bs, acc in ((2, 4), (8, 1)):
@@ -322,6 +323,7 @@ def test_configs_parse():
 
 # ----------------------------------------------------------------------------- subprocesses
 
+@pytest.mark.slow
 def test_sigterm_saves_a_resumable_checkpoint(data_dir, tmp_path):
     out = str(tmp_path / "sig")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -343,6 +345,7 @@ def test_sigterm_saves_a_resumable_checkpoint(data_dir, tmp_path):
     assert r["iter_num"] == n + 1
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes_match_one(data_dir, tmp_path):
     args = ["--max_iters=2", "--eval_interval=2", "--gradient_accumulation_steps=2", "--batch_size=2"]
     single = run_main(train_args(data_dir, str(tmp_path / "one"), *args))
