@@ -64,6 +64,14 @@ def load_checkpoint(path, map_location="cpu"):
         raise RuntimeError(f"{path}: not a loadable NanoPhi checkpoint ({type(e).__name__}: {e})") from None
 
 
+def peek_iter(path):
+    """A checkpoint's iter_num without reading its tensors (memory-mapped), or None if unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iter_num")
+    except Exception:
+        return None
+
+
 def clean_state_dict(sd):
     """Strip the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add to keys."""
     out = {}

@@ -18,6 +18,9 @@ import shutil
 class WriteError(OSError):
     """A write that failed (disk full, read-only, too large), with a message naming the file."""
 
+    def __str__(self):
+        return self.strerror  # the whole message, without OSError's "[Errno 28]" prefix
+
 
 def temp_name(path, kind="tmp"):
     """A name beside path that only this process uses."""
