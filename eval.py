@@ -469,7 +469,7 @@ def short_path(path):
 
 
 def training_plots(out_dir):
-    """train.py's loss-curve PNGs per task from out_dir/log.jsonl (one definition: train.plot_losses)."""
+    """train.py's loss-curve PNGs per task from out_dir/log.jsonl (one definition: nanophi.plots.plot_losses)."""
     if not os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         return []
     from nanophi.plots import plot_losses
