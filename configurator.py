@@ -12,7 +12,8 @@ choice checks beside its settings, run once every override is in:
 
     CHECKS = {"max_iters": at_least(0), "dtype": one_of("auto", "float32", "bfloat16", "float16")}
 
---help prints every setting with the comment written beside it in the script.
+--help prints every setting with the comment written beside it in the script. Bad settings on
+the command line end any script the same way: one `config error: ...` line, exit status 2.
 """
 import ast
 import difflib
@@ -171,16 +172,27 @@ def parse_value(raw, default):
 
 
 def configure(g, argv=None, checks=None, sources=None):
-    """Apply config files and --key=value overrides from argv (default sys.argv[1:]) to globals g,
-    then the checks (default: g's CHECKS). sources, if given, gets {key: where it was set} for
-    every key a config file or an argument set, in the order they were set."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Apply config files and --key=value overrides from argv to globals g, then the checks
+    (default: g's CHECKS). sources, if given, gets {key: where it was set} for every key a config
+    file or an argument set, in the order they were set. Errors raise ConfigError; reading the
+    command line itself (argv None: sys.argv[1:]) they end the program instead, with one line
+    `config error: ...` on stderr and exit status 2, the same for every script."""
+    if argv is not None:
+        return _configure(g, argv, checks, sources)
+    try:
+        return _configure(g, sys.argv[1:], checks, sources)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _configure(g, argv, checks, sources):
     checks = g.get("CHECKS", {}) if checks is None else checks
     sources = {} if sources is None else sources
     defaults = config_keys(g)
     for arg in argv:
         if arg in ("-h", "--help"):
-            print_help(g.get("__file__") or sys._getframe(1).f_globals.get("__file__"), defaults)
+            print_help(g.get("__file__") or sys._getframe(2).f_globals.get("__file__"), defaults)
             sys.exit(0)
         if not arg.startswith("--"):
             # a config file: run it in a copy of the settings, then take what it changed

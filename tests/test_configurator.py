@@ -97,3 +97,17 @@ def test_help_prints_the_comment_beside_each_setting(tmp_path, capsys):
     assert "  --batch_size=4  # rows per step" in out
     assert "  --out_dir='out'" in out
     assert "  --lr=0.1  # step size, '#' inside" in out
+
+
+@pytest.mark.slow
+def test_every_script_ends_bad_settings_the_same_way():
+    """Scripts that read settings at import (export.py, pipeline.py) stop like train.py: one line, exit 2."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    for script in ("export.py", "pipeline.py", "train.py"):
+        r = subprocess.run([sys.executable, script, "--no_such_setting=1"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (script, r.stderr)
+        assert lines[0].startswith("config error: argument '--no_such_setting=1': unknown config key"), lines
