@@ -346,8 +346,11 @@ def build_model(ck, block, master):
     lora_base = None
     if ck is not None:
         if "lora" in ck:
-            lora_base = ck["lora_base"]
-            model = ckpt_lib.load_base(lora_base, ck["model_args"])
+            lora_base = lora_lib.resolve_base(ck["lora_base"], out_dir)
+            try:
+                model = ckpt_lib.load_base(lora_base, ck["model_args"], os.path.join(out_dir, ckpt_lib.LATEST))
+            except FileNotFoundError as e:
+                raise ConfigError(str(e)) from None
         else:
             model = ckpt_lib.model_from_checkpoint(ck)
     elif init_from == "scratch":
@@ -525,7 +528,8 @@ def checkpoint_state(run):
     if run.scaler.is_enabled():
         st["scaler"] = run.scaler.state_dict()
     if run.lora_config:
-        st.update(lora=lora_lib.adapter_state(run.raw_model), lora_config=run.lora_config, lora_base=run.lora_base)
+        st.update(lora=lora_lib.adapter_state(run.raw_model), lora_config=run.lora_config,
+                  lora_base=lora_lib.portable_base(run.lora_base, out_dir))
     else:
         st["model"] = ckpt_lib.clean_state_dict(run.raw_model.state_dict())
     return st

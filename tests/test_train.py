@@ -269,7 +269,7 @@ def test_lora_adapter_small_mergeable_and_loadable(data_dir, tmp_path, tiny_hf_d
     base_size = sum(os.path.getsize(os.path.join(tiny_hf_dir, f)) for f in os.listdir(tiny_hf_dir))
     assert size < base_size / 10
     ck = load_checkpoint(os.path.join(out, "ckpt.pt"))
-    assert "model" not in ck and ck["lora"] and ck["lora_base"] == os.path.abspath(tiny_hf_dir)
+    assert "model" not in ck and ck["lora"] and ck["lora_base"] == os.path.relpath(tiny_hf_dir, out)
     merged, _ = load_model(adir)
     from_ckpt, _ = load_model("resume", out, which="latest")
     base, _ = load_model(tiny_hf_dir)
@@ -284,6 +284,28 @@ def test_lora_adapter_small_mergeable_and_loadable(data_dir, tmp_path, tiny_hf_d
             if not a.startswith(("--n_layer", "--n_head", "--n_embd"))]
     r = run_main(args)
     assert r["iter_num"] == 6
+
+
+def test_lora_adapter_moves_with_its_base(data_dir, tmp_path, tiny_hf_dir):
+    """The adapter stores its base relative to itself: moved together they load; a base left
+    behind is an error naming the adapter and the base (it used to blame init_from)."""
+    import shutil
+    work = tmp_path / "work"
+    shutil.copytree(tiny_hf_dir, work / "base")
+    out = str(work / "run")
+    run_main(train_args(data_dir, out, f"--init_from={work / 'base'}", "--lora_rank=2", "--max_iters=1",
+                        "--eval_interval=100"))
+    want, _ = load_model(os.path.join(out, "lora"))
+    shutil.move(str(work), str(tmp_path / "moved"))
+    moved = tmp_path / "moved"
+    x = torch.randint(0, 50257, (1, 8))
+    for init in (str(moved / "run" / "lora"), str(moved / "run" / "ckpt.pt")):
+        got, _ = load_model(init)
+        with torch.no_grad():
+            torch.testing.assert_close(got(x)[0], want(x)[0])
+    shutil.rmtree(moved / "base")
+    with pytest.raises(FileNotFoundError, match=r"run/lora is a LoRA adapter whose base model .*base' is not there"):
+        load_model(str(moved / "run" / "lora"))
 
 
 # ----------------------------------------------------------------------------- bad configs
