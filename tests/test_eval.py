@@ -267,6 +267,24 @@ def test_humaneval_samples_file_scoring(tmp_path):
     assert c["humaneval/pass@1"] == 1 and c["humaneval/parse"] == 2
 
 
+def test_hostile_samples_file_scores_the_honest_pass_at_1(tmp_path):
+    """24 samples of HumanEval/0, one correct: wrong bodies that forge a verdict change nothing."""
+    import test_sandbox
+    problem = sandbox.read_humaneval()[0]
+    tricks = list(test_sandbox.TRICKS.values())
+    rows = [problem["canonical_solution"]] + tricks + ["    return None\n"] * (23 - len(tricks))
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("".join(json.dumps({"task_id": "HumanEval/0", "completion": c}) + "\n" for c in rows))
+    report = ev.main([f"--humaneval_samples={path}", f"--results={tmp_path / 'r.json'}", "--pass_at_k=[1]"])
+    m = report["models"][0]["metrics"]
+    assert len(rows) == 24 and m["humaneval/passed"] == 1
+    assert m["humaneval/pass@1"] == pytest.approx(1 / 24)  # 4.2%, not the 20.8% the tricks once made
+    assert "| humaneval/pass@1 | 4.2% | 1 |" in open(tmp_path / "r.md").read()
+    isolation = report["models"][0]["details"]["sandbox_isolation"]
+    assert isolation.split()[0] == sandbox.isolation_level()[0]
+    assert f"isolation {isolation}" in open(tmp_path / "r.md").read()
+
+
 def test_comparison_mode_cli(setup, tiny_out_dir, tmp_path):
     """The real script: finetuned (init_from) against a random base (compare_with), one table with deltas."""
     res = str(tmp_path / "cmp.json")
