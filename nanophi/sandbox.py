@@ -80,23 +80,33 @@ _LEVEL = {}
 _LEVEL_LOCK = threading.Lock()
 
 
+def _probe(level):
+    """None when a trivial program runs at `level`, else why not."""
+    r = _run_job({"mode": "program", "source": "pass\n"}, 10.0, 256, 1, level)
+    said = _reported(r["lines"][0]) if r["lines"] else None
+    return None if said == ("passed", "") else (said or (r["status"], r["detail"]))[1]
+
+
 def isolation_level(requested="auto"):
-    """The level runs get: 'auto' -> the strongest the kernel allows (probed once), else as asked.
-    Returns (level, note): note says why a stronger level was not available."""
+    """The level runs get -> (level, note). 'auto': the strongest the kernel allows, the note saying
+    why a stronger one was not; an explicit level must work here, else RuntimeError. Probed once."""
     if requested not in ISOLATIONS:
         raise ValueError(f"sandbox isolation must be one of {', '.join(ISOLATIONS)}, got {requested!r}")
-    if requested != "auto":
-        return requested, ""
+    if requested == "namespaces" and os.geteuid() != 0:
+        raise RuntimeError("sandbox isolation 'namespaces' needs root; use 'userns' (user namespaces) or 'auto'")
     with _LEVEL_LOCK:
-        if not _LEVEL:
-            level = "namespaces" if os.geteuid() == 0 else "userns"
-            r = _run_job({"mode": "program", "source": "pass\n"}, 10.0, 256, 1, level)
-            if r["lines"] and _reported(r["lines"][0]) == ("passed", ""):
-                _LEVEL.update(level=level, note="")
+        if requested not in _LEVEL:
+            if requested == "auto":
+                level = "namespaces" if os.geteuid() == 0 else "userns"
+                why = _probe(level)
+                _LEVEL["auto"] = (level, "") if why is None else ("guard", f"namespaces refused: {why}")
             else:
-                why = (_reported(r["lines"][0]) if r["lines"] else None) or (r["status"], r["detail"])
-                _LEVEL.update(level="guard", note=f"namespaces refused ({why[1]})")
-        return _LEVEL["level"], _LEVEL["note"]
+                why = None if requested == "guard" else _probe(requested)
+                if why is not None:
+                    raise RuntimeError(f"sandbox isolation {requested!r} does not work here ({why}); "
+                                       "use 'auto' to fall back to the guard level")
+                _LEVEL[requested] = (requested, "")
+        return _LEVEL[requested]
 
 
 # ----------------------------------------------------------------------------- one process
