@@ -312,7 +312,11 @@ def main():
         job = json.load(f)
     sys.path.extend(job["site_dirs"])  # -S skips site's slow .pth processing; these keep packages importable
     fd = job["fd"]
-    write = os.write
+    os_write = os.write  # kept: the program may replace os.write
+
+    def write(data):
+        while data:  # a pipe write can be partial when a signal interrupts it
+            data = data[os_write(fd, data):]
     level = job["isolation"]
     if level != "guard":
         try:
@@ -324,14 +328,18 @@ def main():
         if child:
             os.close(fd)
             supervise(child)
-        drop_privileges(program_uid)
+        try:
+            drop_privileges(program_uid)
+        except OSError as e:
+            write((json.dumps({"status": "error", "detail": f"sandbox: {e}"}) + "\n").encode())
+            os._exit(3)
         import signal  # PID 1 ignores signals it has no handler for, the CPU limit's among them
         signal.signal(signal.SIGXCPU, lambda *a: os._exit(128 + signal.SIGXCPU))
     limit(job)
     if level == "guard":
         guard_network()
     guard_calls()
-    run_job(job, lambda b: write(fd, b))
+    run_job(job, write)
     os._exit(0)
 
 
