@@ -457,8 +457,13 @@ def describe(cfg, report):
     if "humaneval" in cfg["metrics"] or cfg["humaneval_samples"]:
         isolation = next((m["details"].get("sandbox_isolation") for m in report["models"]
                           if m.get("details", {}).get("sandbox_isolation")), cfg["sandbox_isolation"])
-        parts.append(f"HumanEval n={cfg['num_samples_per_task']} T={cfg['temperature']:g}, sandbox "
-                     f"{cfg['sandbox_timeout']:g} s / {cfg['sandbox_memory_mb']} MiB, isolation {isolation}")
+        if cfg["humaneval_samples"]:  # n and temperature are the file's, not the settings'
+            c = report["models"][0]["counts"]
+            sampling = f"HumanEval {c['humaneval/samples']} samples of {c['humaneval/problems']} problems"
+        else:
+            sampling = f"HumanEval n={cfg['num_samples_per_task']} samples per problem, T={cfg['temperature']:g}"
+        parts.append(f"{sampling}, sandbox {cfg['sandbox_timeout']:g} s / {cfg['sandbox_memory_mb']} MiB, "
+                     f"isolation {isolation}")
     parts.append(report.get("device", ""))
     return "; ".join(p for p in parts if p)
 

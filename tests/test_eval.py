@@ -282,7 +282,8 @@ def test_hostile_samples_file_scores_the_honest_pass_at_1(tmp_path):
     assert "| humaneval/pass@1 | 4.2% | 1 |" in open(tmp_path / "r.md").read()
     isolation = report["models"][0]["details"]["sandbox_isolation"]
     assert isolation.split()[0] == sandbox.isolation_level()[0]
-    assert f"isolation {isolation}" in open(tmp_path / "r.md").read()
+    md = open(tmp_path / "r.md").read()
+    assert f"HumanEval 24 samples of 1 problems, sandbox 3 s / 1024 MiB, isolation {isolation}" in md
 
 
 def test_comparison_mode_cli(setup, tiny_out_dir, tmp_path):
