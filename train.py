@@ -359,7 +359,7 @@ def build_model(ck, block, master):
     else:
         try:
             model, source = ckpt_lib.load_model(init_from, out_dir, "cpu", which="best")
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, FileNotFoundError, RuntimeError) as e:  # unknown name, no such file, not a checkpoint
             raise ConfigError(f"init_from={init_from!r}: {e}") from None
         lora_base = os.path.abspath(source) if os.path.exists(source) else source
         had = model.config.block_size
