@@ -42,9 +42,9 @@ def write_error(path, err):
 def atomic_file(path):
     """Yields a temporary path beside path; it takes path's name when the block ends without error
     and is removed otherwise. OS errors become a WriteError naming path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = temp_name(path)
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
