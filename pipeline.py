@@ -25,6 +25,7 @@ import sys
 import time
 
 from configurator import configure
+from nanophi.tasks import SAMPLES
 
 out_dir = "out-nanophi-cpu"           # the finetuned model
 base_dir = "out-nanophi-cpu-base"     # the pretrained stand-in; its transformers export goes to <base_dir>/hf
@@ -40,16 +41,6 @@ configure(globals())
 
 PY = sys.executable
 BASE_HF = os.path.join(base_dir, "hf")
-# (tag, prompt) pairs: one sample per tag, greedy so the printout is reproducible
-SAMPLES = [
-    ("Textbook", "Python's list comprehension"),
-    ("Code", 'def add(a, b):\n    """Return the sum of a and b."""\n'),
-    ("Math", "What is 17 + 25?"),
-    ("Logic", "All cats are mammals. Tom is a cat. Is Tom a mammal?"),
-    ("Excerpt", "The with statement is used to wrap the execution of a block with methods defined by a context manager."),
-    ("Chat", "Hi! What can you help me with?"),
-    ("Roleplay", "Good evening, captain. Where are we headed?"),
-]
 
 
 def run(title, cmd):
@@ -62,12 +53,13 @@ def run(title, cmd):
 
 
 def sample_each_tag():
-    for tag, prompt in SAMPLES:
-        print(f"\n--- [{tag}] {prompt!r}", flush=True)
-        cmd = [PY, "sample.py", f"--out_dir={out_dir}", f"--tag={tag}", f"--start={prompt}", "--temperature=0",
+    for task in SAMPLES:  # one greedy sample per tag: a reproducible printout
+        tag = task.tag.strip("[]")
+        print(f"\n--- [{tag}] {task.sample!r}", flush=True)
+        cmd = [PY, "sample.py", f"--out_dir={out_dir}", f"--tag={tag}", f"--start={task.sample}", "--temperature=0",
                f"--max_new_tokens={sample_tokens}", "--echo=True", "--no_repeat_ngram_size=4"]
-        if tag == "Roleplay":
-            cmd.append("--system=Captain Mara commands the starship Meridian.")
+        if task.system:
+            cmd.append(f"--system={task.system}")
         r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # settings chatter only shown on failure
         if r.returncode != 0:
             sys.exit(f"{r.stderr}\npipeline: sampling [{tag}] failed with exit status {r.returncode}")

@@ -26,8 +26,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from nanophi import dataprep  # noqa: E402
 from configurator import ConfigError, configure  # noqa: E402
+from nanophi.tasks import GENERATED_TASKS, TASK_NAMES  # noqa: E402
 
-tasks = ["textbook", "code", "math", "logic", "excerpt", "chat", "roleplay", "symposium"]
+tasks = list(TASK_NAMES)  # every task, in preparation order
 source = "offline"      # offline | hub
 out_dir = HERE
 seed = 1337
@@ -134,7 +135,7 @@ def task_args(task, g, caps):
             f"--skip_unavailable={g['skip_unavailable']}", f"--hub_root={g['hub_root']}"]
     if task in caps:
         args.append(f"--source_caps={caps[task]!r}")
-    if task in ("math", "logic"):
+    if task in GENERATED_TASKS:
         args.append(f"--num_generated={g['num_generated']}")
     return args
 
