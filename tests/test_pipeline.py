@@ -1,5 +1,5 @@
-"""The main job end to end, tiny: a small offline corpus, 2 iterations of pretraining the stand-in base,
-its transformers export, 2 iterations of finetuning from that directory, eval.py base against finetuned,
+"""The main job end to end, tiny: a small offline corpus, 1 iteration of pretraining the stand-in base,
+its transformers export, 1 of finetuning from that directory, eval.py base against finetuned,
 one sample per tag, the next commands. The real run's figures are in docs/pipeline.md."""
 import json
 import subprocess
@@ -13,11 +13,11 @@ from conftest import ROOT
 @pytest.mark.slow
 def test_pipeline_pretrain_export_finetune_compare(tmp_path):
     data, out, base = tmp_path / "data", tmp_path / "out", tmp_path / "base"
-    r = subprocess.run([sys.executable, "data/prepare_all.py", f"--out_dir={data}", "--max_docs=60", "--num_generated=300",
+    r = subprocess.run([sys.executable, "data/prepare_all.py", f"--out_dir={data}", "--max_docs=20", "--num_generated=100",
                         "--progress=False"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     r = subprocess.run([sys.executable, "pipeline.py", "--prepare=False", f"--data_dir={data}", f"--out_dir={out}",
-                        f"--base_dir={base}", "--max_iters=2", "--eval_limit=2", "--sample_tokens=4"],
+                        f"--base_dir={base}", "--max_iters=1", "--eval_limit=1", "--sample_tokens=2"],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     steps = [line for line in r.stdout.splitlines() if line.startswith("=== ")]
