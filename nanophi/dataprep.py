@@ -55,6 +55,8 @@ DEFAULTS = dict(
     batch_size=256,         # records per tokenization batch
     hub_split="train",
     progress=True,
+    quality_model="",       # a directory written by data/quality.py train: score every document (docs/quality.md)
+    min_quality=0.0,        # with quality_model: drop documents whose P(educational) is below this
 )
 NGRAM = 13
 SHINGLE = 5
@@ -375,10 +377,13 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
     """
     t0 = time.time()
     task_dir = os.path.join(cfg.out_dir, task)
+    from nanophi.quality import prepare_filter
+    quality_of = prepare_filter(cfg.quality_model, cfg.min_quality)
     decon = Decontaminator(humaneval=cfg.decontaminate, eval_texts=eval_texts if cfg.decontaminate else ())
     near = NearDedup(cfg.near_threshold) if cfg.near_dedup else None
     seen = set()
-    counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped")}
+    counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped", "quality_kept",
+                             "quality_dropped")}
     per_source = {}
     skipped_examples = []
     writers = {s: SplitWriter(task_dir, s) for s in SPLITS}
@@ -446,6 +451,11 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                 if hit:
                     counts[hit] += 1
                     continue
+                if quality_of is not None:
+                    keep = quality_of(examples) >= cfg.min_quality
+                    counts["quality_kept" if keep else "quality_dropped"] += 1
+                    if not keep:
+                        continue
                 if near is not None and near.is_dup(norm):
                     counts["near"] += 1
                     continue
@@ -502,6 +512,8 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                   "normalisation": "NFKC, lower case, whitespace collapsed; near: MinHash of word 5-grams"},
         "decontamination": {"humaneval": counts["humaneval"], "eval_items": counts["eval_items"],
                             "ngram": NGRAM, "humaneval_problems": decon.n_humaneval, "eval_item_count": decon.n_eval},
+        "quality": {"model": cfg.quality_model, "min_quality": cfg.min_quality, "kept": counts["quality_kept"],
+                    "dropped": counts["quality_dropped"]} if quality_of is not None else None,
         "skipped": counts["skipped"],
         "skipped_examples": skipped_examples,
         "records": counts["read"],
