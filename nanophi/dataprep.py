@@ -52,6 +52,7 @@ DEFAULTS = dict(
     progress=True,
     quality_model="",       # a directory written by data/quality.py train: score every document (docs/quality.md)
     min_quality=0.0,        # with quality_model: drop documents whose P(educational) is below this
+    decontam_drop="",       # a drop list from data/decontaminate.py (embedding/AST matches to HumanEval/MBPP)
 )
 NGRAM = 13
 SHINGLE = 5
@@ -374,11 +375,13 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
     task_dir = os.path.join(cfg.out_dir, task)
     from nanophi.quality import prepare_filter
     quality_of = prepare_filter(cfg.quality_model, cfg.min_quality)
+    from nanophi.decontam import read_drop_list
+    drop_keys = read_drop_list(cfg.decontam_drop) if cfg.decontam_drop else set()
     decon = Decontaminator(humaneval=cfg.decontaminate, eval_texts=eval_texts if cfg.decontaminate else ())
     near = NearDedup(cfg.near_threshold) if cfg.near_dedup else None
     seen = set()
     counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped", "quality_kept",
-                             "quality_dropped")}
+                             "quality_dropped", "drop_list")}
     per_source = {}
     skipped_examples = []
     writers = {s: SplitWriter(task_dir, s) for s in SPLITS}
@@ -442,6 +445,9 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                         counts["exact"] += 1
                         continue
                     seen.add(h)
+                if drop_keys and doc_hash(norm) in drop_keys:
+                    counts["drop_list"] += 1
+                    continue
                 hit = decon.hit(norm)
                 if hit:
                     counts[hit] += 1
@@ -506,7 +512,8 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                   "near_threshold": cfg.near_threshold if cfg.near_dedup else None,
                   "normalisation": "NFKC, lower case, whitespace collapsed; near: MinHash of word 5-grams"},
         "decontamination": {"humaneval": counts["humaneval"], "eval_items": counts["eval_items"],
-                            "ngram": NGRAM, "humaneval_problems": decon.n_humaneval, "eval_item_count": decon.n_eval},
+                            "ngram": NGRAM, "humaneval_problems": decon.n_humaneval, "eval_item_count": decon.n_eval,
+                            "drop_list": cfg.decontam_drop or None, "drop_list_dropped": counts["drop_list"]},
         "quality": {"model": cfg.quality_model, "min_quality": cfg.min_quality, "kept": counts["quality_kept"],
                     "dropped": counts["quality_dropped"]} if quality_of is not None else None,
         "skipped": counts["skipped"],

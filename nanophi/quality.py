@@ -48,8 +48,8 @@ def task_sources(task, source="offline"):
     return dataprep.resolve_sources(source, schemas, offline, cfg.hub_split, "")
 
 
-def task_documents(task, source="offline", max_docs=0):
-    """(where, text) of a task's documents; records that do not render are skipped (prepare reports them)."""
+def task_examples(task, source="offline", max_docs=0):
+    """(where, examples) of a task's documents; records that do not render are skipped (prepare reports them)."""
     n = 0
     for src in task_sources(task, source):
         for where, rec in src.records():
@@ -61,10 +61,21 @@ def task_documents(task, source="offline", max_docs=0):
                 continue
             if not examples:
                 continue
-            yield where, doc_text(examples)
+            yield where, examples
             n += 1
             if max_docs and n >= max_docs:
                 return
+
+
+def task_documents(task, source="offline", max_docs=0):
+    """(where, text) of a task's documents (doc_text)."""
+    for where, examples in task_examples(task, source, max_docs):
+        yield where, doc_text(examples)
+
+
+def doc_key(examples):
+    """The key preparation knows a document by: the hash of its normalised first example."""
+    return dataprep.doc_hash(dataprep.normalise(textformat.render_text(examples[0])))
 
 
 def text_file(path):
