@@ -62,7 +62,7 @@ def clusters(sets, k=20, seed=1337, max_docs=3000):
         lab = labels[start:start + len(ts)]
         start += len(ts)
         shares = [c / len(ts) for c in collections.Counter(lab.tolist()).values()]
-        ent = -sum(p * math.log(p) for p in shares) / math.log(k)
+        ent = max(0.0, -sum(p * math.log(p) for p in shares) / math.log(k))  # max: no "-0.000" for one cluster
         out[name] = (sum(p >= 0.01 for p in shares), round(ent, 4))
     return out, k
 

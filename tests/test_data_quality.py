@@ -161,3 +161,28 @@ def test_judge_through_serve_counts_unparsed_and_resumes(tiny_out_dir_1k, tmp_pa
         assert "4 already judged, 0 asked" in r.stdout
     finally:
         srv.stop()
+
+
+def tiny_sentence_model(path):
+    """A tiny random BERT with a word-piece vocabulary written here: a local sentence-transformers directory."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    words = sorted({w.strip(".,;:!()'").lower() for t in GOOD + BAD for w in t.split()} - {""})
+    path.mkdir()
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(str(path))
+    cfg = BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_sentence_transformers_features_from_a_local_dir(tmp_path):
+    model = tiny_sentence_model(tmp_path / "st")
+    f = quality.Features(model)
+    x = f(["a list holds items", "click here"])
+    assert x.shape == (2, 32)
+    m = quality.train(GOOD * 3 + BAD * 3, [1] * 24 + [0] * 24, str(tmp_path / "clf"), features=model, seed=0)
+    assert m["features"] == model and 0 <= m["auc"] <= 1
+    assert len(quality.Scorer(str(tmp_path / "clf")).score(["a loop", "buy now"])) == 2
