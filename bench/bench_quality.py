@@ -165,7 +165,7 @@ def train(data_dir, out_dir):
 def held_out(out_dir, data_dir, task, max_windows=64, block=128):
     """Masked loss and per-token exact match of a checkpoint on a task's val split, in block windows."""
     from nanophi.checkpoint import load_model
-    from nanophi.datafiles import TaskSplit
+    from nanophi.files import TaskSplit
     model, _ = load_model("resume", out_dir, "cpu")
     split = TaskSplit(data_dir, task, "val")
     toks = torch.from_numpy(np.asarray(split.tokens, dtype=np.int64))
@@ -220,7 +220,7 @@ def main():
             bench_ablation(work, model_dirs)
     say(f"\ntotal {time.time() - t0:.0f} s, {load()}")
     if out:
-        from nanophi.datafiles import write_text_atomic
+        from nanophi.files import write_text_atomic
         write_text_atomic(out, "\n".join(lines) + "\n")
 
 

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 from configurator import ConfigError, configure  # noqa: E402
 from nanophi import decontam, quality  # noqa: E402
 from nanophi.dataprep import DataError  # noqa: E402
-from nanophi.datafiles import write_json_atomic, write_text_atomic  # noqa: E402
+from nanophi.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 # -----------------------------------------------------------------------------
 task = "code"

@@ -79,16 +79,16 @@ def length_histogram(sets, path):
     ax.set_ylabel("share of documents")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
+    from nanophi.files import atomic_file
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def report(sets, out_dir, k=20, seed=1337):
     """Write diversity.md and lengths.png for {name: [text]}; returns the Markdown."""
     import numpy as np
-    from nanophi.datafiles import write_text_atomic
+    from nanophi.files import write_text_atomic
     os.makedirs(out_dir, exist_ok=True)
     budget = min(sum(len(words(t)) for t in ts) for ts in sets.values())
     distinct = {name: distinct_n(ts, budget, seed=seed) for name, ts in sets.items()}

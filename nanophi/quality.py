@@ -21,7 +21,7 @@ import types
 
 from nanophi import dataprep, textformat
 from nanophi.dataprep import DataError
-from nanophi.datafiles import write_json_atomic, write_text_atomic
+from nanophi.files import atomic_file, write_json_atomic, write_text_atomic
 
 ROOT = dataprep.ROOT
 JUDGE_PROMPT = os.path.join(ROOT, "data", "quality", "judge_prompt.md")
@@ -157,9 +157,8 @@ def train(texts, labels, out_dir, features=HASHING, classifier="logreg", seed=13
                "n_train": len(y_tr), "n_test": len(y_te), "positives": sum(labels), "negatives": len(labels) - sum(labels),
                "features": features, "classifier": classifier, "seed": seed, **(extra or {})}
     os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, f"model.joblib.tmp-{os.getpid()}")
-    joblib.dump({"features": features, "max_chars": feats.max_chars, "classifier": clf}, tmp)
-    os.replace(tmp, os.path.join(out_dir, "model.joblib"))
+    with atomic_file(os.path.join(out_dir, "model.joblib")) as tmp:
+        joblib.dump({"features": features, "max_chars": feats.max_chars, "classifier": clf}, tmp)
     write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
     return metrics
 
@@ -318,7 +317,6 @@ def score_documents(docs, scorer, out_dir, batch_size=512, top_k=10, progress=Tr
     from tqdm import tqdm
     os.makedirs(out_dir, exist_ok=True)
     scores_path = os.path.join(out_dir, "scores.jsonl")
-    tmp = f"{scores_path}.tmp-{os.getpid()}"
     top, bottom, all_scores = [], [], []
     bar = tqdm(desc="scoring", unit=" docs", disable=not progress, file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
 
@@ -332,7 +330,7 @@ def score_documents(docs, scorer, out_dir, batch_size=512, top_k=10, progress=Tr
             heapq.heappush(bottom, neg) if len(bottom) < top_k else heapq.heappushpop(bottom, neg)
         bar.update(len(batch))
 
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(scores_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         batch = []
         for d in docs:
             batch.append(d)
@@ -341,11 +339,9 @@ def score_documents(docs, scorer, out_dir, batch_size=512, top_k=10, progress=Tr
                 batch = []
         if batch:
             flush(batch, f)
-    bar.close()
-    if not all_scores:
-        os.remove(tmp)
-        raise DataError(f"{title}: no documents to score")
-    os.replace(tmp, scores_path)
+        bar.close()
+        if not all_scores:
+            raise DataError(f"{title}: no documents to score")
     hist = os.path.join(out_dir, "score_hist.png")
     score_histogram(all_scores, hist, f"quality scores: {title} ({len(all_scores):,} documents)")
     md = os.path.join(out_dir, "top_bottom.md")
@@ -369,10 +365,9 @@ def score_histogram(scores, path, title):
     ax.set_ylabel("documents")
     ax.set_title(title)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _quote(text):
