@@ -44,6 +44,9 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ConfigError, DataError) as e:
+    except ConfigError as e:  # the same line as every script's bad settings (configurator)
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
