@@ -1,31 +1,90 @@
 """
 Export a NanoPhi model to transformers' GPT-2 format: config.json, model.safetensors and the
-GPT-2 tokenizer files (vocab.json, merges.txt), ready for transformers, vLLM or llama.cpp's
+GPT-2 tokenizer files (vocab.json, merges.txt, with model_max_length = the model's block_size
+and a chat template rendering our chat format), ready for transformers, vLLM or llama.cpp's
 convert_hf_to_gguf.py.
 
     python export.py --init_from=resume --out_dir=out --export_dir=out/hf
+
+export_dir must be new, empty, or an earlier export (it holds nanophi_export.json): export never
+deletes a folder it did not write. It writes a hidden sibling folder and renames it into place.
 """
+import json
 import os
 import shutil
+import sys
 
-from nanophi.checkpoint import load_model
 from configurator import configure
+from nanophi import textformat
+from nanophi.checkpoint import default_out_dir, load_model
 from nanophi.tokenizer import save_hf_tokenizer
 
 init_from = "resume"   # resume (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, an HF dir, a LoRA adapter dir
-out_dir = "out"
+out_dir = default_out_dir()  # out/ if it holds a checkpoint, else the most recently trained out*/ folder
 which = "best"         # with resume: 'best' or 'latest'
-export_dir = ""        # default: <out_dir>/hf
+export_dir = ""        # default: <out_dir>/hf; must be new, empty or an earlier export
 configure(globals())
 
-export_dir = export_dir or os.path.join(out_dir, "hf")
+MARKER = "nanophi_export.json"
+# what an export folder holds; a folder with anything else in it is not ours to replace
+EXPORT_FILES = {MARKER, "config.json", "generation_config.json", "model.safetensors", "vocab.json",
+                "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
+CHECKPOINT_SIGNS = ("ckpt.pt", "best.pt", "log.jsonl", "nanophi_adapter.json", "adapter_config.json")
+
+
+def refusal(path):
+    """Why export must not write to path (None when it may): never replace what export did not write."""
+    if os.path.islink(path):
+        return f"export_dir {path!r} is a symbolic link; give a real folder path"
+    if not os.path.exists(path):
+        return None
+    if not os.path.isdir(path):
+        return f"export_dir {path!r} is a file, not a folder"
+    names = sorted(os.listdir(path))
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    if any(n in CHECKPOINT_SIGNS or n.endswith(".pt") for n in names):
+        return (f"export_dir {path!r} is a checkpoint folder ({shown}); export would replace it. "
+                f"Export into a new folder, e.g. --export_dir={os.path.join(path, 'hf')}")
+    if names and (MARKER not in names or not set(names) <= EXPORT_FILES):
+        return (f"export_dir {path!r} is not empty and was not written by export.py ({shown}); "
+                f"choose a new or empty folder")
+    return None
+
+
+def clean_leftovers(parent, name):
+    """Remove hidden staging folders of earlier exports to the same place that were killed."""
+    prefix = f".{name}.export-"
+    for entry in os.listdir(parent):
+        if entry.startswith(prefix) and entry[len(prefix):].isdigit():
+            pid = int(entry[len(prefix):])
+            try:
+                os.kill(pid, 0)
+                continue  # that export is still running
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            except PermissionError:
+                continue
+
+
+export_dir = os.path.normpath(export_dir or os.path.join(out_dir, "hf"))
+problem = refusal(export_dir)
+if problem:  # before loading anything
+    print(f"export.py: {problem}", file=sys.stderr)
+    sys.exit(2)
 model, source = load_model(init_from, out_dir=out_dir, which=which)
-tmp = export_dir.rstrip("/") + ".tmp"
-if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-model.export_hf(tmp)
-save_hf_tokenizer(tmp)
-if os.path.exists(export_dir):
-    shutil.rmtree(export_dir)
-os.replace(tmp, export_dir)  # the directory appears complete or not at all
+parent, name = os.path.split(os.path.abspath(export_dir))
+os.makedirs(parent, exist_ok=True)
+clean_leftovers(parent, name)
+staging = os.path.join(parent, f".{name}.export-{os.getpid()}")
+os.mkdir(staging)
+try:
+    new = model.export_hf(os.path.join(staging, name))
+    save_hf_tokenizer(new, model_max_length=model.config.block_size, chat_template=textformat.chat_template())
+    with open(os.path.join(new, MARKER), "w") as f:
+        json.dump({"source": source, "block_size": model.config.block_size}, f, indent=2)
+    if os.path.isdir(export_dir) and os.listdir(export_dir):  # an earlier export (refusal() checked): set it aside
+        os.replace(export_dir, os.path.join(staging, "previous"))
+    os.replace(new, export_dir)  # the folder appears complete or not at all (rename onto a free name or empty dir)
+finally:
+    shutil.rmtree(staging, ignore_errors=True)
 print(f"exported {source} -> {export_dir} ({', '.join(sorted(os.listdir(export_dir)))})")

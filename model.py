@@ -303,6 +303,11 @@ class GPT(nn.Module):
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
         hf.save_pretrained(tmp, safe_serialization=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp (and safetensors) make private files; an export is ordinary output
+        for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
