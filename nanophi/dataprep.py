@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import types
@@ -33,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from configurator import configure
 from nanophi import textformat
-from nanophi.datafiles import SPLITS, SplitWriter, write_json_atomic, write_text_atomic
+from nanophi.datafiles import SPLITS, SplitWriter, new_staging, publish, write_json_atomic, write_text_atomic
 from nanophi.tokenizer import EOT_ID, VOCAB_SIZE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
@@ -367,21 +368,25 @@ def _progress(cfg, task):
                 file=sys.stderr)
 
 
-def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None):
+def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None, eval_items=None):
     """
-    Stream the sources into <out_dir>/<task>/{train,val}*.bin and meta.json; returns the meta dict.
+    Stream the sources into <out_dir>/<task>/{train,val}*.bin and meta.json (and eval.jsonl from
+    eval_items), all published at once (datafiles.publish); returns the meta dict.
     eval_texts: this task's held-out eval questions (training documents containing them are dropped).
     render_task: the textformat task whose tag the examples carry (symposium renders as chat).
     """
     t0 = time.time()
     task_dir = os.path.join(cfg.out_dir, task)
+    if eval_items is not None:
+        eval_texts = list(eval_texts) + [it["question"] for it in eval_items]
     decon = Decontaminator(humaneval=cfg.decontaminate, eval_texts=eval_texts if cfg.decontaminate else ())
     near = NearDedup(cfg.near_threshold) if cfg.near_dedup else None
     seen = set()
     counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped")}
     per_source = {}
     skipped_examples = []
-    writers = {s: SplitWriter(task_dir, s) for s in SPLITS}
+    staging = new_staging(task_dir)  # every file of this run goes here; publish() makes them current at once
+    writers = {s: SplitWriter(staging, s) for s in SPLITS}
     held = None  # the train document with the smallest split hash: goes to val if val would be empty
     pool = ThreadPoolExecutor(cfg.num_threads) if cfg.num_threads > 1 else None
     bar = _progress(cfg, task)
@@ -413,6 +418,8 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                             refresh=False)
 
     try:
+        if eval_items is not None:
+            write_eval(staging, eval_items)
         for src in sources:
             per_source[src.name] = {"read": 0, "documents": 0}
             n_read, batch = 0, []
@@ -476,6 +483,7 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
     except BaseException:
         for w in writers.values():
             w.abort()
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
         bar.close()
@@ -510,7 +518,12 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
         "tokens_per_s": round(total_tokens / max(dt, 1e-9), 1),
     }
     meta.update(meta_extra or {})
-    write_json_atomic(os.path.join(task_dir, "meta.json"), meta)
+    try:
+        write_json_atomic(os.path.join(staging, "meta.json"), meta)
+        publish(task_dir, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return meta
 
 
@@ -552,10 +565,10 @@ def run(task, schemas, offline, argv=None, render_task=None, eval_items=None, me
         if getattr(cfg, "eval_seed", None) == cfg.seed:
             raise DataError("eval_seed must differ from seed (held-out items come from another seed)")
         items = eval_items(cfg)
-        path = write_eval(task_dir, items)
-        eval_texts = [it["question"] for it in items]
-        extra["eval"] = {"file": os.path.basename(path), "items": len(items), **extra.get("eval", {})}
-    meta = prepare(task, sources, cfg, eval_texts=eval_texts, render_task=render_task, meta_extra=extra)
+        extra["eval"] = {"file": "eval.jsonl", "items": len(items), **extra.get("eval", {})}
+    else:
+        items = None
+    meta = prepare(task, sources, cfg, render_task=render_task, meta_extra=extra, eval_items=items)
     print(summary_table([meta]))
     print(f"{task}: wrote {task_dir}/{{train,val}}.bin, masks, docs, meta.json")
     return meta
