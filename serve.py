@@ -8,13 +8,8 @@ Serve a trained model: an OpenAI-compatible API and a small web chat page.
 Routes: POST /v1/chat/completions, POST /v1/completions (stream: true = server-sent events
 ending in "data: [DONE]"), GET /v1/models, GET /health, GET / (the page) and its own assets.
 
-Chat messages are rendered with textformat.chat, exactly the prompt format training used; the
-reply is cut at <|endoftext|> or at the next speaker marker. The model runs in one worker
-thread: up to max_active requests generate at once, interleaved one forward pass at a time,
-the rest wait in a queue; each request samples with its own torch.Generator, so outputs never
-mix and a seed gives the same text however busy the server is. Extra request fields beyond
-OpenAI's: top_k, repetition_penalty, tag (task tag), chat_style, system, user_name, bot_name,
-ignore_eos, trim_history (drop the oldest chat turns to fit the context).
+The model runs in one worker thread that interleaves up to max_active requests one forward pass
+at a time. Flags, request fields and scheduling: docs/serving.md.
 """
 import asyncio
 import hmac
