@@ -107,7 +107,7 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
     if init_from == "resume" or (isinstance(init_from, str) and init_from.endswith(".pt")):
         path = find_checkpoint(out_dir, which) if init_from == "resume" else init_from
         ckpt = load_checkpoint(path)
-        model = lora.merged_from_checkpoint(ckpt) if "lora" in ckpt else model_from_checkpoint(ckpt)
+        model = lora.merged_from_checkpoint(ckpt, path) if "lora" in ckpt else model_from_checkpoint(ckpt)
         source = path
     elif lora.is_adapter_dir(init_from):
         model = lora.load_merged(init_from)

@@ -3,8 +3,9 @@ LoRA adapters (peft) on model.py's Linear layers, for MiniSymposium's recipe: a 
 hand-written set, a very low learning rate, many epochs, only a few MB of trained weights.
 
 An adapter directory is peft's own (adapter_config.json + adapter_model.safetensors) plus
-nanophi_adapter.json naming the base model (`base`: a gpt2 name, a transformers directory or a
-.pt checkpoint) and its model_args. checkpoint.load_model accepts such a directory as init_from
+nanophi_adapter.json naming the base model (`base`: a gpt2 name, or a transformers directory or
+.pt checkpoint stored relative to the adapter directory when it is nearby, so the two can move
+together) and its model_args. checkpoint.load_model accepts such a directory as init_from
 and returns the base with the adapter merged in (a plain GPT), so sample.py, serve.py, eval.py
 and export work unchanged.
 """
@@ -49,7 +50,8 @@ def save_adapter(peft_model, path, base, model_args):
     try:
         peft_model.save_pretrained(tmp)
         with open(os.path.join(tmp, META), "w") as f:
-            json.dump({"base": base, "model_args": model_args}, f, indent=2)
+            json.dump({"base": portable_base(base, path), "base_when_trained": base, "model_args": model_args},
+                      f, indent=2)
         old = None
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=".adapter-old-", dir=parent)
@@ -67,10 +69,39 @@ def is_adapter_dir(path):
     return isinstance(path, str) and os.path.isfile(os.path.join(path, META))
 
 
-def load_base(base, model_args):
+def portable_base(base, adapter_dir):
+    """How an adapter stores its base: a local path relative to the adapter directory when it is
+    nearby (at most 3 levels up), so copying a project folder keeps them together; else as given."""
+    if not os.path.exists(base):
+        return base  # a model name (gpt2, gpt2-medium, ...)
+    rel = os.path.relpath(os.path.abspath(base), os.path.abspath(adapter_dir))
+    return rel if rel.split(os.sep).count("..") <= 3 else os.path.abspath(base)
+
+
+def resolve_base(base, where=None, trained=None):
+    """The base model to load: a model name as is; a path relative to `where` (the adapter
+    directory or the checkpoint's folder), else as given, else where it was at training time.
+    A missing base is an error naming it and how to fix it."""
+    from nanophi.checkpoint import GPT2_NAMES
+    if base in GPT2_NAMES:
+        return base
+    tried = [os.path.normpath(os.path.join(where, base))] if where and not os.path.isabs(base) else []
+    tried += [p for p in (base, trained) if p and p not in tried]
+    for path in tried:
+        if os.path.exists(path):
+            return path
+    what = f"LoRA adapter {where}" if where and is_adapter_dir(where) else f"the LoRA checkpoint in {where or '.'}"
+    fix = (f"edit \"base\" in {os.path.join(where, META)} to where it is now (a path relative to the adapter "
+           f"folder, an absolute path, or a gpt2 name)" if where and is_adapter_dir(where)
+           else "put the base model back at that path")
+    raise FileNotFoundError(f"{what}: its base model {base!r} is missing (looked at {', '.join(tried)}). "
+                            f"Move the base model and the adapter together, or {fix}")
+
+
+def load_base(base, model_args, where=None, trained=None):
     """The base model an adapter was trained on, at the block_size it was trained with."""
     from nanophi.checkpoint import load_model
-    model, _ = load_model(base, block_size=model_args.get("block_size"))
+    model, _ = load_model(resolve_base(base, where, trained), block_size=model_args.get("block_size"))
     return model
 
 
@@ -85,12 +116,12 @@ def load_merged(path):
     """An adapter directory -> its base with the adapter merged (plain GPT, eval mode, CPU)."""
     from peft import PeftModel
     meta = json.load(open(os.path.join(path, META)))
-    base = load_base(meta["base"], meta["model_args"])
+    base = load_base(meta["base"], meta["model_args"], where=path, trained=meta.get("base_when_trained"))
     model = PeftModel.from_pretrained(base, path).merge_and_unload()
     return model.eval()
 
 
-def merged_from_checkpoint(ckpt):
+def merged_from_checkpoint(ckpt, path=None):
     """A LoRA run's ckpt.pt/best.pt (adapter tensors + base name) -> merged plain GPT."""
-    base = load_base(ckpt["lora_base"], ckpt["model_args"])
+    base = load_base(ckpt["lora_base"], ckpt["model_args"], where=os.path.dirname(path) if path else None)
     return merge(base, ckpt["lora"], ckpt["lora_config"]).eval()
