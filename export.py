@@ -71,7 +71,11 @@ problem = refusal(export_dir)
 if problem:  # before loading anything
     print(f"export.py: {problem}", file=sys.stderr)
     sys.exit(2)
-model, source = load_model(init_from, out_dir=out_dir, which=which)
+try:
+    model, source = load_model(init_from, out_dir=out_dir, which=which)
+except (ValueError, FileNotFoundError, RuntimeError) as e:
+    print(f"export.py: {e}", file=sys.stderr)
+    sys.exit(2)
 parent, name = os.path.split(os.path.abspath(export_dir))
 os.makedirs(parent, exist_ok=True)
 clean_leftovers(parent, name)
