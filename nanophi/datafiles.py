@@ -165,8 +165,33 @@ def _adopt_legacy(task_dir):
         _symlink(os.path.join(CURRENT, n), os.path.join(task_dir, n))
 
 
+def _can_symlink(task_dir):
+    probe = os.path.join(task_dir, f".symlink-probe.tmp-{os.getpid()}")
+    try:
+        os.symlink(".", probe)
+        os.remove(probe)
+        return True
+    except OSError:
+        return False
+
+
+def _publish_by_rename(task_dir, folder):
+    """File systems without symlinks (some network and FUSE mounts): rename file by file, as before."""
+    print(f"warning: {task_dir}: no symlinks on this file system; files are renamed into place one by one "
+          f"(a kill in between can leave a mix: re-run the preparation then)", file=sys.stderr)
+    new = os.listdir(folder)
+    for n in PUBLISHED:
+        if n not in new and os.path.isfile(os.path.join(task_dir, n)):
+            os.remove(os.path.join(task_dir, n))  # the new set has no such file
+    for n in new:
+        os.replace(os.path.join(folder, n), os.path.join(task_dir, n))
+    os.rmdir(folder)
+
+
 def publish(task_dir, folder):
     """Make folder (from new_staging) the task's prepared data in one rename of the .current link."""
+    if not _can_symlink(task_dir):
+        return _publish_by_rename(task_dir, folder)
     _adopt_legacy(task_dir)
     for n in sorted(os.listdir(folder)):  # links for new names first: dangling (absent) until the switch
         link = os.path.join(task_dir, n)
