@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from configurator import ConfigError, config_keys, configure
 from nanophi.checkpoint import default_out_dir
 from nanophi.datafiles import write_text_atomic
+from nanophi.tasks import QA_TASKS
 
 # -----------------------------------------------------------------------------
 # model(s)
@@ -472,7 +473,7 @@ def training_plots(out_dir):
     """train.py's loss-curve PNGs per task from out_dir/log.jsonl (one definition: train.plot_losses)."""
     if not os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         return []
-    from train import plot_losses
+    from nanophi.plots import plot_losses
     try:
         return plot_losses(out_dir)
     except (ValueError, KeyError, TypeError) as e:
@@ -496,7 +497,7 @@ def discover_tasks(cfg):
     loss_tasks = [t for t in names if os.path.isfile(split_paths(os.path.join(data, t), "val")["tokens"])]
     if cfg["tasks"] and "loss" in cfg["metrics"]:
         loss_tasks = names  # asked for explicitly: a missing split is an error (TaskSplit names it)
-    qa_tasks = [t for t in names if t in ("math", "logic") and os.path.isfile(os.path.join(data, t, "eval.jsonl"))]
+    qa_tasks = [t for t in names if t in QA_TASKS and os.path.isfile(os.path.join(data, t, "eval.jsonl"))]
     return loss_tasks, qa_tasks
 
 

@@ -7,16 +7,18 @@ convert_hf_to_gguf.py.
     python export.py --init_from=resume --out_dir=out --export_dir=out/hf
 
 export_dir must be new, empty, or an earlier export (it holds nanophi_export.json): export never
-deletes a folder it did not write. It writes a hidden sibling folder and renames it into place.
+deletes a folder it did not write. The folder is filled under a temporary name and swapped in whole.
 """
-import json
 import os
+import re
 import shutil
 import sys
 
 from configurator import configure
 from nanophi import textformat
 from nanophi.checkpoint import default_out_dir, load_model
+from nanophi.files import atomic_dir, write_json_atomic
+from nanophi.hf_export import save_hf_model
 from nanophi.tokenizer import save_hf_tokenizer
 
 init_from = "resume"   # resume (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, an HF dir, a LoRA adapter dir
@@ -51,19 +53,18 @@ def refusal(path):
     return None
 
 
-def clean_leftovers(parent, name):
-    """Remove hidden staging folders of earlier exports to the same place that were killed."""
-    prefix = f".{name}.export-"
+def clean_leftovers(path):
+    """Remove the temporary folders (files.atomic_dir's <name>.tmp-<pid>, .old-<pid>) of killed exports."""
+    parent, name = os.path.split(os.path.abspath(path))
     for entry in os.listdir(parent):
-        if entry.startswith(prefix) and entry[len(prefix):].isdigit():
-            pid = int(entry[len(prefix):])
+        m = re.fullmatch(re.escape(name) + r"\.(tmp|old)-(\d+)", entry)
+        if m and os.path.isdir(os.path.join(parent, entry)):
             try:
-                os.kill(pid, 0)
-                continue  # that export is still running
+                os.kill(int(m.group(2)), 0)  # that export is still running
             except ProcessLookupError:
                 shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
             except PermissionError:
-                continue
+                pass
 
 
 export_dir = os.path.normpath(export_dir or os.path.join(out_dir, "hf"))
@@ -76,19 +77,14 @@ try:
 except (ValueError, FileNotFoundError, RuntimeError) as e:
     print(f"export.py: {e}", file=sys.stderr)
     sys.exit(2)
-parent, name = os.path.split(os.path.abspath(export_dir))
-os.makedirs(parent, exist_ok=True)
-clean_leftovers(parent, name)
-staging = os.path.join(parent, f".{name}.export-{os.getpid()}")
-os.mkdir(staging)
-try:
-    new = model.export_hf(os.path.join(staging, name))
-    save_hf_tokenizer(new, model_max_length=model.config.block_size, chat_template=textformat.chat_template())
-    with open(os.path.join(new, MARKER), "w") as f:
-        json.dump({"source": source, "block_size": model.config.block_size}, f, indent=2)
-    if os.path.isdir(export_dir) and os.listdir(export_dir):  # an earlier export (refusal() checked): set it aside
-        os.replace(export_dir, os.path.join(staging, "previous"))
-    os.replace(new, export_dir)  # the folder appears complete or not at all (rename onto a free name or empty dir)
-finally:
-    shutil.rmtree(staging, ignore_errors=True)
+os.makedirs(os.path.dirname(os.path.abspath(export_dir)), exist_ok=True)
+clean_leftovers(export_dir)
+umask = os.umask(0)
+os.umask(umask)
+with atomic_dir(export_dir) as tmp:  # the folder appears complete or not at all
+    save_hf_model(model, tmp)
+    save_hf_tokenizer(tmp, model_max_length=model.config.block_size, chat_template=textformat.chat_template())
+    write_json_atomic(os.path.join(tmp, MARKER), {"source": source, "block_size": model.config.block_size})
+    for name in os.listdir(tmp):  # safetensors writes its file private (0600); an export is ordinary output
+        os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
 print(f"exported {source} -> {export_dir} ({', '.join(sorted(os.listdir(export_dir)))})")

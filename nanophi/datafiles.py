@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from nanophi.files import temp_name, write_json_atomic, write_text_atomic  # noqa: F401 (writers import them from here too)
 from nanophi.tokenizer import EOT_ID
 
 TOKEN_DTYPE = np.uint16
@@ -54,7 +55,7 @@ class SplitWriter:
     def __init__(self, task_dir, split):
         os.makedirs(task_dir, exist_ok=True)
         self.paths = split_paths(task_dir, split)
-        self.tmp = {k: f"{p}.tmp-{os.getpid()}" for k, p in self.paths.items()}
+        self.tmp = {k: temp_name(p) for k, p in self.paths.items()}
         self.files = {k: open(p, "wb") for k, p in self.tmp.items()}
         self.n_tokens = 0
         self.n_docs = 0
@@ -139,7 +140,7 @@ def _pause(step):
 
 
 def _symlink(target, link):
-    tmp = f"{link}.tmp-{os.getpid()}"
+    tmp = temp_name(link)
     if os.path.lexists(tmp):
         os.remove(tmp)
     os.symlink(target, tmp)
@@ -211,18 +212,6 @@ def prepared_dir(task_dir, split="train"):
     if os.path.islink(os.path.join(task_dir, f"{split}.bin")) and os.path.islink(current):
         return os.path.realpath(current)
     return task_dir
-
-
-def write_text_atomic(path, text):
-    """Write text to a temporary name, then rename: readers never see a half-written file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path, obj):
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 class TaskSplit:

@@ -7,14 +7,14 @@ nanophi_adapter.json naming the base model (`base`: a gpt2 name, or a transforme
 .pt checkpoint stored relative to the adapter directory when it is nearby, so the two can move
 together) and its model_args. checkpoint.load_model accepts such a directory as init_from
 and returns the base with the adapter merged in (a plain GPT), so sample.py, serve.py, eval.py
-and export work unchanged.
+and export work unchanged. This module knows peft only; loading base models is checkpoint.py's.
 """
 import json
 import os
-import shutil
-import tempfile
 
 import torch
+
+from nanophi.files import atomic_dir, write_json_atomic
 
 META = "nanophi_adapter.json"
 DEFAULT_TARGETS = ["c_attn", "c_proj", "c_fc"]  # every Linear in a block (attention and MLP)
@@ -42,31 +42,12 @@ def load_adapter_state(peft_model, state):
 
 
 def save_adapter(peft_model, path, base, model_args):
-    """Write the adapter directory atomically (temporary directory, then rename)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".adapter-", dir=parent)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an adapter directory is ordinary output
-    try:
+    """Write the adapter directory atomically (filled under a temporary name, then swapped in)."""
+    with atomic_dir(path) as tmp:
         peft_model.save_pretrained(tmp)
-        with open(os.path.join(tmp, META), "w") as f:
-            json.dump({"base": portable_base(base, path), "base_when_trained": base, "model_args": model_args},
-                      f, indent=2)
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=".adapter-old-", dir=parent)
-            os.replace(path, os.path.join(old, "a"))
-        os.replace(tmp, path)
-        if old:
-            shutil.rmtree(old)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
+        write_json_atomic(os.path.join(tmp, META), {"base": portable_base(base, path), "base_when_trained": base,
+                                                    "model_args": model_args})
     return path
-
-
-def is_adapter_dir(path):
-    return isinstance(path, str) and os.path.isfile(os.path.join(path, META))
 
 
 def portable_base(base, adapter_dir):
@@ -79,30 +60,33 @@ def portable_base(base, adapter_dir):
 
 
 def resolve_base(base, where=None, trained=None):
-    """The base model to load: a model name as is; a path relative to `where` (the adapter
-    directory or the checkpoint's folder), else as given, else where it was at training time.
-    A missing base is an error naming it and how to fix it."""
-    from nanophi.checkpoint import GPT2_NAMES
-    if base in GPT2_NAMES:
-        return base
+    """The base to load: a path relative to `where` (the adapter directory or the checkpoint's
+    folder), else as given, else where it was at training time; a model name (gpt2) as is.
+    A missing local base is an error naming it and how to fix it."""
     tried = [os.path.normpath(os.path.join(where, base))] if where and not os.path.isabs(base) else []
     tried += [p for p in (base, trained) if p and p not in tried]
     for path in tried:
         if os.path.exists(path):
             return path
-    what = f"LoRA adapter {where}" if where and is_adapter_dir(where) else f"the LoRA checkpoint in {where or '.'}"
-    fix = (f"edit \"base\" in {os.path.join(where, META)} to where it is now (a path relative to the adapter "
-           f"folder, an absolute path, or a gpt2 name)" if where and is_adapter_dir(where)
-           else "put the base model back at that path")
+    if os.sep not in base and not base.endswith(".pt"):
+        return base  # a model name: checkpoint.load_model knows which
+    if where and is_adapter_dir(where):
+        what, fix = f"LoRA adapter {where}", (f"edit \"base\" in {os.path.join(where, META)} to where it is now (a path "
+                                              f"relative to the adapter folder, an absolute path, or a gpt2 name)")
+    else:
+        what, fix = f"the LoRA checkpoint in {where or '.'}", "put the base model back at that path"
     raise FileNotFoundError(f"{what}: its base model {base!r} is missing (looked at {', '.join(tried)}). "
                             f"Move the base model and the adapter together, or {fix}")
 
 
-def load_base(base, model_args, where=None, trained=None):
-    """The base model an adapter was trained on, at the block_size it was trained with."""
-    from nanophi.checkpoint import load_model
-    model, _ = load_model(resolve_base(base, where, trained), block_size=model_args.get("block_size"))
-    return model
+def is_adapter_dir(path):
+    return isinstance(path, str) and os.path.isfile(os.path.join(path, META))
+
+
+def read_meta(path):
+    """nanophi_adapter.json of an adapter directory: {'base': ..., 'model_args': ...}."""
+    with open(os.path.join(path, META)) as f:
+        return json.load(f)
 
 
 def merge(model, state, lora_config):
@@ -112,16 +96,7 @@ def merge(model, state, lora_config):
     return peft_model.merge_and_unload()
 
 
-def load_merged(path):
-    """An adapter directory -> its base with the adapter merged (plain GPT, eval mode, CPU)."""
+def merge_dir(model, path):
+    """Apply an adapter directory to its base model (a plain GPT) and fold it in."""
     from peft import PeftModel
-    meta = json.load(open(os.path.join(path, META)))
-    base = load_base(meta["base"], meta["model_args"], where=path, trained=meta.get("base_when_trained"))
-    model = PeftModel.from_pretrained(base, path).merge_and_unload()
-    return model.eval()
-
-
-def merged_from_checkpoint(ckpt, path=None):
-    """A LoRA run's ckpt.pt/best.pt (adapter tensors + base name) -> merged plain GPT."""
-    base = load_base(ckpt["lora_base"], ckpt["model_args"], where=os.path.dirname(path) if path else None)
-    return merge(base, ckpt["lora"], ckpt["lora_config"]).eval()
+    return PeftModel.from_pretrained(model, path).merge_and_unload()

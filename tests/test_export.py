@@ -87,7 +87,7 @@ def test_export_refuses_dot_and_foreign_folders(ckpt_folder, tmp_path):
 def test_export_tokenizer_permissions_and_replace(tiny_out_dir, tmp_path):
     dest = tmp_path / "exports" / "hf"
     dest.mkdir(parents=True)  # an existing empty folder is fine
-    stale = tmp_path / "exports" / ".hf.export-4194999"  # a killed export's staging folder (no such pid)
+    stale = tmp_path / "exports" / "hf.tmp-4194999"  # a killed export's temporary folder (no such pid)
     stale.mkdir()
     r = run_export(f"--out_dir={tiny_out_dir}", f"--export_dir={dest}")
     assert r.returncode == 0, r.stderr
