@@ -88,13 +88,15 @@ def legacy_layout(task_dir):
 @pytest.mark.parametrize("old_layout", ["published", "legacy"])
 def test_kill_at_every_publishing_step_leaves_old_or_new(tmp_path, old_layout):
     task_dir = tmp_path / "data" / "math"
+    assert run_prepare(tmp_path, "old", 30) == 0
+    if old_layout == "legacy":
+        legacy_layout(task_dir)
+    shutil.copytree(tmp_path / "data", tmp_path / "old", symlinks=True)  # the old state, restored before each kill
     results = []
     k = 0
     while True:
-        shutil.rmtree(tmp_path / "data", ignore_errors=True)
-        assert run_prepare(tmp_path, "old", 30) == 0
-        if old_layout == "legacy":
-            legacy_layout(task_dir)
+        shutil.rmtree(tmp_path / "data")
+        shutil.copytree(tmp_path / "old", tmp_path / "data", symlinks=True)
         assert state(tmp_path) == "old"
         rc = run_prepare(tmp_path, "new", 50, kill_at=k)
         if rc == 0:  # no step k: the run finished

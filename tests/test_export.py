@@ -14,23 +14,6 @@ from conftest import ROOT
 from nanophi.tokenizer import get_tokenizer
 
 
-def test_export_cli_round_trip(tiny_out_dir, tmp_path):
-    dest = str(tmp_path / "hf")
-    r = subprocess.run([sys.executable, "export.py", f"--out_dir={tiny_out_dir}", f"--export_dir={dest}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    ours, _ = load_model("resume", out_dir=tiny_out_dir)
-    hf = GPT2LMHeadModel.from_pretrained(dest).eval()
-    tok = AutoTokenizer.from_pretrained(dest)
-    text = "[Math] What is 12*7?\nAnswer: 84 — naïve café 🙂\n\tdef f(x):\n        return x"
-    ids = tok.encode(text)
-    assert ids == get_tokenizer().encode_ordinary(text)
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        assert (hf(x).logits - ours(x)[0][..., :50257]).abs().max() < 1e-5
-    assert tok.decode(ids) == text
-
-
 def run_export(*args, cwd=ROOT):
     return subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300, preexec_fn=lambda: os.umask(0o022))
@@ -83,18 +66,36 @@ def test_export_refuses_dot_and_foreign_folders(ckpt_folder, tmp_path):
     assert r.returncode == 2 and snapshot(project) == {**before, "config.json": b"{}"}
 
 
-@pytest.mark.slow
-def test_export_tokenizer_permissions_and_replace(tiny_out_dir, tmp_path):
-    dest = tmp_path / "exports" / "hf"
-    dest.mkdir(parents=True)  # an existing empty folder is fine
-    stale = tmp_path / "exports" / "hf.tmp-4194999"  # a killed export's temporary folder (no such pid)
-    stale.mkdir()
-    r = run_export(f"--out_dir={tiny_out_dir}", f"--export_dir={dest}")
+@pytest.fixture(scope="module")
+def exported(tiny_out_dir, tmp_path_factory):
+    """One export of the tiny checkpoint into an existing empty folder beside a killed export's
+    temporary folder; returns the export folder."""
+    exports = tmp_path_factory.mktemp("exports")
+    (exports / "hf").mkdir()  # an existing empty folder is fine
+    (exports / "hf.tmp-4194999").mkdir()  # a killed export's temporary folder (no such pid)
+    r = run_export(f"--out_dir={tiny_out_dir}", f"--export_dir={exports / 'hf'}")
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(tmp_path / "exports")) == ["hf"]  # no staging folder left, the stale one cleaned
-    assert os.stat(dest).st_mode & 0o777 == 0o755
-    assert all(os.stat(dest / f).st_mode & 0o777 == 0o644 for f in os.listdir(dest))
-    tok = AutoTokenizer.from_pretrained(str(dest))
+    return exports / "hf"
+
+
+def test_export_cli_round_trip(tiny_out_dir, exported):
+    ours, _ = load_model("resume", out_dir=tiny_out_dir)
+    hf = GPT2LMHeadModel.from_pretrained(str(exported)).eval()
+    tok = AutoTokenizer.from_pretrained(str(exported))
+    text = "[Math] What is 12*7?\nAnswer: 84 — naïve café 🙂\n\tdef f(x):\n        return x"
+    ids = tok.encode(text)
+    assert ids == get_tokenizer().encode_ordinary(text)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        assert (hf(x).logits - ours(x)[0][..., :50257]).abs().max() < 1e-5
+    assert tok.decode(ids) == text
+
+
+def test_export_tokenizer_and_permissions(exported):
+    assert os.listdir(exported.parent) == ["hf"]  # no temporary folder left, the killed one's cleaned
+    assert os.stat(exported).st_mode & 0o777 == 0o755
+    assert all(os.stat(exported / f).st_mode & 0o777 == 0o644 for f in os.listdir(exported))
+    tok = AutoTokenizer.from_pretrained(str(exported))
     assert tok.model_max_length == 128  # the tiny model's block_size, not GPT-2's 1024
     for system in ("", "You are a patient tutor."):
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -105,9 +106,14 @@ def test_export_tokenizer_permissions_and_replace(tiny_out_dir, tmp_path):
         got = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert got == textformat.render_text(ours)
         assert tok.encode(got) == get_tokenizer().encode(got, allowed_special="all") == textformat.encode_prompt(ours)
-    # exporting again replaces the earlier export (it carries export's marker)
+
+
+@pytest.mark.slow
+def test_export_replaces_an_earlier_export(tiny_out_dir, exported, tmp_path):
+    dest = tmp_path / "hf"
+    shutil.copytree(exported, dest)  # an earlier export: it carries export's marker
     (dest / "model.safetensors").write_bytes(b"stale")
     r = run_export(f"--out_dir={tiny_out_dir}", f"--export_dir={dest}")
     assert r.returncode == 0, r.stderr
     assert GPT2LMHeadModel.from_pretrained(str(dest)).config.n_positions == 128
-    assert sorted(os.listdir(tmp_path / "exports")) == ["hf"]
+    assert os.listdir(tmp_path) == ["hf"]
