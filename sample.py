@@ -328,12 +328,12 @@ def main():
     if compile:  # the MLPs only: the KV cache's moving position would recompile a whole-forward graph every step
         for block in model.transformer.h:
             block.mlp = torch.compile(block.mlp, dynamic=True)
-    ctx = autocast(dev, ptdtype)
+    autocast_ctx = autocast(dev, ptdtype)
 
     if chat:
         conv = Chat(model, max_new_tokens, task=tag or "chat", style=chat_style, system=system,
                     user_name=user_name, bot_name=bot_name, stops=stops, generator=generator, sampling=sampling)
-        with ctx:
+        with autocast_ctx:
             chat_loop(conv, sys.stdin, sys.stdout, stream)
         return
 
@@ -352,7 +352,7 @@ def main():
         if echo:
             write(textformat.render_text(segs))
         on_text = (lambda piece: (write(piece), sys.stdout.flush())) if stream else None
-        with ctx:
+        with autocast_ctx:
             completion, _ = complete(model, ids, max_new_tokens, stops, on_text, generator, **sampling)
         if not stream:
             write(completion)

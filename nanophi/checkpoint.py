@@ -64,6 +64,14 @@ def load_checkpoint(path, map_location="cpu"):
         raise RuntimeError(f"{path}: not a loadable NanoPhi checkpoint ({type(e).__name__}: {e})") from None
 
 
+def peek_iter(path):
+    """A checkpoint's iter_num without reading its tensors (memory-mapped), or None if unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iter_num")
+    except Exception:
+        return None
+
+
 def clean_state_dict(sd):
     """Strip the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add to keys."""
     out = {}
@@ -149,8 +157,12 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
 
 # ----------------------------------------------------------------------------- LoRA runs
 
-def load_base(base, model_args):
-    """The base model an adapter was trained on, at the block_size it was trained with."""
+def load_base(base, model_args, owner):
+    """The base model an adapter was trained on, at the block_size it was trained with; owner (the
+    adapter folder or checkpoint) names what needs it when it is missing."""
+    if base not in GPT2_NAMES and not os.path.exists(base):
+        raise FileNotFoundError(f"{owner} is a LoRA adapter whose base model {base!r} is not there (moved or "
+                                f"deleted?); put the base back, or move it together with the adapter")
     model, _ = load_model(base, block_size=model_args.get("block_size"))
     return model
 
@@ -158,11 +170,11 @@ def load_base(base, model_args):
 def load_merged(path):
     """An adapter directory -> its base with the adapter merged (plain GPT, eval mode, CPU)."""
     meta = lora.read_meta(path)
-    base = lora.resolve_base(meta["base"], path, meta.get("base_when_trained"))
-    return lora.merge_dir(load_base(base, meta["model_args"]), path).eval()
+    base = load_base(lora.resolve_base(meta["base"], path), meta["model_args"], path)
+    return lora.merge_dir(base, path).eval()
 
 
-def merged_from_checkpoint(ckpt, path=None):
-    """A LoRA run's ckpt.pt/best.pt (adapter tensors + base name) -> merged plain GPT."""
-    base = load_base(lora.resolve_base(ckpt["lora_base"], os.path.dirname(path) if path else None), ckpt["model_args"])
+def merged_from_checkpoint(ckpt, path):
+    """A LoRA run's ckpt.pt/best.pt at path (adapter tensors + base) -> merged plain GPT."""
+    base = load_base(lora.resolve_base(ckpt["lora_base"], os.path.dirname(path)), ckpt["model_args"], path)
     return lora.merge(base, ckpt["lora"], ckpt["lora_config"]).eval()

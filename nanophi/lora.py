@@ -3,9 +3,8 @@ LoRA adapters (peft) on model.py's Linear layers, for MiniSymposium's recipe: a 
 hand-written set, a very low learning rate, many epochs, only a few MB of trained weights.
 
 An adapter directory is peft's own (adapter_config.json + adapter_model.safetensors) plus
-nanophi_adapter.json naming the base model (`base`: a gpt2 name, or a transformers directory or
-.pt checkpoint stored relative to the adapter directory when it is nearby, so the two can move
-together) and its model_args. checkpoint.load_model accepts such a directory as init_from
+nanophi_adapter.json naming the base model (`base`: a gpt2 name, a transformers directory or a
+.pt checkpoint) and its model_args. checkpoint.load_model accepts such a directory as init_from
 and returns the base with the adapter merged in (a plain GPT), so sample.py, serve.py, eval.py
 and export work unchanged. This module knows peft only; loading base models is checkpoint.py's.
 """
@@ -41,42 +40,25 @@ def load_adapter_state(peft_model, state):
     set_peft_model_state_dict(peft_model, state)
 
 
+def portable_base(base, folder):
+    """A base that is a path is stored relative to the folder holding the adapter (or checkpoint),
+    so the two can move together (to Drive, another machine); a gpt2 name stays as it is."""
+    return os.path.relpath(os.path.abspath(base), os.path.abspath(folder)) if os.path.exists(base) else base
+
+
+def resolve_base(base, folder):
+    """The stored base back to what load_model takes: relative paths are from folder (absolute
+    paths, as older adapters stored them, pass through)."""
+    candidate = os.path.join(folder, base)
+    return os.path.normpath(candidate) if os.path.exists(candidate) else base
+
+
 def save_adapter(peft_model, path, base, model_args):
     """Write the adapter directory atomically (filled under a temporary name, then swapped in)."""
     with atomic_dir(path) as tmp:
         peft_model.save_pretrained(tmp)
-        write_json_atomic(os.path.join(tmp, META), {"base": portable_base(base, path), "base_when_trained": base,
-                                                    "model_args": model_args})
+        write_json_atomic(os.path.join(tmp, META), {"base": portable_base(base, path), "model_args": model_args})
     return path
-
-
-def portable_base(base, adapter_dir):
-    """How an adapter stores its base: a local path relative to the adapter directory when it is
-    nearby (at most 3 levels up), so copying a project folder keeps them together; else as given."""
-    if not os.path.exists(base):
-        return base  # a model name (gpt2, gpt2-medium, ...)
-    rel = os.path.relpath(os.path.abspath(base), os.path.abspath(adapter_dir))
-    return rel if rel.split(os.sep).count("..") <= 3 else os.path.abspath(base)
-
-
-def resolve_base(base, where=None, trained=None):
-    """The base to load: a path relative to `where` (the adapter directory or the checkpoint's
-    folder), else as given, else where it was at training time; a model name (gpt2) as is.
-    A missing local base is an error naming it and how to fix it."""
-    tried = [os.path.normpath(os.path.join(where, base))] if where and not os.path.isabs(base) else []
-    tried += [p for p in (base, trained) if p and p not in tried]
-    for path in tried:
-        if os.path.exists(path):
-            return path
-    if os.sep not in base and not base.endswith(".pt"):
-        return base  # a model name: checkpoint.load_model knows which
-    if where and is_adapter_dir(where):
-        what, fix = f"LoRA adapter {where}", (f"edit \"base\" in {os.path.join(where, META)} to where it is now (a path "
-                                              f"relative to the adapter folder, an absolute path, or a gpt2 name)")
-    else:
-        what, fix = f"the LoRA checkpoint in {where or '.'}", "put the base model back at that path"
-    raise FileNotFoundError(f"{what}: its base model {base!r} is missing (looked at {', '.join(tried)}). "
-                            f"Move the base model and the adapter together, or {fix}")
 
 
 def is_adapter_dir(path):
