@@ -87,11 +87,11 @@ total = time.time() - t_start
 print("\n=== pipeline done: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f", total {total / 60:.1f} min")
 print(f"base (stand-in for GPT-2): {BASE_HF}; finetuned checkpoint and logs: {out_dir}/; "
       f"comparison table: {os.path.join(out_dir, 'eval.md')}")
-print(f"""
-next:
-  python sample.py --out_dir={out_dir} --tag=Math --start="What is 12 + 30?"     # one prompt, any tag
-  python sample.py --out_dir={out_dir} --chat=True                              # chat in the terminal
-  python serve.py --out_dir={out_dir}                                           # web page + OpenAI-compatible API
-  python eval.py --out_dir={out_dir} --compare_with={BASE_HF}                   # the whole evaluation, no limit
-  python export.py --out_dir={out_dir} --export_dir={out_dir}/hf                # a transformers directory
-  on a GPU (Colab, docs/colab.ipynb): the same steps from gpt2-medium with config/finetune_nanophi.py""")
+NEXT = [(f'python sample.py --out_dir={out_dir} --tag=Math --start="What is 12 + 30?"', "one prompt, any tag"),
+        (f"python sample.py --out_dir={out_dir} --chat=True", "chat in the terminal"),
+        (f"python serve.py --out_dir={out_dir}", "OpenAI-compatible API and web page"),
+        (f"python eval.py --out_dir={out_dir} --compare_with={BASE_HF}", "the whole evaluation, no limit"),
+        (f"python export.py --out_dir={out_dir}", f"a transformers folder in {out_dir}/hf")]
+width = max(len(cmd) for cmd, _ in NEXT) + 2
+print("\nnext:\n" + "\n".join(f"  {cmd.ljust(width)}# {why}" for cmd, why in NEXT)
+      + "\n  on a GPU (Colab, docs/colab.ipynb): the same steps from gpt2-medium with config/finetune_nanophi.py")

@@ -6,6 +6,7 @@ CodeSearchNet-style (docstring, then the code; all trained) and phi-1 CodeExerci
     python data/code/prepare.py                        # offline: the installed standard library, via ast
     python data/code/prepare.py --source=hub           # CodeSearchNet's Python functions + Open-Platypus's leetcode rows
     python data/code/prepare.py --source=funcs.jsonl   # a local file in a CodeSearchNet schema (or .txt)
+    python data/code/prepare.py --source=data/synth/exercises.jsonl --skip_bad=True   # data/synthesize.py's exercises
 """
 import os
 import sys
@@ -13,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 from nanophi import dataprep  # noqa: E402
 from nanophi import offline_sources  # noqa: E402
+from nanophi import synth  # noqa: E402
 from nanophi import textformat  # noqa: E402
 from nanophi.dataprep import Hub, Schema, Source, need  # noqa: E402
 
@@ -34,11 +36,20 @@ def code_search_net(r):
     return [textformat.code(code, doc if doc.strip() and doc.strip() not in code else None)]
 
 
+def synthetic_exercise(r):
+    """A reply of data/synthesize.py --kind=exercise: the function's signature+docstring is the prompt."""
+    parts = synth.parse_exercise(need(r, "text"))
+    if parts is None:
+        raise dataprep.FieldError("text", "the reply holds no Python function with a docstring and a body")
+    return [textformat.code_exercise(parts["exercise"], parts["solution"])]
+
+
 SCHEMAS = [
     # the repository's own data/python.zip: gzipped JSON lines per split, read member by member
     Schema("code-search-net/code_search_net", ["original_string", "code", "docstring"], code_search_net,
            hub=Hub("code-search-net/code_search_net", "data/python.zip!python/final/jsonl/train/*.jsonl.gz",
                    "zip_jsonl_gz", rows=412178, tokens_per_doc=420, bytes_per_doc=2100)),
+    Schema("synthetic-exercise", ["kind", "exercise_kind", "text"], synthetic_exercise),
     Schema("code_search_net", ["func_code_string", "func_documentation_string", "whole_func_string"], code_search_net),
     Schema("garage-bAInd/Open-Platypus", ["instruction", "output", "data_source"], lambda r: dataprep.platypus("code", r),
            hub=dataprep.OPEN_PLATYPUS),
