@@ -45,7 +45,7 @@ def task_sources(task, source="offline"):
     cfg = types.SimpleNamespace(**{**dataprep.DEFAULTS, **extra, "source": source})
     schemas = mod.schemas(dataprep.chat_styles(cfg.styles)) if hasattr(mod, "schemas") else mod.SCHEMAS
     offline = mod.offline(cfg) if "offline" in source.split(",") else []
-    return dataprep.resolve_sources(source, schemas, offline, cfg.hub_split, "")
+    return dataprep.resolve_sources(source, schemas, offline, cfg.hub_root, "")
 
 
 def task_examples(task, source="offline", max_docs=0):

@@ -37,7 +37,7 @@ def test_notebook_runs_on_cpu(tmp_path, tiny_hf_dir, monkeypatch):
     monkeypatch.setenv("NANOPHI_REPO", ROOT)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    out = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))  # stream chunks
     assert f"init_from = {tiny_hf_dir}" in out                  # a first session starts from the base directory
     assert "--- [Math]\n[Math] What is 17 + 25?\nAnswer:" in out and "--- [Chat]" in out
     table = (work / "out-nanophi" / "eval.md").read_text()
@@ -48,5 +48,5 @@ def test_notebook_runs_on_cpu(tmp_path, tiny_hf_dir, monkeypatch):
     train = next(i for i, c in enumerate(nb2.cells) if "train.py {CONFIG}" in c.source)
     nb2.cells = nb2.cells[:train + 1]
     NotebookClient(nb2, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    out2 = "\n".join(o.get("text", "") for o in nb2.cells[train].get("outputs", []))
+    out2 = "".join(o.get("text", "") for o in nb2.cells[train].get("outputs", []))
     assert "init_from = resume" in out2 and "resumed from" in out2
