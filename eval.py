@@ -35,6 +35,7 @@ compare_with = ""  # a second init_from (e.g. the base model): both in one table
 out_dir = "out"
 device = "auto"
 dtype = "auto"  # auto: bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU
+weights = "fp32"  # fp32 | bf16 | int8 | auto: evaluate the weight format sample.py/serve.py would run (nanophi/weights.py)
 # what to measure
 data_dir = "data"
 tasks = []  # [] = every task prepared in data_dir
@@ -524,6 +525,7 @@ def main(argv=None):
     from nanophi import sandbox
     from nanophi.checkpoint import load_model
     from nanophi.device import autocast, device_name, pick_device, pick_dtype
+    from nanophi.weights import apply_weights, resolve_weights
 
     res_path = cfg["results"] or os.path.join(cfg["out_dir"], "eval.json")
     os.makedirs(os.path.dirname(os.path.abspath(res_path)), exist_ok=True)
@@ -545,8 +547,9 @@ def main(argv=None):
     else:
         dev = pick_device(cfg["device"])
         dt = pick_dtype(cfg["dtype"], dev)
+        weight_format = resolve_weights(cfg["weights"], dev, dt)
         ctx = autocast(dev, dt)
-        report["device"] = f"{device_name(dev)}, {dt}"
+        report["device"] = f"{device_name(dev)}, {dt}, {weight_format} weights"
         loss_tasks, qa_names = discover_tasks(cfg)
         sel = cfg["metrics"]
         if ("loss" in sel and not loss_tasks) or (set(sel) & {"qa", "fewshot", "tags"} and not qa_names):
@@ -560,7 +563,9 @@ def main(argv=None):
             t0 = time.time()
             model, source = load_model(init, cfg["out_dir"], dev, cfg["which"])
             label = init if init != "resume" else short_path(source)
-            log(f"evaluating {label} ({model.get_num_params() / 1e6:.1f}M params) on {device_name(dev)}, {dt}")
+            log(f"evaluating {label} ({model.get_num_params() / 1e6:.1f}M params) on {device_name(dev)}, {dt}, "
+                f"{weight_format} weights")
+            model = apply_weights(model, weight_format)
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", role)
             m, c, d = evaluate(model, cfg, loss_tasks, qa_tasks, probs, ctx, label, f"{stem}_{slug}")
             report["models"].append({"label": label, "role": role, "init_from": init, "source": source,

@@ -45,6 +45,7 @@ bot_name = ''  # roleplay: the bot's name ('Aqua' -> 'Aqua:')
 seed = 1337
 device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps', or auto
 dtype = 'auto'  # 'float32', 'bfloat16', 'float16', or auto (device.pick_dtype)
+weights = 'auto'  # fp32 | bf16 (CPUs with avx512_bf16/amx) | int8 (CPU) | auto: bf16 with dtype=bfloat16 on CPU, else fp32
 compile = False  # torch.compile each block's MLP (worth it on GPUs; the first call takes a while)
 # -----------------------------------------------------------------------------
 
@@ -296,6 +297,7 @@ def main():
     from configurator import configure
     from nanophi.checkpoint import load_model
     from nanophi.device import autocast, pick_device, pick_dtype
+    from nanophi.weights import apply_weights, resolve_weights
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for generated text only
         configure(globals())
     if which not in ("best", "latest"):
@@ -315,6 +317,7 @@ def main():
 
     dev = pick_device(device)
     ptdtype = pick_dtype(dtype, dev)
+    weight_format = resolve_weights(weights, dev, ptdtype)
     torch.manual_seed(seed)
     generator = torch.Generator(device=dev).manual_seed(seed)
     try:
@@ -322,7 +325,8 @@ def main():
     except RuntimeError as e:
         raise ValueError(str(e)) from None
     log(f"loaded {source}: {model.get_num_params() / 1e6:.2f}M parameters, block_size {model.config.block_size}, "
-        f"{dev} {ptdtype}")
+        f"{dev} {ptdtype}, {weight_format} weights")
+    model = apply_weights(model, weight_format)
     if compile:  # the MLPs only: the KV cache's moving position would recompile a whole-forward graph every step
         for block in model.transformer.h:
             block.mlp = torch.compile(block.mlp, dynamic=True)

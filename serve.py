@@ -30,6 +30,7 @@ from nanophi import textformat
 from nanophi.textformat import TextStream
 from nanophi.checkpoint import load_model
 from nanophi.device import autocast, pick_device, pick_dtype
+from nanophi.weights import apply_weights, resolve_weights
 from nanophi import tokenizer
 from nanophi.tokenizer import encode, get_tokenizer
 
@@ -41,6 +42,7 @@ which = "best"  # with init_from='resume': 'best' or 'latest'
 block_size = None  # None: the checkpoint's context length; a number crops or grows it
 device = "auto"
 dtype = "auto"  # float32 on CPU, bf16 on Ampere+, fp16 on older GPUs
+weights = "auto"  # fp32 | bf16 (CPUs with avx512_bf16/amx) | int8 (CPU) | auto (nanophi/weights.py)
 host = "127.0.0.1"  # loopback only; use 0.0.0.0 (with an api_key) to serve a network
 port = 8000
 api_key = ""  # or the NANOPHI_API_KEY environment variable; empty: no auth
@@ -637,6 +639,7 @@ def main():
         cfg["created"] = int(time.time())
         dev = pick_device(cfg["device"])
         dt = pick_dtype(cfg["dtype"], dev)
+        weight_format = resolve_weights(cfg["weights"], dev, dt)
         if cfg["max_tokens"] > cfg["max_tokens_cap"]:
             raise ValueError(f"max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
         if cfg["chat_style"] not in textformat.CHAT_STYLES:
@@ -644,8 +647,9 @@ def main():
         model, source = load_model(cfg["init_from"], cfg["out_dir"], dev, cfg["which"], cfg["block_size"])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"serve.py: {e}")
-    print(f"serving {source} as '{cfg['model_name']}' on {dev} ({dt}), context {model.config.block_size}, "
-          f"{model.get_num_params() / 1e6:.1f}M parameters")
+    print(f"serving {source} as '{cfg['model_name']}' on {dev} ({dt}, {weight_format} weights), context "
+          f"{model.config.block_size}, {model.get_num_params() / 1e6:.1f}M parameters")
+    model = apply_weights(model, weight_format)
     if cfg["host"] not in ("127.0.0.1", "localhost", "::1") and not cfg["api_key"]:
         print(f"WARNING: listening on {cfg['host']} without an api_key: anyone who can reach it can use it")
     engine = Engine(model, dev, dt, cfg["max_active"], cfg["max_queue"])
