@@ -78,7 +78,7 @@ min_lr = 1e-4
 backend = "gloo"  # DDP backend on CPU; CUDA uses nccl
 device = "auto"
 dtype = "auto"  # auto: bf16 on sm80+, fp16 + GradScaler on older GPUs (T4), fp32 on CPU; 'bfloat16' opt-in on CPU
-compile = None  # None = on for Linux + CUDA only; True/False to force
+compile = None  # None = on for Linux + CUDA, and on a Linux CPU from device.CPU_COMPILE_MIN_ITERS iterations; True/False to force
 # -----------------------------------------------------------------------------
 KNOWN_TASKS = ("textbook", "code", "math", "logic", "roleplay", "chat", "excerpt", "symposium")
 
@@ -312,7 +312,7 @@ def main(argv=None):
     config = configure(globals(), argv)
     from nanophi import checkpoint as ckpt_lib
     from nanophi import lora as lora_lib
-    from nanophi.device import autocast, device_name, pick_device, pick_dtype
+    from nanophi.device import CPU_COMPILE_MIN_ITERS, autocast, compile_by_default, device_name, pick_device, pick_dtype
     from model import GPT, GPTConfig
 
     # ---- checks that need no data and no compute
@@ -348,7 +348,6 @@ def main(argv=None):
     accum_local = gradient_accumulation_steps // world
     device_type = torch.device(dev).type
     ptdtype = pick_dtype(dtype, dev)
-    use_compile = compile if compile is not None else (sys.platform.startswith("linux") and device_type == "cuda")
 
     # ---- resume: the checkpoint decides the model shape
     resume = init_from == "resume"
@@ -372,6 +371,10 @@ def main(argv=None):
     if decay_lr and warmup_iters >= max_iters and master:
         print(f"WARNING: warmup_iters ({warmup_iters}) >= max_iters ({max_iters}): the run never leaves warmup "
               f"and never reaches learning_rate {learning_rate}; lower warmup_iters")
+    use_compile = compile if compile is not None else compile_by_default(device_type, max_iters)
+    if compile is None and use_compile and device_type == "cpu" and master:  # a long first step: say why
+        print(f"compile: on, as max_iters {max_iters} >= {CPU_COMPILE_MIN_ITERS} repays torch.compile's warm-up on CPU "
+              "(tens of seconds before the first step); --compile=False to skip")
 
     if master:
         os.makedirs(out_dir, exist_ok=True)
