@@ -51,6 +51,29 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class CrossEntropySum(torch.autograd.Function):
+    """Summed cross-entropy of logits (N, V) and targets (N,), as F.cross_entropy(reduction='sum'),
+    with the gradient written into the logits' own memory. F.cross_entropy keeps a log-softmax copy
+    and builds its gradient in two more fresh (N, V) tensors; at GPT-2's 50K vocabulary those are
+    the largest tensors of a small model's step, and on a CPU each costs page faults and bandwidth.
+    The logits must be a tensor nothing else reads after the loss (lm_head's output is)."""
+    CHUNK = 64  # rows per pass: the temporaries stay in cache
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        lse = torch.cat([torch.logsumexp(c, dim=-1) for c in logits.split(CrossEntropySum.CHUNK)])
+        ctx.save_for_backward(logits, targets, lse)
+        return (lse - logits.gather(1, targets.unsqueeze(1)).squeeze(1)).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse = ctx.saved_tensors  # a second backward fails autograd's version check
+        for c, c_lse in zip(logits.split(CrossEntropySum.CHUNK), lse.split(CrossEntropySum.CHUNK)):
+            c.sub_(c_lse.unsqueeze(1)).exp_().mul_(grad)  # softmax * grad, in place
+        logits[torch.arange(len(targets), device=logits.device), targets] -= grad
+        return logits, None
+
+
 class KVCache:
     """Keys and values of every layer, preallocated for max_len positions (no torch.cat per step)."""
 
@@ -204,8 +227,10 @@ class GPT(nn.Module):
             logits = self.lm_head(x).view(-1, self.config.vocab_size)
             loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=-1, reduction="sum")
         else:
-            logits = self.lm_head(x.reshape(-1, x.size(-1))[keep])
-            loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            rows = x.reshape(-1, x.size(-1))
+            if not keep.all():
+                rows, targets = rows[keep], targets[keep]
+            loss_sum = CrossEntropySum.apply(self.lm_head(rows).float(), targets)
         if reduction == "sum":
             return None, loss_sum
         return None, loss_sum / keep.sum().clamp(min=1)
