@@ -18,6 +18,7 @@ import torch
 
 from nanophi import textformat
 from nanophi.datafiles import write_text_atomic
+from nanophi.tasks import CHAT_TASKS
 from nanophi.tokenizer import EOT_ID, EOT_TEXT
 
 # -----------------------------------------------------------------------------
@@ -93,7 +94,7 @@ def render_prompt(tag, text, system=None, style="nanophi", user_name=None, bot_n
     if not tag:
         return [(text, False)]
     task = textformat.task_of(tag)
-    if task in ("chat", "roleplay") and (user_name or bot_name):
+    if task in CHAT_TASKS and (user_name or bot_name):
         return textformat.chat([("user", text)], system=system, task=task, style=style, user_name=user_name,
                        bot_name=bot_name)
     return textformat.prompt_for(task, text, system=system, style=style)
@@ -330,18 +331,18 @@ def main():
     if compile:  # the MLPs only: the KV cache's moving position would recompile a whole-forward graph every step
         for block in model.transformer.h:
             block.mlp = torch.compile(block.mlp, dynamic=True)
-    ctx = autocast(dev, ptdtype)
+    autocast_ctx = autocast(dev, ptdtype)
 
     if chat:
         conv = Chat(model, max_new_tokens, task=tag or "chat", style=chat_style, system=system,
                     user_name=user_name, bot_name=bot_name, stops=stops, generator=generator, sampling=sampling)
-        with ctx:
+        with autocast_ctx:
             chat_loop(conv, sys.stdin, sys.stdout, stream)
         return
 
     segs = render_prompt(tag, text, system or None, chat_style, user_name or None, bot_name or None)
     ids = textformat.encode_prompt(segs) or [EOT_ID]  # an empty prompt starts from <|endoftext|>, as GPT-2 did
-    if tag and textformat.task_of(tag) in ("chat", "roleplay"):  # one reply, not the whole conversation
+    if tag and textformat.task_of(tag) in CHAT_TASKS:  # one reply, not the whole conversation
         stops = stops + textformat.stop_strings(chat_style, user_name or None, bot_name or None)
     block = model.config.block_size
     if len(ids) > block:
@@ -354,7 +355,7 @@ def main():
         if echo:
             write(textformat.render_text(segs))
         on_text = (lambda piece: (write(piece), sys.stdout.flush())) if stream else None
-        with ctx:
+        with autocast_ctx:
             completion, _ = complete(model, ids, max_new_tokens, stops, on_text, generator, **sampling)
         if not stream:
             write(completion)

@@ -30,6 +30,7 @@ from nanophi import textformat
 from nanophi.textformat import TextStream
 from nanophi.checkpoint import load_model
 from nanophi.device import autocast, pick_device, pick_dtype
+from nanophi.tasks import CHAT_TASKS
 from nanophi.weights import apply_weights, resolve_weights
 from nanophi import tokenizer
 from nanophi.tokenizer import encode, get_tokenizer
@@ -199,15 +200,15 @@ def message_text(m, i):
                         f"{_kind(content)}", f"messages[{i}].content", "invalid_type")
 
 
-def check_context(n_prompt, ctx, param):
-    if n_prompt >= ctx:
-        raise APIError(400, f"the prompt is {n_prompt} tokens; the model's context is {ctx} tokens, and the "
+def check_context(n_prompt, context_len, param):
+    if n_prompt >= context_len:
+        raise APIError(400, f"the prompt is {n_prompt} tokens; the model's context is {context_len} tokens, and the "
                             f"prompt must leave room for at least one new token. Shorten it"
                             + (" or send trim_history: true" if param == "messages" else ""),
                        param, "context_length_exceeded")
 
 
-def parse_chat(body, cfg, ctx):
+def parse_chat(body, cfg, context_len):
     """-> (prompt ids, sampling settings, chat info for cutting replies, number of dropped turns)."""
     params = sampling(body, cfg)
     msgs = body.get("messages")
@@ -239,7 +240,7 @@ def parse_chat(body, cfg, ctx):
     user_name, bot_name = field(body, "user_name", (str,)), field(body, "bot_name", (str,))
     n_turns = len(turns)
     if field(body, "trim_history", (bool,), False):
-        budget = max(ctx - params["max_tokens"], ctx // 2)
+        budget = max(context_len - params["max_tokens"], context_len // 2)
         # first drop, cheaply, the old turns that cannot fit: each turn's text alone (rendered as
         # ' ' + text) already costs this many tokens; trim_chat then re-renders only what is left
         total, keep = 0, 0
@@ -256,12 +257,12 @@ def parse_chat(body, cfg, ctx):
             raise APIError(400, str(e), "messages", "context_length_exceeded") from None
     dropped = n_turns - len(turns)
     ids = textformat.encode_prompt(textformat.chat(turns, sys_line, tag, style, user_name, bot_name))
-    check_context(len(ids), ctx, "messages")
+    check_context(len(ids), context_len, "messages")
     reply = dict(stops=textformat.stop_strings(style, user_name, bot_name) + [tokenizer.EOT_TEXT], strip=True)
     return [ids], params, reply, dropped
 
 
-def parse_completion(body, cfg, ctx):
+def parse_completion(body, cfg, context_len):
     """-> (list of prompt ids, sampling settings, reply handling, echo texts)."""
     params = sampling(body, cfg)
     prompt = body.get("prompt")
@@ -294,10 +295,10 @@ def parse_completion(body, cfg, ctx):
             ids = encode(p)
         if not ids:
             raise APIError(400, "the prompt is empty; send some text (or a tag)", "prompt", "invalid_value")
-        check_context(len(ids), ctx, "prompt")
+        check_context(len(ids), context_len, "prompt")
         out.append(ids)
         echoes.append(get_tokenizer().decode(ids) if echo else "")
-    chatty = tag in ("chat", "roleplay")  # a chat prompt ends in the bot marker: cut the reply like a chat
+    chatty = tag in CHAT_TASKS  # a chat prompt ends in the bot marker: cut the reply like a chat
     stops = textformat.stop_strings(style) + [tokenizer.EOT_TEXT] if chatty else []
     return out, params, dict(stops=stops, strip=chatty), echoes
 
@@ -316,9 +317,9 @@ class Job:
         self.t0 = time.perf_counter()
 
     def log(self, how):
-        dt = time.perf_counter() - self.t0
+        seconds = time.perf_counter() - self.t0
         print(f"request {how}: prompt {sum(len(p) for p in self.prompts)} tokens, completion "
-              f"{self.completion_tokens} tokens in {dt:.2f}s ({self.completion_tokens / max(dt, 1e-9):.1f} tok/s)",
+              f"{self.completion_tokens} tokens in {seconds:.2f}s ({self.completion_tokens / max(seconds, 1e-9):.1f} tok/s)",
               flush=True)
 
     def emit(self, *event):
@@ -426,7 +427,7 @@ def make_app(engine, cfg, source):
     from starlette.exceptions import HTTPException
 
     app = FastAPI(title="NanoPhi", docs_url=None, redoc_url=None, openapi_url=None)  # docs need a CDN
-    ctx = engine.model.config.block_size
+    context_len = engine.model.config.block_size
     if cfg["cors_origins"]:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in cfg["cors_origins"].split(",")],
@@ -586,14 +587,14 @@ def make_app(engine, cfg, source):
     async def chat_completions(request: Request):
         body = await read_json(request)
         # rendering a long conversation takes a while: off the event loop
-        prompts, params, reply, dropped = await asyncio.to_thread(parse_chat, body, cfg, ctx)
+        prompts, params, reply, dropped = await asyncio.to_thread(parse_chat, body, cfg, context_len)
         headers = {"X-NanoPhi-Dropped-Turns": str(dropped)} if dropped else None
         return await respond(request, "chat", prompts, params, reply, headers=headers)
 
     @v1.post("/completions")
     async def completions(request: Request):
         body = await read_json(request)
-        prompts, params, reply, echoes = await asyncio.to_thread(parse_completion, body, cfg, ctx)
+        prompts, params, reply, echoes = await asyncio.to_thread(parse_completion, body, cfg, context_len)
         return await respond(request, "text", prompts, params, reply, echoes=echoes)
 
     @v1.get("/models")
@@ -612,7 +613,7 @@ def make_app(engine, cfg, source):
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": cfg["model_name"], "source": None if key else source, "device": engine.device,
-                "dtype": engine.dtype, "context_length": ctx, "auth_required": bool(key),
+                "dtype": engine.dtype, "context_length": context_len, "auth_required": bool(key),
                 "queued": engine.pending.qsize(), "active": engine.active, **engine.stats,
                 "defaults": {k: cfg[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty",
                                                  "max_tokens", "max_tokens_cap", "chat_style", "system")},
@@ -638,8 +639,8 @@ def main():
         cfg["api_key"] = cfg["api_key"] or os.environ.get("NANOPHI_API_KEY", "")
         cfg["created"] = int(time.time())
         dev = pick_device(cfg["device"])
-        dt = pick_dtype(cfg["dtype"], dev)
-        weight_format = resolve_weights(cfg["weights"], dev, dt)
+        ptdtype = pick_dtype(cfg["dtype"], dev)
+        weight_format = resolve_weights(cfg["weights"], dev, ptdtype)
         if cfg["max_tokens"] > cfg["max_tokens_cap"]:
             raise ValueError(f"max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
         if cfg["chat_style"] not in textformat.CHAT_STYLES:
@@ -647,12 +648,12 @@ def main():
         model, source = load_model(cfg["init_from"], cfg["out_dir"], dev, cfg["which"], cfg["block_size"])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"serve.py: {e}")
-    print(f"serving {source} as '{cfg['model_name']}' on {dev} ({dt}, {weight_format} weights), context "
+    print(f"serving {source} as '{cfg['model_name']}' on {dev} ({ptdtype}, {weight_format} weights), context "
           f"{model.config.block_size}, {model.get_num_params() / 1e6:.1f}M parameters")
     model = apply_weights(model, weight_format)
     if cfg["host"] not in ("127.0.0.1", "localhost", "::1") and not cfg["api_key"]:
         print(f"WARNING: listening on {cfg['host']} without an api_key: anyone who can reach it can use it")
-    engine = Engine(model, dev, dt, cfg["max_active"], cfg["max_queue"])
+    engine = Engine(model, dev, ptdtype, cfg["max_active"], cfg["max_queue"])
     app = make_app(engine, cfg, source)
     import uvicorn
     print(f"open http://{cfg['host']}:{cfg['port']}/  (API at http://{cfg['host']}:{cfg['port']}/v1)", flush=True)

@@ -280,11 +280,8 @@ the same request produced alone. Machine: {mach}.
 First token / latency are per client from sending the request; throughput is all clients' tokens
 over the wall time; the reference row is the same requests sent one after another.
 """
-    os.makedirs(os.path.dirname(out_md), exist_ok=True)
-    tmp = out_md + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(md)
-    os.replace(tmp, out_md)
+    from nanophi.files import write_text_atomic
+    write_text_atomic(out_md, md)
     print(f"\nwrote {out_md}")
 
 

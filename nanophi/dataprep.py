@@ -476,7 +476,7 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
         bar.close()
         if pool:
             pool.shutdown()
-    dt = time.time() - t0
+    seconds = time.time() - t0
     splits = {s: {"documents": w.n_docs, "tokens": w.n_tokens, "trained_tokens": w.n_trained} for s, w in writers.items()}
     total_tokens = sum(s["tokens"] for s in splits.values())
     render_task = render_task or task
@@ -500,9 +500,9 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
         "skipped": counts["skipped"],
         "skipped_examples": skipped_examples,
         "records": counts["read"],
-        "elapsed_s": round(dt, 2),
-        "docs_per_s": round(counts["read"] / max(dt, 1e-9), 1),
-        "tokens_per_s": round(total_tokens / max(dt, 1e-9), 1),
+        "elapsed_s": round(seconds, 2),
+        "docs_per_s": round(counts["read"] / max(seconds, 1e-9), 1),
+        "tokens_per_s": round(total_tokens / max(seconds, 1e-9), 1),
     }
     meta.update(meta_extra or {})
     write_json_atomic(os.path.join(task_dir, "meta.json"), meta)
