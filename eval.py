@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from configurator import ConfigError, config_keys, configure
+from nanophi.checkpoint import default_out_dir
 from nanophi.datafiles import write_text_atomic
 from nanophi.tasks import QA_TASKS
 
@@ -33,7 +34,7 @@ from nanophi.tasks import QA_TASKS
 init_from = "resume"  # 'resume' (out_dir) | .pt file | gpt2 name | transformers GPT-2 dir | LoRA adapter dir
 which = "best"  # with resume: out_dir's 'best' (falls back to latest) or 'latest' checkpoint
 compare_with = ""  # a second init_from (e.g. the base model): both in one table, deltas = init_from - this
-out_dir = "out"
+out_dir = default_out_dir()  # default: out/ if it holds a checkpoint, else the most recently trained out*/ folder
 device = "auto"
 dtype = "auto"  # auto: bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU
 weights = "fp32"  # fp32 | bf16 | int8 | auto: evaluate the weight format sample.py/serve.py would run (nanophi/weights.py)

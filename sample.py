@@ -17,13 +17,14 @@ import sys
 import torch
 
 from nanophi import textformat
+from nanophi.checkpoint import default_out_dir
 from nanophi.datafiles import write_text_atomic
 from nanophi.tasks import CHAT_TASKS
 from nanophi.tokenizer import EOT_ID, EOT_TEXT
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir), a .pt file, gpt2 .. gpt2-xl, a transformers dir, a LoRA adapter dir
-out_dir = 'out'  # used by init_from='resume'
+out_dir = default_out_dir()  # used by init_from='resume'; default: out/ if it holds a checkpoint, else the newest trained out*/
 which = 'best'  # resume from out_dir's 'best' (lowest val loss) or 'latest' checkpoint
 block_size = None  # None: the checkpoint's context length; a number crops or grows it (model.resize_block_size)
 start = "\n"  # prompt text, or FILE:path to read it from a file

@@ -28,7 +28,7 @@ import torch
 
 from nanophi import textformat
 from nanophi.textformat import TextStream
-from nanophi.checkpoint import load_model
+from nanophi.checkpoint import default_out_dir, load_model
 from nanophi.device import autocast, pick_device, pick_dtype
 from nanophi.tasks import CHAT_TASKS
 from nanophi.weights import apply_weights, resolve_weights
@@ -38,7 +38,7 @@ from nanophi.tokenizer import encode, get_tokenizer
 # -----------------------------------------------------------------------------
 # settings (override with a config file or --key=value)
 init_from = "resume"  # 'resume' (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, a transformers dir
-out_dir = "out"
+out_dir = default_out_dir()  # default: out/ if it holds a checkpoint, else the most recently trained out*/ folder
 which = "best"  # with init_from='resume': 'best' or 'latest'
 block_size = None  # None: the checkpoint's context length; a number crops or grows it
 device = "auto"

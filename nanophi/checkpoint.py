@@ -89,6 +89,28 @@ def model_from_checkpoint(ckpt):
     return model
 
 
+def trained_dirs(root="."):
+    """Folders out*/ under root that hold a checkpoint, most recently trained first."""
+    found = []
+    if not os.path.isdir(root or "."):
+        return found
+    for name in os.listdir(root or "."):
+        d = os.path.join(root, name)
+        times = [os.path.getmtime(p) for p in (os.path.join(d, BEST), os.path.join(d, LATEST)) if os.path.isfile(p)]
+        if name.startswith("out") and os.path.isdir(d) and times:
+            found.append((max(times), d))
+    return [d for _, d in sorted(found, reverse=True)]
+
+
+def default_out_dir(default="out"):
+    """The out_dir scripts use when none is given: 'out' if it holds a checkpoint (or nothing
+    does), else the most recently trained out*/ folder (the quick start writes out-nanophi-cpu)."""
+    if any(os.path.isfile(os.path.join(default, n)) for n in (BEST, LATEST)):
+        return default
+    found = trained_dirs(".")
+    return os.path.normpath(found[0]) if found else default
+
+
 def find_checkpoint(out_dir, which="best"):
     """Path of out_dir's best (falling back to latest) or latest checkpoint."""
     order = [BEST, LATEST] if which == "best" else [LATEST]
@@ -96,7 +118,11 @@ def find_checkpoint(out_dir, which="best"):
         path = os.path.join(out_dir, name)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"no checkpoint in {out_dir!r} (looked for {', '.join(order)}); train first or pass --init_from")
+    others = [os.path.normpath(d) for d in trained_dirs(os.path.dirname(os.path.normpath(out_dir)))]
+    hint = (f"folders with a checkpoint: {', '.join(others)} (pass --out_dir=<one of them>)" if others
+            else "train first")
+    raise FileNotFoundError(f"no checkpoint in {out_dir!r} (looked for {', '.join(order)}); {hint}, "
+                            "or pass --init_from")
 
 
 def is_hf_dir(path):
