@@ -71,7 +71,7 @@ class Server:
 def servers(tiny_out_dir, tiny_hf_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serve_logs")
     a = Server([f"--out_dir={tiny_out_dir}", "--max_tokens_cap=20000", "--max_request_bytes=100000",
-                "--max_active=2", "--cors_origins=http://app.example"], str(logs / "open.log"))
+                "--max_batch=2", "--cors_origins=http://app.example"], str(logs / "open.log"))
     b = Server([f"--init_from={tiny_hf_dir}", "--model_name=tiny-hf"], str(logs / "auth.log"),
                env={"NANOPHI_API_KEY": KEY})
     try:
@@ -160,8 +160,8 @@ def test_textstream_holds_back_stop_prefixes_and_split_characters():
 
 
 def test_a_full_queue_answers_503(local_model):
-    from serve import APIError, Engine
-    engine = Engine(local_model, "cpu", "float32", max_active=1, max_queue=0)
+    from serve import APIError, Worker
+    engine = Worker(local_model, "cpu", "float32", max_batch=1, max_queue=0)
     with pytest.raises(APIError) as e:
         engine.submit(object())
     assert e.value.status == 503 and e.value.body()["error"]["code"] == "server_busy"
