@@ -639,7 +639,7 @@ async def health(request: Request):
     return {"status": "ok", "model": cfg["model_name"], "source": None if cfg["api_key"] else state.source,
             "device": worker.device, "dtype": worker.dtype, "context_length": state.ctx,
             "auth_required": bool(cfg["api_key"]), "queued": worker.pending.qsize(), "active": worker.active,
-            "batch": len(engine.rows), **worker.stats, "generated_tokens": engine.tokens,
+            "batch": len(engine.rows), **worker.stats, "generated_tokens": engine.tokens, "steps": engine.steps,
             "reused_prompt_tokens": engine.reused,
             "defaults": {k: cfg[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty",
                                              "max_tokens", "max_tokens_cap", "chat_style", "system")},

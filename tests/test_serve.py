@@ -449,6 +449,47 @@ def test_bad_requests_leave_the_server_healthy(srv):
     assert "Traceback" not in open(srv.log_path).read()
 
 
+def test_deeply_nested_json_is_a_400_not_a_500(auth_srv):
+    from serve import APIError, parse_json
+    deep = b"[" * 100_000 + b"]" * 100_000  # 200 KB: under the default 1 MB limit
+    with pytest.raises(APIError) as e:
+        parse_json(deep)
+    assert e.value.status == 400 and "nested too deeply" in e.value.message
+    for body in (deep, b'{"messages": ' + deep + b"}"):
+        r = httpx.post(auth_srv.url + "/v1/chat/completions", content=body, timeout=30,
+                       headers={"content-type": "application/json", "Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", r.text
+    assert auth_srv.health()["errors"] == 0
+
+
+# ------------------------------------------------------------------ batching and cache reuse
+
+def test_concurrent_requests_decode_together_and_each_gets_its_greedy_text(srv, local_model):
+    prompts = ["Hi", "The history of science is long and", "Once upon a time in a land far away, there lived",
+               "x", "Numbers: 1 2 3 4 5 6 7 8 9 10 11 12"]
+    want = [decode(greedy_ids(local_model, get_tokenizer().encode_ordinary(p), 24)) for p in prompts]
+    before = wait_idle(srv)
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        futs = [pool.submit(post, srv, "/v1/completions", {"prompt": p, "max_tokens": 24, "temperature": 0})
+                for p in prompts]
+        got = [f.result().json()["choices"][0]["text"] for f in futs]
+    assert got == want
+    after = wait_idle(srv)
+    tokens, steps = after["generated_tokens"] - before["generated_tokens"], after["steps"] - before["steps"]
+    assert steps < tokens  # rows shared forward passes (this server decodes 2 at a time)
+
+
+def test_a_continued_conversation_reuses_its_cache(srv, local_model):
+    msgs = [{"role": "user", "content": "Tell me about the moon and the stars."}]
+    r1 = post(srv, "/v1/chat/completions", {"messages": msgs, "max_tokens": 12, "temperature": 0}).json()
+    before = wait_idle(srv)["reused_prompt_tokens"]
+    msgs += [r1["choices"][0]["message"], {"role": "user", "content": "And the sun?"}]
+    r2 = post(srv, "/v1/chat/completions", {"messages": msgs, "max_tokens": 12, "temperature": 0}).json()
+    assert wait_idle(srv)["reused_prompt_tokens"] - before >= r1["usage"]["prompt_tokens"]
+    prompt = textformat.encode_prompt(textformat.chat([(m["role"], m["content"]) for m in msgs]))
+    assert r2["choices"][0]["message"]["content"] == textformat.cut_reply(decode(greedy_ids(local_model, prompt, 12)))
+
+
 # ------------------------------------------------------------------ auth
 
 def test_api_key_is_required_on_every_v1_route(auth_srv):
