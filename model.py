@@ -1,5 +1,5 @@
 """
-GPT-2 in one file, nanoGPT-style, with what the finetuning users were missing:
+GPT-2 in one file, nanoGPT-style:
 - GPT.from_pretrained loads gpt2 .. gpt2-xl or any local transformers GPT-2 directory
   (logits match transformers' GPT2LMHeadModel; GELU is the tanh form GPT-2 was trained with),
 - block_size can grow (position interpolation of wpe) as well as crop,

@@ -8,16 +8,9 @@ Serve a trained model: an OpenAI-compatible API and a small web chat page.
 Routes: POST /v1/chat/completions, POST /v1/completions (stream: true = server-sent events
 ending in "data: [DONE]"), GET /v1/models, GET /health, GET / (the page) and its own assets.
 
-Chat messages are rendered with textformat.chat, exactly the prompt format training used; the
-reply is cut at <|endoftext|> or at the next speaker marker. The model runs in one worker thread
-driving nanophi/engine.py: up to max_batch sequences decode together in one forward pass per step
-(continuous batching: requests join between steps, finished ones leave, long prompts are
-prefilled in chunks); the rest wait in a queue. Each sequence samples with its own
-torch.Generator, so outputs never mix and a seed gives the same text however busy the server
-is. A conversation that continues reuses the KV cache of its previous turn (cache_slots of them
-are kept, least recently used dropped first). Extra request fields beyond OpenAI's: top_k,
-repetition_penalty, tag (task tag), chat_style, system, user_name, bot_name, ignore_eos,
-trim_history (drop the oldest chat turns to fit the context).
+The model runs in one worker thread driving nanophi/engine.py: up to max_batch sequences decode
+together in one forward pass per step (continuous batching), and a conversation that continues
+reuses its KV cache. Flags, request fields and scheduling: docs/serving.md.
 """
 import asyncio
 import hmac

@@ -7,14 +7,11 @@ Multitask finetuning (or training from scratch) of a GPT-2 on NanoPhi's prepared
     torchrun --standalone --nproc_per_node=2 train.py ...      # DDP
 
 Settings are the globals below; config files and --key=value override them (configurator.py).
-Data are data/<task>/{train,val}.bin with loss masks (datafiles.py); `tasks` is the mixture.
-
-Batches: each row is a window of block_size+1 tokens of one task that starts at a document start
-(or, for documents longer than block_size, at a block_size boundary inside it). With packing=True
-the window runs on into the following documents so no compute is spent on padding; the target
-after each end-of-text (the first token of the next document) is masked, and prompt tokens are
-masked as prepared. With packing=False everything after the first document is masked (padding).
-A row whose window has no target is redrawn, so no step ever has an all-masked batch.
+Data are data/<task>/{train,val}.bin with loss masks (nanophi/datafiles.py); `tasks` is the mixture.
+Batches: each row is a window of block_size+1 tokens that starts at a document start. With
+packing=True it runs on into the following documents (no padding) and the target after each
+end-of-text is masked; packing=False masks everything after the first document.
+Loss, checkpoints, LoRA, DDP and the Colab costs: docs/training.md.
 """
 import json
 import math

@@ -6,13 +6,8 @@ the rest, streaming, so a multi-GB source is never held in memory:
     source records -> render -> normalise -> exact dedup -> decontaminate -> near dedup
         -> seeded split by document -> tokenize (threads) -> SplitWriter (atomic) -> meta.json
 
-Sources (--source=..., comma-separated for several):
-    offline                 the task's built-in offline source (no internet needed)
-    hub                     all the task's Hugging Face datasets (streaming=True)
-    <owner/name>            one of them by name
-    path.jsonl|.parquet|.txt  a local file in one of the task's schemas (detected from the first
-                            record, or --schema=<name>); .txt documents are separated by lines
-                            holding only <|endoftext|>
+--source takes offline, hub, a hub dataset's name or a local .jsonl/.parquet/.txt file,
+comma-separated for several (docs/data.md).
 
 A document is one source record. It may render into several examples (a conversation in three
 chat styles); they share its split, its dedup key and its fate, so no conversation sits in both
