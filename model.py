@@ -394,7 +394,8 @@ class GPT(nn.Module):
                      generator, stop=None):
         """logits (B, V) of the last position -> next ids (B,). seen (B, t) is the context. Stop ids
         are exempt from the repetition controls: a chat history full of <|endoftext|> must not
-        make the model unable to end its reply."""
+        make the model unable to end its reply. generator may be a list, one per row: each row's
+        draw then depends on its own generator only (the engine batches rows of many requests)."""
         logits = logits.float()
         if logits.size(-1) > GPT2_VOCAB:
             logits[:, GPT2_VOCAB:] = -float("inf")
@@ -425,6 +426,12 @@ class GPT(nn.Module):
             sorted_logits[drop] = -float("inf")
             logits = torch.full_like(logits, -float("inf")).scatter(1, sorted_idx, sorted_logits)
         probs = F.softmax(logits, dim=-1)
+        if isinstance(generator, (list, tuple)):  # inverse CDF with one uniform from each row's generator
+            u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generator])
+            cdf = probs.cumsum(dim=-1)
+            nxt = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+            last = probs.size(-1) - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1)  # rounding never picks p = 0
+            return torch.minimum(nxt, last)
         return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
     @torch.no_grad()

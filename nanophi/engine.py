@@ -82,6 +82,7 @@ class Engine:
         self.slot_ids = [[] for _ in range(self.n_slots)]  # the token ids whose keys/values each slot holds
         self.slot_row = [None] * self.n_slots  # the row generating in each slot
         self.slot_used = [-1] * self.n_slots  # step of last use: least recently used slots go first
+        self.slot_prompt = [0] * self.n_slots  # prompt length of the slot's last row (a continuation extends it)
         self.waiting, self.rows = [], []  # rows without a slot yet, rows with one (in arrival order)
         self.steps = self.tokens = self.reused = 0  # counters: steps, tokens generated, prompt tokens reused
 
@@ -124,8 +125,11 @@ class Engine:
         while self.waiting and len(self.rows) < self.max_batch:
             row = self.waiting[0]
             free = [s for s in range(self.n_slots) if self.slot_row[s] is None]
-            # the free slot whose cached ids share the longest prefix with the prompt, else the least recently used
-            slot = max(free, key=lambda s: (common_prefix(self.slot_ids[s], row.prompt), -self.slot_used[s]))
+            # a slot whose ids this prompt continues (the same conversation, one turn on) is taken over;
+            # otherwise the least recently used one (a prefix shared with others is copied by _borrow)
+            shared = {s: common_prefix(self.slot_ids[s], row.prompt) for s in free}
+            ours = [s for s in free if 0 < self.slot_prompt[s] <= shared[s]]
+            slot = max(ours, key=shared.get) if ours else min(free, key=lambda s: self.slot_used[s])
             self.waiting.pop(0)
             row.slot = slot
             self.slot_row[slot] = row
@@ -139,6 +143,7 @@ class Engine:
             prompt = prompt[-(self.block // 2):]
         self._alloc()
         s = row.slot
+        self.slot_prompt[s] = len(prompt)
         n = min(common_prefix(self.slot_ids[s], prompt), len(prompt) - 1)  # feed at least one token
         self._set_len(s, prompt[:n])
         self.reused += n
@@ -212,15 +217,30 @@ class Engine:
             r.todo = r.todo[T:]
         return logits[:, -1, :]
 
+    def _draw(self, rows, logits):
+        """Next ids of rows, rows with the same settings sampled together (each with its own generator)."""
+        nxt = [None] * len(rows)
+        groups = {}
+        for i, row in enumerate(rows):
+            if row.sampling["repetition_penalty"] != 1.0 or row.sampling["no_repeat_ngram_size"]:
+                key = i  # the repetition controls read each row's own context: alone
+            else:
+                key = (tuple(sorted(row.sampling.items())), tuple(row.stop_ids))
+            groups.setdefault(key, []).append(i)
+        for key, idx in groups.items():
+            first = rows[idx[0]]
+            seen = None if isinstance(key, tuple) else torch.tensor([first.seen], dtype=torch.long,
+                                                                    device=logits.device)
+            stop = torch.tensor(first.stop_ids, dtype=torch.long, device=logits.device)
+            got = self.model._sample_next(logits[idx], seen, generator=[rows[i].generator for i in idx], stop=stop,
+                                          **first.sampling)
+            for i, t in zip(idx, got.tolist()):
+                nxt[i] = t
+        return nxt
+
     def _sample(self, rows, logits):
         events = []
-        for i, row in enumerate(rows):
-            seen = None  # the context, read only by the repetition controls
-            if row.sampling["repetition_penalty"] != 1.0 or row.sampling["no_repeat_ngram_size"]:
-                seen = torch.tensor([row.seen], dtype=torch.long, device=logits.device)
-            stop = torch.tensor(row.stop_ids, dtype=torch.long, device=logits.device)
-            nxt = int(self.model._sample_next(logits[i:i + 1], seen, generator=row.generator, stop=stop,
-                                              **row.sampling)[0])
+        for row, nxt in zip(rows, self._draw(rows, logits)):
             row.seen.append(nxt)
             row.n_tokens += 1
             self.tokens += 1

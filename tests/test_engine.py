@@ -92,3 +92,16 @@ def test_stop_strings_and_finish_reasons(model):
     assert alone(model, PROMPTS[0], 30, temperature=0, stops=[stop]) == (text[:text.find(stop)], "stop")
     with pytest.raises(ValueError, match="at least one prompt token"):
         Row([], 5)
+
+
+def test_conversations_sharing_a_system_line_do_not_evict_each_other(model):
+    engine = Engine(model, max_batch=1, cache_slots=2)
+    system = encode("[Chat]\n[System]: You are a patient tutor who answers in one short sentence.")
+    a, b = system + encode("\n[Human]: What is a prime?"), system + encode("\n[Human]: Why is the sky blue?")
+    ta, _ = engine.complete(a, 5, temperature=0)
+    reused = engine.reused
+    engine.complete(b, 5, temperature=0)
+    assert len(system) <= engine.reused - reused < len(b) - 1  # b copied the common system line ...
+    reused = engine.reused
+    engine.complete(a + encode(ta) + encode("\n[Human]: more"), 5, temperature=0)
+    assert engine.reused - reused >= len(a)  # ... and did not take a's slot
