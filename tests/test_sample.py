@@ -256,6 +256,7 @@ def test_chat_rejects_unknown_style(tiny_model):
         sample.read_start("FILE:")
 
 
+@pytest.mark.slow
 def test_chat_fits_its_reply_budget_to_the_context(tiny_out_dir, tiny_model, capsys):
     # the README's piped chat on a checkpoint whose context equals max_new_tokens (issue 12)
     conv = sample.Chat(tiny_model, 128)  # block_size 128

@@ -15,8 +15,9 @@ from test_serve import Server
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 KEY = "page-key-42"
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)),
-                                reason="needs Debian's chromium and chromium-driver (setup.sh installs them)")
+pytestmark = [pytest.mark.slow,  # a real browser and server: tens of seconds
+              pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)),
+                                 reason="needs Debian's chromium and chromium-driver (setup.sh installs them)")]
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,6 @@ def in_view(driver, elem_id):
         elem_id)
 
 
-@pytest.mark.slow
 def test_page_on_a_390px_phone_screen(page_server, browser):
     from selenium.webdriver.common.by import By
     d = browser
