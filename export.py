@@ -6,10 +6,11 @@ convert_hf_to_gguf.py.
     python export.py --init_from=resume --out_dir=out --export_dir=out/hf
 """
 import os
-import shutil
 
-from nanophi.checkpoint import load_model
 from configurator import configure
+from nanophi.checkpoint import load_model
+from nanophi.files import atomic_dir
+from nanophi.hf_export import save_hf_model
 from nanophi.tokenizer import save_hf_tokenizer
 
 init_from = "resume"   # resume (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, an HF dir, a LoRA adapter dir
@@ -20,12 +21,7 @@ configure(globals())
 
 export_dir = export_dir or os.path.join(out_dir, "hf")
 model, source = load_model(init_from, out_dir=out_dir, which=which)
-tmp = export_dir.rstrip("/") + ".tmp"
-if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-model.export_hf(tmp)
-save_hf_tokenizer(tmp)
-if os.path.exists(export_dir):
-    shutil.rmtree(export_dir)
-os.replace(tmp, export_dir)  # the directory appears complete or not at all
+with atomic_dir(export_dir) as tmp:  # the directory appears complete or not at all
+    save_hf_model(model, tmp)
+    save_hf_tokenizer(tmp)
 print(f"exported {source} -> {export_dir} ({', '.join(sorted(os.listdir(export_dir)))})")

@@ -5,26 +5,23 @@ GPT-2 in one file, nanoGPT-style:
 - block_size can grow (position interpolation of wpe) as well as crop,
 - generation with a preallocated KV cache, greedy/top-k/top-p/repetition controls, stop ids
   and per-row stopping,
-- MFU against the real peak of the device (device.py), achieved FLOP/s on CPU,
-- export back to transformers' format (safetensors) for transformers, vLLM or llama.cpp.
+- MFU against a peak the caller passes (device.py knows each device's), achieved FLOP/s always.
+Export back to transformers' format lives in nanophi/hf_export.py. This file imports only torch.
 """
 import inspect
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-GPT2_VOCAB = 50257
+GPT2_VOCAB = 50257  # real token ids; rows above it (nanoGPT pads to 50304) are never sampled
 
 
 def _compiling():
     is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling and is_compiling())  # real token ids; rows above it (nanoGPT pads to 50304) are never sampled
+    return bool(is_compiling and is_compiling())
 
 
 @dataclass
@@ -309,7 +306,7 @@ class GPT(nn.Module):
         return model
 
     # transformers' GPT-2 uses Conv1D, whose weights are the transpose of nn.Linear's
-    _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
     def load_hf_state_dict(self, sd_hf):
         sd = self.state_dict()
@@ -320,7 +317,7 @@ class GPT(nn.Module):
             raise ValueError(f"checkpoint lacks {sorted(missing)[:5]}")
         with torch.no_grad():
             for k in mine:
-                src = sd_hf[k].t() if k.endswith(self._TRANSPOSED) else sd_hf[k]
+                src = sd_hf[k].t() if k.endswith(self.TRANSPOSED) else sd_hf[k]
                 if k == "transformer.wte.weight" and src.shape[0] < sd[k].shape[0]:  # padded vocab
                     sd[k].zero_()
                     sd[k][: src.shape[0]].copy_(src)
@@ -328,37 +325,6 @@ class GPT(nn.Module):
                 if src.shape != sd[k].shape:
                     raise ValueError(f"{k}: checkpoint shape {tuple(src.shape)} != model {tuple(sd[k].shape)}")
                 sd[k].copy_(src)
-
-    def export_hf(self, path):
-        """Write a transformers GPT-2 checkpoint (config.json + model.safetensors), atomically."""
-        from transformers import GPT2Config, GPT2LMHeadModel
-        c = self.config
-        if not c.bias:
-            raise ValueError("transformers' GPT-2 has biases; a bias=False model cannot be exported")
-        vocab = min(c.vocab_size, GPT2_VOCAB)
-        hf_config = GPT2Config(vocab_size=vocab, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-                               n_head=c.n_head, activation_function="gelu_new", resid_pdrop=c.dropout,
-                               embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=1e-5,
-                               bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=True)
-        hf = GPT2LMHeadModel(hf_config)
-        sd = {}
-        for k, v in self.state_dict().items():
-            v = v.detach().float().cpu()
-            if k.endswith(self._TRANSPOSED):
-                v = v.t()
-            if k in ("transformer.wte.weight", "lm_head.weight"):
-                v = v[:vocab]
-            sd[k] = v.contiguous()
-        hf.load_state_dict(sd, strict=False)
-        hf.tie_weights()
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-        hf.save_pretrained(tmp, safe_serialization=True)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        return path
 
     # ------------------------------------------------------------------ training helpers
 
@@ -378,14 +344,12 @@ class GPT(nn.Module):
         T = seq_len or cfg.block_size
         return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * T
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, device="cuda", seq_len=None):
-        """(mfu, achieved FLOP/s). mfu is against the device's real peak (device.py) and None
-        where the peak is unknown (CPU): then report achieved FLOP/s."""
-        from nanophi.device import peak_flops
+    def estimate_mfu(self, fwdbwd_per_iter, seconds, peak_flops=None, seq_len=None):
+        """(mfu, achieved FLOP/s) of fwdbwd_per_iter sequences in seconds. mfu is against
+        peak_flops (device.peak_flops gives the device's) and None without one (CPU)."""
         T = seq_len or self.config.block_size
-        achieved = self.flops_per_token(T) * T * fwdbwd_per_iter / dt
-        peak = peak_flops(device)
-        return (achieved / peak if peak else None), achieved
+        achieved = self.flops_per_token(T) * T * fwdbwd_per_iter / seconds
+        return (achieved / peak_flops if peak_flops else None), achieved
 
     # ------------------------------------------------------------------ generation
 
@@ -487,11 +451,3 @@ class GPT(nn.Module):
             out.append(torch.where(finished, torch.full_like(nxt, pad), nxt).unsqueeze(1))
             finished = done
         return torch.cat(out, dim=1)
-
-
-MODEL_TYPES = {  # nanoGPT's table of the official sizes, for from-scratch configs and docs
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-}

@@ -18,6 +18,7 @@ import sys
 import time
 
 from configurator import configure
+from nanophi.tasks import SAMPLES
 
 out_dir = "out-nanophi-cpu"
 config = "config/nanophi_cpu.py"
@@ -28,16 +29,6 @@ sample_tokens = 60      # new tokens per sample
 configure(globals())
 
 PY = sys.executable
-# (tag, prompt) pairs: one sample per tag, greedy so the printout is reproducible
-SAMPLES = [
-    ("Textbook", "Python's list comprehension"),
-    ("Code", 'def add(a, b):\n    """Return the sum of a and b."""\n'),
-    ("Math", "What is 17 + 25?"),
-    ("Logic", "All cats are mammals. Tom is a cat. Is Tom a mammal?"),
-    ("Excerpt", "The with statement is used to wrap the execution of a block with methods defined by a context manager."),
-    ("Chat", "Hi! What can you help me with?"),
-    ("Roleplay", "Good evening, captain. Where are we headed?"),
-]
 
 
 def run(title, cmd):
@@ -57,12 +48,13 @@ train_cmd = [PY, "train.py", config, f"--out_dir={out_dir}"] + ([f"--max_iters={
 timings["train"] = run("train", train_cmd)
 timings["eval"] = run("evaluate", [PY, "eval.py", f"--out_dir={out_dir}", f"--limit={eval_limit}"])
 t0 = time.time()
-for tag, prompt in SAMPLES:
-    print(f"\n--- [{tag}] {prompt!r}", flush=True)
-    cmd = [PY, "sample.py", f"--out_dir={out_dir}", f"--tag={tag}", f"--start={prompt}", "--temperature=0",
+for task in SAMPLES:  # one greedy sample per tag: a reproducible printout
+    tag = task.tag.strip("[]")
+    print(f"\n--- [{tag}] {task.sample!r}", flush=True)
+    cmd = [PY, "sample.py", f"--out_dir={out_dir}", f"--tag={tag}", f"--start={task.sample}", "--temperature=0",
            f"--max_new_tokens={sample_tokens}", "--echo=True", "--no_repeat_ngram_size=4"]
-    if tag == "Roleplay":
-        cmd.append("--system=Captain Mara commands the starship Meridian.")
+    if task.system:
+        cmd.append(f"--system={task.system}")
     r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # settings chatter only shown on failure
     if r.returncode != 0:
         sys.exit(f"{r.stderr}\npipeline: sampling [{tag}] failed with exit status {r.returncode}")

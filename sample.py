@@ -20,6 +20,7 @@ import torch
 from nanophi import textformat
 from nanophi.datafiles import write_text_atomic
 from nanophi.engine import Engine
+from nanophi.tasks import CHAT_TASKS
 from nanophi.tokenizer import EOT_ID, EOT_TEXT
 
 # -----------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def render_prompt(tag, text, system=None, style="nanophi", user_name=None, bot_n
     if not tag:
         return [(text, False)]
     task = textformat.task_of(tag)
-    if task in ("chat", "roleplay") and (user_name or bot_name):
+    if task in CHAT_TASKS and (user_name or bot_name):
         return textformat.chat([("user", text)], system=system, task=task, style=style, user_name=user_name,
                        bot_name=bot_name)
     return textformat.prompt_for(task, text, system=system, style=style)
@@ -348,7 +349,7 @@ def main():
 
     segs = render_prompt(tag, text, system or None, chat_style, user_name or None, bot_name or None)
     ids = textformat.encode_prompt(segs) or [EOT_ID]  # an empty prompt starts from <|endoftext|>, as GPT-2 did
-    if tag and textformat.task_of(tag) in ("chat", "roleplay"):  # one reply, not the whole conversation
+    if tag and textformat.task_of(tag) in CHAT_TASKS:  # one reply, not the whole conversation
         stops = stops + textformat.stop_strings(chat_style, user_name or None, bot_name or None)
     block = model.config.block_size
     if len(ids) > block:

@@ -31,6 +31,7 @@ from nanophi import textformat
 from nanophi.checkpoint import load_model
 from nanophi.engine import Engine, Row, row_generator
 from nanophi.device import autocast, pick_device, pick_dtype
+from nanophi.tasks import CHAT_TASKS
 from nanophi import tokenizer
 from nanophi.tokenizer import encode, get_tokenizer
 
@@ -298,7 +299,7 @@ def parse_completion(body, cfg, ctx):
         check_context(len(ids), ctx, "prompt")
         out.append(ids)
         echoes.append(get_tokenizer().decode(ids) if echo else "")
-    chatty = tag in ("chat", "roleplay")  # a chat prompt ends in the bot marker: cut the reply like a chat
+    chatty = tag in CHAT_TASKS  # a chat prompt ends in the bot marker: cut the reply like a chat
     stops = textformat.stop_strings(style) + [tokenizer.EOT_TEXT] if chatty else []
     return out, params, dict(stops=stops, strip=chatty), echoes
 

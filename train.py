@@ -24,8 +24,17 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from configurator import ConfigError, configure
+from model import GPT, CausalSelfAttention, GPTConfig
+from nanophi import checkpoint as ckpt_lib
+from nanophi import lora as lora_lib
+from nanophi.datafiles import TaskSplit
+from nanophi.device import autocast, device_name, peak_flops, pick_device, pick_dtype
+from nanophi.plots import plot_losses
+from nanophi.tasks import TASK_NAMES, default_mixture
+from nanophi.tokenizer import EOT_ID
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -44,7 +53,7 @@ wandb_run_name = "run"
 plot = True  # loss-curve PNGs per task in out_dir
 # data
 data_dir = "data"
-tasks = {"textbook": 1.0, "code": 1.0, "math": 1.0, "logic": 1.0, "roleplay": 1.0, "chat": 1.0, "excerpt": 1.0}
+tasks = default_mixture()  # {task: weight}; every tagged task, equal weights
 packing = True  # see the docstring: whole-document windows that run on into the next documents
 batch_size = 8  # micro-batch rows
 block_size = 256
@@ -80,18 +89,13 @@ device = "auto"
 dtype = "auto"  # auto: bf16 on sm80+, fp16 + GradScaler on older GPUs (T4), fp32 on CPU; 'bfloat16' opt-in on CPU
 compile = None  # None = on for Linux + CUDA only; True/False to force
 # -----------------------------------------------------------------------------
-KNOWN_TASKS = ("textbook", "code", "math", "logic", "roleplay", "chat", "excerpt", "symposium")
-
-
-
 
 # ----------------------------------------------------------------------------- data
 
-class TaskData:
+class SplitWindows:
     """One split of one task: its window starts and how to cut rows (x, y) from them."""
 
     def __init__(self, split_data, block_size, packing):
-        from nanophi.tokenizer import EOT_ID
         self.s, self.T, self.packing, self.eot = split_data, block_size, packing, EOT_ID
         docs = split_data.docs
         lens = np.diff(docs)
@@ -174,7 +178,6 @@ def draw(d, rng):
 
 def open_tasks(data_dir, tasks, block_size):
     """Check the mixture and open every task's splits; clear errors before any compute."""
-    from nanophi.datafiles import TaskSplit
     if not isinstance(tasks, dict) or not tasks:
         raise ConfigError(f"tasks must be a non-empty dict {{task: weight}}, got {tasks!r}")
     for t, w in tasks.items():
@@ -186,8 +189,8 @@ def open_tasks(data_dir, tasks, block_size):
     if not active:
         raise ConfigError(f"tasks {tasks}: every mixture weight is zero; give at least one task a positive weight")
     for t in active:
-        if t not in KNOWN_TASKS and not os.path.isdir(os.path.join(data_dir, t)):
-            raise ConfigError(f"unknown task {t!r}: not one of {', '.join(KNOWN_TASKS)} and no directory "
+        if t not in TASK_NAMES and not os.path.isdir(os.path.join(data_dir, t)):
+            raise ConfigError(f"unknown task {t!r}: not one of {', '.join(TASK_NAMES)} and no directory "
                               f"{os.path.join(data_dir, t)!r}")
     data = {}
     for t in active:
@@ -198,7 +201,7 @@ def open_tasks(data_dir, tasks, block_size):
         if len(splits["train"]) < block_size + 1:
             raise ConfigError(f"block_size {block_size} is larger than task {t!r}'s whole train split "
                               f"({len(splits['train'])} tokens in {data_dir}/{t}); lower block_size or add data")
-        data[t] = {s: TaskData(d, block_size, packing) for s, d in splits.items()}
+        data[t] = {s: SplitWindows(d, block_size, packing) for s, d in splits.items()}
         for s, d in data[t].items():
             if d.n_trained == 0:
                 raise ConfigError(f"task {t!r} {s} split has no trained token (its loss mask is all 0)")
@@ -235,59 +238,337 @@ def device_memory(device_type):
     return psutil.virtual_memory().available
 
 
-# ----------------------------------------------------------------------------- plots
+# ----------------------------------------------------------------------------- set-up steps
 
-def plot_losses(out_dir):
-    """out_dir/loss_<task>.png for every task (and 'all'), from log.jsonl; written atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    path = os.path.join(out_dir, "log.jsonl")
-    if not os.path.isfile(path):
-        return []
-    train, evals = [], []
-    for line in open(path):
-        rec = json.loads(line)
-        (train if rec["type"] == "train" else evals if rec["type"] == "eval" else []).append(rec)
-    names = sorted({k for e in evals for k in e["val"]}, key=lambda k: (k == "all", k))
-    written = []
-    for name in names:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        if name == "all" and train:
-            ax.plot([r["iter"] for r in train], [r["loss"] for r in train], alpha=0.4, label="train (batch)")
-        for split in ("train", "val"):
-            pts = [(e["iter"], e[split][name]) for e in evals if name in e.get(split, {})]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{split} (eval)")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss")
-        ax.set_title(f"{name} loss")
-        ax.legend()
-        out = os.path.join(out_dir, f"loss_{name}.png")
-        tmp = out + ".tmp.png"
-        fig.savefig(tmp, dpi=80)
-        plt.close(fig)
-        os.replace(tmp, out)
-        written.append(out)
-    return written
+def check_settings():
+    """Checks that need neither data nor a checkpoint (ranges and choices are in CHECKS)."""
+    if batch_size < 1 or gradient_accumulation_steps < 1:
+        raise ConfigError(f"batch_size ({batch_size}) and gradient_accumulation_steps "
+                          f"({gradient_accumulation_steps}) must be at least 1")
+    if block_size < 2 and init_from != "resume":
+        raise ConfigError(f"block_size must be at least 2, got {block_size}")
+    if eval_interval < 1 or eval_iters < 1 or log_interval < 1:
+        raise ConfigError("eval_interval, eval_iters and log_interval must be at least 1")
+    if lora_rank < 0:
+        raise ConfigError(f"lora_rank must be >= 0 (0 = full finetuning), got {lora_rank}")
+    if lora_rank and init_from == "scratch":
+        raise ConfigError("lora_rank > 0 adapts a pretrained model: set init_from to a gpt2 name, a transformers "
+                          "directory or a .pt checkpoint (or lora_rank=0 to train from scratch)")
 
 
-# ----------------------------------------------------------------------------- main
+def setup_distributed():
+    """(ddp, rank, local_rank, world, device) from torchrun's environment; one process without it."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return False, 0, 0, 1, pick_device(device)
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if gradient_accumulation_steps % world:
+        raise ConfigError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
+                          f"number of processes ({world})")
+    cuda = (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda")
+    dev = f"cuda:{local_rank}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend="nccl" if cuda else backend)
+    return True, rank, local_rank, world, dev
 
-def get_lr(it):
+
+def count_iters(train_data, tokens_per_iter, master):
+    """max_iters, or with epochs > 0 the iterations for that many passes over the train tokens."""
+    if epochs <= 0:
+        return max_iters
+    total = sum(len(d.s) for d in train_data.values())
+    n = max(1, math.ceil(epochs * total / tokens_per_iter))
+    if master:
+        print(f"epochs={epochs}: max_iters = {n} ({fmt_tokens(total)} train tokens, "
+              f"{fmt_tokens(tokens_per_iter)} per iteration)")
+    return n
+
+
+def build_model(ck, block, master):
+    """(model, lora_config, lora_base): from scratch, a pretrained model, or the checkpoint to
+    resume; wrapped with LoRA adapters when the run trains adapters (lora_config None otherwise)."""
+    lora_base = None
+    if ck is not None:
+        if "lora" in ck:
+            lora_base = ck["lora_base"]
+            model = ckpt_lib.load_base(lora_base, ck["model_args"])
+        else:
+            model = ckpt_lib.model_from_checkpoint(ck)
+    elif init_from == "scratch":
+        model = GPT(GPTConfig(block_size=block, vocab_size=50304, n_layer=n_layer, n_head=n_head,
+                              n_embd=n_embd, dropout=dropout, bias=bias))
+    else:
+        model, source = ckpt_lib.load_model(init_from, out_dir, "cpu", which="best", block_size=block)
+        lora_base = os.path.abspath(source) if os.path.exists(source) else source
+        if master:
+            print(f"init from {source} (block_size {block})")
+    set_dropout(model, ck["model_args"].get("dropout", dropout) if ck is not None else dropout)
+    model.config.gradient_checkpointing = gradient_checkpointing
+    if ck is not None and "lora" in ck:
+        lora_config = ck["lora_config"]
+    elif lora_rank:
+        lora_config = {"r": lora_rank, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
+                       "target_modules": list(lora_targets)}
+    else:
+        return model, None, lora_base
+    peft_model = lora_lib.wrap(model, lora_config["r"], lora_config["lora_alpha"], lora_config["lora_dropout"],
+                               lora_config["target_modules"])
+    if ck is not None:
+        lora_lib.load_adapter_state(peft_model, ck["lora"])
+    return peft_model, lora_config, lora_base
+
+
+def report_model(run, n_params, n_trainable, device_type):
+    """Parameter counts, a memory estimate against what the device has, device and dtype."""
+    n_total = sum(p.numel() for p in run.raw_model.parameters())
+    lcfg = run.lora_config
+    print(f"model: {n_total / 1e6:.2f}M parameters ({n_trainable / 1e6:.3f}M trained"
+          + (f", LoRA r={lcfg['r']} on {lcfg['target_modules']}" if lcfg else "") + f"), block_size {run.block_size}")
+    mem = memory_estimate(n_params, n_trainable, run.gpt.config, batch_size, run.ptdtype, gradient_checkpointing)
+    have = device_memory(device_type)
+    gib = lambda x: f"{x / 2**30:.2f}"
+    print(f"memory estimate (GiB): weights {gib(mem['weights'])}, grads {gib(mem['grads'])}, optimizer "
+          f"{gib(mem['optimizer'])}, activations {gib(mem['activations'])} = {gib(mem['total'])} of {gib(have)} "
+          f"{'on ' + device_name(run.dev) if device_type == 'cuda' else 'RAM available'}")
+    if mem["total"] > 0.9 * have:
+        print(f"WARNING: this will likely not fit ({gib(mem['total'])} GiB needed, {gib(have)} GiB available): "
+              f"lower batch_size (raise gradient_accumulation_steps to keep the batch), set "
+              f"gradient_checkpointing=True, lower block_size, or use LoRA (lora_rank=8)")
+
+
+def restore_state(run, ck):
+    """Optimizer, scaler, counters, sampler and every RNG from the checkpoint: exact resume."""
+    run.optimizer.load_state_dict(ck["optimizer"])
+    if "scaler" in ck and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ck["scaler"])
+    run.iter_num, run.best_val_loss = ck["iter_num"], ck["best_val_loss"]
+    run.last_eval_iter, run.tokens_seen = ck.get("last_eval_iter", -1), ck.get("tokens_seen", 0)
+    run.sampler.load_state(ck["sampler"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    if run.rank:  # other ranks: their own dropout stream, still a function of the step
+        torch.manual_seed(seed + run.rank + 1000 * run.iter_num)
+    if run.dev.startswith("cuda") and ck["rng"].get("cuda"):
+        torch.cuda.set_rng_state(ck["rng"]["cuda"][0])
+    npst = ck["rng"]["numpy"]
+    np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), npst[2], npst[3], npst[4]))
+    py = ck["rng"]["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if run.master:
+        print(f"resumed from {out_dir}/{ckpt_lib.LATEST} at iter {run.iter_num} (best val {run.best_val_loss:.4f})")
+
+
+class Run:
+    """What the training loop reads and changes: model, optimizer, sampler, counters, processes."""
+
+    def __init__(self, **kw):
+        self.iter_num, self.best_val_loss, self.last_eval_iter, self.tokens_seen = 0, 1e9, -1, 0
+        self.__dict__.update(kw)
+
+
+# ----------------------------------------------------------------------------- loop steps
+
+def get_lr(it, n_iters):
+    """Linear warmup, then cosine decay to min_lr at lr_decay_iters (default: the run's end)."""
     if not decay_lr:
         return learning_rate
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    end = lr_decay_iters or max_iters
+    end = lr_decay_iters or n_iters
     if it >= end:
         return min_lr
     ratio = (it - warmup_iters) / max(1, end - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
+@torch.no_grad()
+def estimate_loss(run):
+    """{'train'|'val': {task: loss, 'all': mixture loss}} on the fixed batches, summed over processes."""
+    run.model.eval()
+    sums = torch.zeros(len(run.task_names), 2, 2, dtype=torch.float64)
+    for ti, t in enumerate(run.task_names):
+        for si, s in enumerate(("train", "val")):
+            for X, Y in run.eval_batches[(t, s)]:
+                with run.autocast_ctx:
+                    _, loss = run.eval_model(X.to(run.dev), Y.to(run.dev), reduction="sum")
+                sums[ti, si, 0] += loss.item()
+                sums[ti, si, 1] += (Y != -1).sum().item()
+    if run.ddp:
+        dist.all_reduce(sums)
+    run.model.train()
+    out = {}
+    for si, s in enumerate(("train", "val")):
+        per = {t: (sums[ti, si, 0] / sums[ti, si, 1]).item() for ti, t in enumerate(run.task_names)}
+        per["all"] = sum(run.task_probs[t] * per[t] for t in run.task_names)  # the mixture's expected loss
+        out[s] = per
+    return out
+
+
+def train_step(run):
+    """One optimizer step over the global batch; returns its mean loss per target. Every process
+    draws the same global batch (same sampler state) and takes its own micro-batches: DDP == one process."""
+    X, Y = run.sampler.batch(batch_size * gradient_accumulation_steps)
+    n_targets = int((Y != -1).sum())  # > 0: the sampler never returns a row without targets
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for micro in range(run.accum_local):
+        k = (micro * run.world + run.rank) * batch_size
+        x = X[k:k + batch_size].to(run.dev, non_blocking=True)
+        y = Y[k:k + batch_size].to(run.dev, non_blocking=True)
+        if run.ddp:
+            run.model.require_backward_grad_sync = micro == run.accum_local - 1
+        with run.autocast_ctx:
+            _, loss = run.model(x, y, reduction="sum")
+        loss_sum += loss.detach().double().cpu()
+        # gradient of the mean over all targets of the global batch (DDP averages over processes)
+        run.scaler.scale(loss * (run.world / n_targets)).backward()
+    if run.ddp:
+        dist.all_reduce(loss_sum)
+    lossf = loss_sum.item() / n_targets
+    if not math.isfinite(lossf) and not run.scaler.is_enabled():
+        raise RuntimeError(f"iter {run.iter_num}: loss is {lossf}; lower learning_rate or use dtype=float32")
+    if grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.tokens_seen += run.tokens_per_iter
+    return lossf
+
+
+def checkpoint_state(run):
+    """Everything a resume needs, as tensors and plain values (loads with weights_only=True)."""
+    py = random.getstate()
+    st = {"model_args": run.model_args, "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
+          "last_eval_iter": run.last_eval_iter, "tokens_seen": run.tokens_seen, "config": run.config,
+          "optimizer": run.optimizer.state_dict(), "sampler": run.sampler.state(),
+          "rng": {"torch": torch.get_rng_state(), "numpy": numpy_state(), "python": [py[0], list(py[1]), py[2]],
+                  "cuda": list(torch.cuda.get_rng_state_all()) if run.dev.startswith("cuda") else []}}
+    if run.scaler.is_enabled():
+        st["scaler"] = run.scaler.state_dict()
+    if run.lora_config:
+        st.update(lora=lora_lib.adapter_state(run.raw_model), lora_config=run.lora_config, lora_base=run.lora_base)
+    else:
+        st["model"] = ckpt_lib.clean_state_dict(run.raw_model.state_dict())
+    return st
+
+
+def save(run, best=False):
+    """ckpt.pt (and the LoRA adapter); with best, also best.pt without the optimizer (a third of the size)."""
+    st = checkpoint_state(run)
+    ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.LATEST), st)
+    if run.lora_config:
+        lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora"), run.lora_base, run.model_args)
+    if best:
+        ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.BEST), {k: v for k, v in st.items() if k != "optimizer"})
+        if run.lora_config:
+            lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora_best"), run.lora_base, run.model_args)
+    run.saved_iter = run.iter_num
+
+
+def log_json(rec):
+    with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def evaluate_and_save(run):
+    """Per-task losses; on the master: print, log, and save ckpt.pt (best.pt when val improved)."""
+    losses = estimate_loss(run)
+    run.last_eval_iter = run.iter_num
+    if not run.master:
+        return losses
+    it = run.iter_num
+    print(f"eval {it}: val " + ", ".join(f"{t} {v:.4f}" for t, v in losses["val"].items())
+          + f" | train all {losses['train']['all']:.4f}")
+    log_json({"type": "eval", "iter": it, "val": losses["val"], "train": losses["train"], "tokens": run.tokens_seen})
+    if wandb_log:
+        import wandb
+        wandb.log({"iter": it, **{f"val/{t}": v for t, v in losses["val"].items()},
+                   **{f"train/{t}": v for t, v in losses["train"].items()}})
+    improved = losses["val"]["all"] < run.best_val_loss and it > 0
+    if improved:
+        run.best_val_loss = losses["val"]["all"]
+    if it > 0 and (always_save_checkpoint or improved):
+        save(run, best=improved)
+        print(f"saved {out_dir}/{ckpt_lib.LATEST}" + (f" and {ckpt_lib.BEST}" if improved else ""))
+    return losses
+
+
+def log_step(run, lossf, lr, seconds):
+    """One line and one log.jsonl record: loss, speed (MFU where the peak is known), epochs, tokens."""
+    tok_s = run.tokens_per_iter / seconds
+    mfu, achieved = run.gpt.estimate_mfu(batch_size * run.accum_local, seconds, run.peak_flops)  # per process
+    eps = run.sampler.epochs()
+    chinchilla = run.tokens_seen / (20 * run.n_params)  # 20 tokens per parameter
+    speed = f"mfu {mfu * 100:.1f}%" if mfu is not None else f"{achieved / 1e12:.3f} TFLOP/s"
+    print(f"iter {run.iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {seconds * 1000:.0f}ms, {tok_s:,.0f} tok/s, {speed}, "
+          f"epochs " + " ".join(f"{t} {e:.2f}" for t, e in eps.items())
+          + f", tokens {fmt_tokens(run.tokens_seen)} = {chinchilla:.2g}x chinchilla (20 tok/param)")
+    rec = {"type": "train", "iter": run.iter_num, "loss": lossf, "lr": lr, "ms": seconds * 1000, "tok_per_s": tok_s,
+           "tokens": run.tokens_seen, "mfu": mfu, "flops_per_s": achieved, "epochs": eps, "chinchilla": chinchilla}
+    log_json(rec)
+    if wandb_log:
+        import wandb
+        wandb.log({k: v for k, v in rec.items() if k not in ("type", "epochs")})
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and exits."""
+
+    def __init__(self):
+        self.signum = 0
+        self.old = [signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)]
+
+    def handler(self, signum, frame):
+        self.signum = signum
+
+    def restore(self):
+        signal.signal(signal.SIGINT, self.old[0])
+        signal.signal(signal.SIGTERM, self.old[1])
+
+
+def stop_and_exit(run, signum):
+    """Save where we are, plot, and exit 128 + signal number (any process may have been signalled)."""
+    if run.master:
+        save(run)
+        print(f"{signal.Signals(signum).name}: saved {out_dir}/{ckpt_lib.LATEST} at iter {run.iter_num}; "
+              f"resume with --init_from=resume")
+        if plot:
+            plot_losses(out_dir)
+    if run.ddp:
+        dist.destroy_process_group()
+    sys.exit(128 + signum)
+
+
+def train_loop(run, stop):
+    """Evaluate every eval_interval iterations and at the end, step, log; returns the last loss."""
+    evals, lossf = {}, None
+    t0 = time.time()
+    while True:
+        signum = torch.tensor([stop.signum])
+        if run.ddp:
+            dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+        if int(signum):
+            stop_and_exit(run, int(signum))
+        lr = get_lr(run.iter_num, run.max_iters)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        due = run.iter_num % eval_interval == 0 or run.iter_num == run.max_iters
+        if due and run.iter_num != run.last_eval_iter:
+            evals[run.iter_num] = evaluate_and_save(run)
+            t0 = time.time()  # the step's time excludes the evaluation
+        if eval_only or run.iter_num >= run.max_iters:
+            return lossf, evals
+        lossf = train_step(run)
+        t1 = time.time()
+        seconds, t0 = t1 - t0, t1
+        if run.iter_num % log_interval == 0 and run.master:
+            log_step(run, lossf, lr, seconds)
+        run.iter_num += 1
+
+
+# ----------------------------------------------------------------------------- main
+
 def set_dropout(model, p):
-    from model import CausalSelfAttention
     model.config.dropout = p
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -306,336 +587,92 @@ def fmt_tokens(n):
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
-def main(argv=None):
-    """Train; argv as sys.argv[1:] (tests call main in-process). Returns a summary dict."""
-    global max_iters, block_size
-    config = configure(globals(), argv)
-    from nanophi import checkpoint as ckpt_lib
-    from nanophi import lora as lora_lib
-    from nanophi.device import autocast, device_name, pick_device, pick_dtype
-    from model import GPT, GPTConfig
-
-    # ---- checks that need no data and no compute
-    if batch_size < 1 or gradient_accumulation_steps < 1:
-        raise ConfigError(f"batch_size ({batch_size}) and gradient_accumulation_steps "
-                          f"({gradient_accumulation_steps}) must be at least 1")
-    if block_size < 2 and init_from != "resume":
-        raise ConfigError(f"block_size must be at least 2, got {block_size}")
-    if eval_interval < 1 or eval_iters < 1 or log_interval < 1:
-        raise ConfigError("eval_interval, eval_iters and log_interval must be at least 1")
-    if lora_rank < 0:
-        raise ConfigError(f"lora_rank must be >= 0 (0 = full finetuning), got {lora_rank}")
-    if lora_rank and init_from == "scratch":
-        raise ConfigError("lora_rank > 0 adapts a pretrained model: set init_from to a gpt2 name, a transformers "
-                          "directory or a .pt checkpoint (or lora_rank=0 to train from scratch)")
-
-    # ---- DDP
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        import torch.distributed as dist
-        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        if gradient_accumulation_steps % world:
-            raise ConfigError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
-                              f"number of processes ({world})")
-        dev = f"cuda:{local_rank}" if (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda") else "cpu"
-        if dev.startswith("cuda"):
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.startswith("cuda") else backend)
-    else:
-        rank, local_rank, world = 0, 0, 1
-        dev = pick_device(device)
-    master = rank == 0
-    accum_local = gradient_accumulation_steps // world
-    device_type = torch.device(dev).type
+def prepare_run(config):
+    """Every set-up step in order: checks, processes, checkpoint, data, model, optimizer, state."""
+    check_settings()
+    ddp, rank, local_rank, world, dev = setup_distributed()
+    master, device_type = rank == 0, torch.device(dev).type
     ptdtype = pick_dtype(dtype, dev)
     use_compile = compile if compile is not None else (sys.platform.startswith("linux") and device_type == "cuda")
-
-    # ---- resume: the checkpoint decides the model shape
-    resume = init_from == "resume"
     ck = None
-    if resume:
+    block = block_size
+    if init_from == "resume":  # the checkpoint decides the model's shape
         ck = ckpt_lib.load_checkpoint(os.path.join(out_dir, ckpt_lib.LATEST))
-        if ck["model_args"]["block_size"] != block_size and master:
-            print(f"resume: block_size {ck['model_args']['block_size']} from the checkpoint (config said {block_size})")
-        block_size = ck["model_args"]["block_size"]
-
-    # ---- data (all errors before any compute)
-    data, weights = open_tasks(data_dir, tasks, block_size)
+        block = ck["model_args"]["block_size"]
+        if block != block_size and master:
+            print(f"resume: block_size {block} from the checkpoint (config said {block_size})")
+    data, weights = open_tasks(data_dir, tasks, block)  # all data errors before any compute
     train_data = {t: d["train"] for t, d in data.items()}
-    tokens_per_iter = batch_size * block_size * gradient_accumulation_steps
-    if epochs > 0:
-        total = sum(len(d.s) for d in train_data.values())
-        max_iters = max(1, math.ceil(epochs * total / tokens_per_iter))
-        if master:
-            print(f"epochs={epochs}: max_iters = {max_iters} ({fmt_tokens(total)} train tokens, "
-                  f"{fmt_tokens(tokens_per_iter)} per iteration)")
-    if decay_lr and warmup_iters >= max_iters and master:
-        print(f"WARNING: warmup_iters ({warmup_iters}) >= max_iters ({max_iters}): the run never leaves warmup "
+    tokens_per_iter = batch_size * block * gradient_accumulation_steps
+    n_iters = count_iters(train_data, tokens_per_iter, master)
+    if decay_lr and warmup_iters >= n_iters and master:
+        print(f"WARNING: warmup_iters ({warmup_iters}) >= max_iters ({n_iters}): the run never leaves warmup "
               f"and never reaches learning_rate {learning_rate}; lower warmup_iters")
-
     if master:
         os.makedirs(out_dir, exist_ok=True)
-        print("tasks: " + ", ".join(f"{t} {w / sum(weights.values()):.2f} ({fmt_tokens(len(train_data[t].s))} train, "
-                                      f"{fmt_tokens(len(data[t]['val'].s))} val)" for t, w in weights.items()))
-        print(f"tokens per iteration: {tokens_per_iter:,} = {batch_size} rows x {block_size} x "
+        total_weight = sum(weights.values())
+        print("tasks: " + ", ".join(f"{t} {w / total_weight:.2f} ({fmt_tokens(len(train_data[t].s))} train, "
+                                    f"{fmt_tokens(len(data[t]['val'].s))} val)" for t, w in weights.items()))
+        print(f"tokens per iteration: {tokens_per_iter:,} = {batch_size} rows x {block} x "
               f"{gradient_accumulation_steps} accumulation ({world} process{'es' if world > 1 else ''})")
     torch.manual_seed(seed + rank)
     random.seed(seed)
-    sampler = Sampler(train_data, weights, block_size, seed)
+    sampler = Sampler(train_data, weights, block, seed)
 
-    # ---- model
-    lora_base = None
-    if resume:
-        if "lora" in ck:
-            lora_base = ck["lora_base"]
-            model = lora_lib.load_base(lora_base, ck["model_args"])
-        else:
-            model = ckpt_lib.model_from_checkpoint(ck)
-    elif init_from == "scratch":
-        model = GPT(GPTConfig(block_size=block_size, vocab_size=50304, n_layer=n_layer, n_head=n_head,
-                              n_embd=n_embd, dropout=dropout, bias=bias))
-    else:
-        model, source = ckpt_lib.load_model(init_from, out_dir, "cpu", which="best", block_size=block_size)
-        lora_base = os.path.abspath(source) if os.path.exists(source) else source
-        if master:
-            print(f"init from {source}" + (f" (block_size {block_size})" if block_size else ""))
-    set_dropout(model, dropout if not resume else ck["model_args"].get("dropout", dropout))
-    model.config.gradient_checkpointing = gradient_checkpointing
-    model_args = asdict(model.config)
-    n_params = model.get_num_params()
-    if lora_rank or (resume and "lora" in ck):
-        lcfg = ck["lora_config"] if resume else {"r": lora_rank, "lora_alpha": lora_alpha,
-                                                  "lora_dropout": lora_dropout, "target_modules": list(lora_targets)}
-        model = lora_lib.wrap(model, lcfg["r"], lcfg["lora_alpha"], lcfg["lora_dropout"], lcfg["target_modules"])
-        if resume:
-            lora_lib.load_adapter_state(model, ck["lora"])
-    else:
-        lcfg = None
+    model, lora_config, lora_base = build_model(ck, block, master)
+    gpt = model.get_base_model() if lora_config else model  # the plain GPT (modules shared with the wrapper)
+    model_args, n_params = asdict(gpt.config), gpt.get_num_params()
     model.train()
     model.to(dev)
-    gpt = model.get_base_model() if lcfg else model  # the plain GPT (shared modules)
+    run = Run(config=config, ddp=ddp, rank=rank, world=world, master=master, dev=dev, ptdtype=ptdtype,
+              accum_local=gradient_accumulation_steps // world, block_size=block, max_iters=n_iters,
+              tokens_per_iter=tokens_per_iter, sampler=sampler, raw_model=model, gpt=gpt, model_args=model_args,
+              n_params=n_params, lora_config=lora_config, lora_base=lora_base, autocast_ctx=autocast(dev, ptdtype),
+              peak_flops=peak_flops(dev))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if master:
-        n_total = sum(p.numel() for p in model.parameters())
-        print(f"model: {n_total / 1e6:.2f}M parameters ({n_trainable / 1e6:.3f}M trained"
-              + (f", LoRA r={lcfg['r']} on {lcfg['target_modules']}" if lcfg else "") + f"), block_size {block_size}")
-        mem = memory_estimate(n_params, n_trainable, gpt.config, batch_size, ptdtype, gradient_checkpointing)
-        have = device_memory(device_type)
-        gb = lambda x: f"{x / 2**30:.2f}"
-        print(f"memory estimate (GiB): weights {gb(mem['weights'])}, grads {gb(mem['grads'])}, optimizer "
-              f"{gb(mem['optimizer'])}, activations {gb(mem['activations'])} = {gb(mem['total'])} of {gb(have)} "
-              f"{'on ' + device_name(dev) if device_type == 'cuda' else 'RAM available'}")
-        if mem["total"] > 0.9 * have:
-            print(f"WARNING: this will likely not fit ({gb(mem['total'])} GiB needed, {gb(have)} GiB available): "
-                  f"lower batch_size (raise gradient_accumulation_steps to keep the batch), set "
-                  f"gradient_checkpointing=True, lower block_size, or use LoRA (lora_rank=8)")
+        report_model(run, n_params, n_trainable, device_type)
         print(f"device {device_name(dev)}, dtype {ptdtype}, compile {use_compile}")
-
-    scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == "float16" and device_type == "cuda"))
-    optimizer = gpt.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-    iter_num, best_val_loss, last_eval_iter, tokens_seen = 0, 1e9, -1, 0
-    if resume:
-        optimizer.load_state_dict(ck["optimizer"])
-        if "scaler" in ck and scaler.is_enabled():
-            scaler.load_state_dict(ck["scaler"])
-        iter_num, best_val_loss = ck["iter_num"], ck["best_val_loss"]
-        last_eval_iter, tokens_seen = ck.get("last_eval_iter", -1), ck.get("tokens_seen", 0)
-        sampler.load_state(ck["sampler"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        if rank:
-            torch.manual_seed(seed + rank + 1000 * iter_num)
-        if device_type == "cuda" and ck["rng"].get("cuda"):
-            torch.cuda.set_rng_state(ck["rng"]["cuda"][0])
-        npst = ck["rng"]["numpy"]
-        np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), npst[2], npst[3], npst[4]))
-        py = ck["rng"]["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
-        if master:
-            print(f"resumed from {out_dir}/ckpt.pt at iter {iter_num} (best val {best_val_loss:.4f})")
-        del ck
-    raw_model = model
-    if use_compile:
-        model = torch.compile(model)
-    eval_model = model  # compiled, not DDP-wrapped
+    run.scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == "float16" and device_type == "cuda"))
+    run.optimizer = gpt.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    if ck is not None:
+        restore_state(run, ck)
+    run.saved_iter = run.iter_num if ck is not None else -1
+    del ck
+    run.model = run.eval_model = torch.compile(model) if use_compile else model  # eval: compiled, never DDP
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-    ctx = autocast(dev, ptdtype)
+        run.model = DDP(run.model, device_ids=[local_rank] if device_type == "cuda" else None)
+    # fixed evaluation batches; each process evaluates every world-th batch, sums are all-reduced
+    run.task_names = list(weights)
+    run.task_probs = {t: w / sum(weights.values()) for t, w in weights.items()}
+    run.eval_batches = {(t, s): [b for i, b in enumerate(eval_batches(data[t][s], eval_iters, batch_size, seed, ti, si))
+                                 if i % world == rank]
+                        for ti, t in enumerate(run.task_names) for si, s in enumerate(("train", "val"))}
+    return run
 
-    # ---- fixed evaluation batches; each process evaluates every world-th batch, sums are all-reduced
-    names = list(weights)
-    probs = {t: w / sum(weights.values()) for t, w in weights.items()}
-    evals = {(t, s): [b for i, b in enumerate(eval_batches(data[t][s], eval_iters, batch_size, seed, ti, si))
-                      if i % world == rank]
-             for ti, t in enumerate(names) for si, s in enumerate(("train", "val"))}
 
-    @torch.no_grad()
-    def estimate_loss():
-        model.eval()
-        sums = torch.zeros(len(names), 2, 2, dtype=torch.float64)
-        for ti, t in enumerate(names):
-            for si, s in enumerate(("train", "val")):
-                for X, Y in evals[(t, s)]:
-                    with ctx:
-                        _, loss = eval_model(X.to(dev), Y.to(dev), reduction="sum")
-                    sums[ti, si, 0] += loss.item()
-                    sums[ti, si, 1] += (Y != -1).sum().item()
-        if ddp:
-            dist.all_reduce(sums)
-        model.train()
-        out = {}
-        for si, s in enumerate(("train", "val")):
-            per = {t: (sums[ti, si, 0] / sums[ti, si, 1]).item() for ti, t in enumerate(names)}
-            per["all"] = sum(probs[t] * per[t] for t in names)  # the mixture's expected loss
-            out[s] = per
-        return out
-
-    def log_json(rec):
-        with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
-            f.write(json.dumps(rec) + "\n")
-
-    def state(it):
-        st = {"model_args": model_args, "iter_num": it, "best_val_loss": best_val_loss,
-              "last_eval_iter": last_eval_iter, "tokens_seen": tokens_seen, "config": config,
-              "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
-              "rng": {"torch": torch.get_rng_state(), "numpy": numpy_state(),
-                      "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-                      "cuda": list(torch.cuda.get_rng_state_all()) if device_type == "cuda" else []}}
-        if scaler.is_enabled():
-            st["scaler"] = scaler.state_dict()
-        if lcfg:
-            st.update(lora=lora_lib.adapter_state(raw_model), lora_config=lcfg, lora_base=lora_base)
-        else:
-            st["model"] = ckpt_lib.clean_state_dict(raw_model.state_dict())
-        return st
-
-    def save(it, best=False):
-        st = state(it)
-        ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.LATEST), st)
-        if lcfg:
-            lora_lib.save_adapter(raw_model, os.path.join(out_dir, "lora"), lora_base, model_args)
-        if best:  # for sampling and evaluation: no optimizer state (a third of the size for AdamW)
-            ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.BEST), {k: v for k, v in st.items() if k != "optimizer"})
-            if lcfg:
-                lora_lib.save_adapter(raw_model, os.path.join(out_dir, "lora_best"), lora_base, model_args)
-
-    if wandb_log and master:
+def main(argv=None):
+    """Train; argv as sys.argv[1:] (tests call main in-process). Returns a summary dict."""
+    config = configure(globals(), argv)
+    run = prepare_run(config)
+    if wandb_log and run.master:
         import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-
-    # ---- SIGINT / SIGTERM: finish the current step, save, exit
-    stop = {"sig": 0}
-
-    def on_signal(signum, frame):
-        stop["sig"] = signum
-    old_handlers = [signal.signal(signal.SIGINT, on_signal), signal.signal(signal.SIGTERM, on_signal)]
-
-    chinchilla = 20 * n_params
-    t0 = time.time()
-    saved_iter = iter_num if resume else -1
-    lossf = None
-    summary = {}
-    while True:
-        sig = torch.tensor([stop["sig"]])
-        if ddp:
-            dist.all_reduce(sig, op=dist.ReduceOp.MAX)
-        if int(sig):
-            if master:
-                save(iter_num)
-                print(f"{signal.Signals(int(sig)).name}: saved {out_dir}/ckpt.pt at iter {iter_num}; "
-                      f"resume with --init_from=resume")
-                if plot:
-                    plot_losses(out_dir)
-            if ddp:
-                dist.destroy_process_group()
-            sys.exit(128 + int(sig))
-
-        lr = get_lr(iter_num)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-
-        if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num != last_eval_iter:
-            losses = estimate_loss()
-            last_eval_iter = iter_num
-            summary[iter_num] = losses
-            if master:
-                print(f"eval {iter_num}: val " + ", ".join(f"{t} {v:.4f}" for t, v in losses["val"].items())
-                      + f" | train all {losses['train']['all']:.4f}")
-                log_json({"type": "eval", "iter": iter_num, "val": losses["val"], "train": losses["train"],
-                          "tokens": tokens_seen})
-                if wandb_log:
-                    wandb.log({"iter": iter_num, **{f"val/{t}": v for t, v in losses["val"].items()},
-                               **{f"train/{t}": v for t, v in losses["train"].items()}})
-                improved = losses["val"]["all"] < best_val_loss and iter_num > 0
-                if improved:
-                    best_val_loss = losses["val"]["all"]
-                if iter_num > 0 and (always_save_checkpoint or improved):
-                    save(iter_num, best=improved)
-                    saved_iter = iter_num
-                    print(f"saved {out_dir}/ckpt.pt" + (" and best.pt" if improved else ""))
-            t0 = time.time()  # the step's time excludes the evaluation
-        if eval_only or iter_num >= max_iters:
-            break
-
-        # ---- one optimizer step over the global batch; every process draws the same global
-        # batch (same sampler state) and takes its own micro-batches, so DDP == one process
-        X, Y = sampler.batch(batch_size * gradient_accumulation_steps)
-        n_targets = int((Y != -1).sum())  # > 0: the sampler never returns a row without targets
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for micro in range(accum_local):
-            k = (micro * world + rank) * batch_size
-            x = X[k:k + batch_size].to(dev, non_blocking=True)
-            y = Y[k:k + batch_size].to(dev, non_blocking=True)
-            if ddp:
-                model.require_backward_grad_sync = micro == accum_local - 1
-            with ctx:
-                _, loss = model(x, y, reduction="sum")
-            loss_sum += loss.detach().double().cpu()
-            # gradient of the mean over all targets of the global batch (DDP averages over processes)
-            scaler.scale(loss * (world / n_targets)).backward()
-        if ddp:
-            dist.all_reduce(loss_sum)
-        lossf = loss_sum.item() / n_targets
-        if not math.isfinite(lossf) and not scaler.is_enabled():
-            raise RuntimeError(f"iter {iter_num}: loss is {lossf}; lower learning_rate or use dtype=float32")
-        if grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        tokens_seen += tokens_per_iter
-
-        t1 = time.time()
-        dt, t0 = t1 - t0, t1
-        if iter_num % log_interval == 0 and master:
-            tok_s = tokens_per_iter / dt
-            mfu, achieved = gpt.estimate_mfu(batch_size * accum_local, dt, dev)  # per process
-            eps = sampler.epochs()
-            speed = f"mfu {mfu * 100:.1f}%" if mfu is not None else f"{achieved / 1e12:.3f} TFLOP/s"
-            print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f}ms, {tok_s:,.0f} tok/s, {speed}, "
-                  f"epochs " + " ".join(f"{t} {e:.2f}" for t, e in eps.items())
-                  + f", tokens {fmt_tokens(tokens_seen)} = {tokens_seen / chinchilla:.2g}x chinchilla (20 tok/param)")
-            rec = {"type": "train", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "tok_per_s": tok_s,
-                   "tokens": tokens_seen, "mfu": mfu, "flops_per_s": achieved, "epochs": eps,
-                   "chinchilla": tokens_seen / chinchilla}
-            log_json(rec)
-            if wandb_log:
-                wandb.log({k: v for k, v in rec.items() if k not in ("type", "epochs")})
-        iter_num += 1
-
-    if master and not eval_only and saved_iter != iter_num:
-        save(iter_num)
-    if master and plot and not eval_only:
-        for p in plot_losses(out_dir):
-            print(f"wrote {p}")
-    if wandb_log and master:
+    stop = StopSignal()
+    lossf, evals = train_loop(run, stop)
+    if run.master and not eval_only and run.saved_iter != run.iter_num:
+        save(run)
+    if run.master and plot and not eval_only:
+        for path in plot_losses(out_dir):
+            print(f"wrote {path}")
+    if wandb_log and run.master:
+        import wandb
         wandb.finish()
-    signal.signal(signal.SIGINT, old_handlers[0])
-    signal.signal(signal.SIGTERM, old_handlers[1])
-    if ddp:
+    stop.restore()
+    if run.ddp:
         dist.destroy_process_group()
-    return {"iter_num": iter_num, "loss": lossf, "best_val_loss": best_val_loss, "evals": summary}
+    return {"iter_num": run.iter_num, "loss": lossf, "best_val_loss": run.best_val_loss, "evals": evals}
 
 
 if __name__ == "__main__":

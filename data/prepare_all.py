@@ -16,8 +16,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from nanophi import dataprep  # noqa: E402
 from configurator import configure  # noqa: E402
+from nanophi.tasks import TASK_NAMES  # noqa: E402
 
-tasks = ["textbook", "code", "math", "logic", "excerpt", "chat", "roleplay", "symposium"]
+tasks = list(TASK_NAMES)  # every task, in preparation order
 source = "offline"
 out_dir = HERE
 seed = 1337

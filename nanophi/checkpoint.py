@@ -3,30 +3,55 @@ Checkpoint save/load and "give me a model" for every script: one definition.
 
 A checkpoint is a dict saved with torch.save: 'model' (raw, uncompiled state_dict), 'model_args'
 (GPTConfig fields), and whatever training adds (optimizer, iter_num, best_val_loss, RNG and
-sampler state, config). Writes are atomic: a temporary file in the same directory, then
-os.replace, so a kill mid-write leaves the previous checkpoint loadable.
+sampler state, config); a LoRA run's holds 'lora' (adapter tensors), 'lora_config' and
+'lora_base' instead of 'model'. Writes are atomic (files.atomic_file), so a kill mid-write
+leaves the previous checkpoint loadable.
 
 out_dir layout: ckpt.pt (latest), best.pt (lowest validation loss).
 """
+import io
 import os
 
 import torch
 
 from model import GPT, GPTConfig
+from nanophi import lora
+from nanophi.files import atomic_file, write_error
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 LATEST, BEST = "ckpt.pt", "best.pt"
 
 
+class _Writer(io.RawIOBase):
+    """A file torch.save writes through, keeping the OS error of a failed write: torch reports a
+    full disk only as its own 'iostream error' / 'unexpected pos' message."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+
 def save_checkpoint(path, state):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save to a temporary name, then rename; a failed write (disk full) is a WriteError
+    naming the file, and the previous checkpoint stays."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb", buffering=0) as f:
+            writer = _Writer(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError as e:
+                if writer.error is None:
+                    raise
+                raise write_error(path, writer.error) from e
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -76,14 +101,13 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
     init_from: 'resume' (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, a local
     transformers GPT-2 directory, or a LoRA adapter directory (lora.py; merged into its base).
     """
-    from nanophi import lora  # LoRA runs: adapter directories and adapter checkpoints load merged into the base
     if init_from == "resume" or (isinstance(init_from, str) and init_from.endswith(".pt")):
         path = find_checkpoint(out_dir, which) if init_from == "resume" else init_from
         ckpt = load_checkpoint(path)
-        model = lora.merged_from_checkpoint(ckpt) if "lora" in ckpt else model_from_checkpoint(ckpt)
+        model = merged_from_checkpoint(ckpt) if "lora" in ckpt else model_from_checkpoint(ckpt)
         source = path
     elif lora.is_adapter_dir(init_from):
-        model = lora.load_merged(init_from)
+        model = load_merged(init_from)
         source = init_from
     elif init_from in GPT2_NAMES or is_hf_dir(init_from):
         model = GPT.from_pretrained(init_from)
@@ -95,3 +119,23 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
         model.resize_block_size(block_size)
     model.eval().to(device)
     return model, source
+
+
+# ----------------------------------------------------------------------------- LoRA runs
+
+def load_base(base, model_args):
+    """The base model an adapter was trained on, at the block_size it was trained with."""
+    model, _ = load_model(base, block_size=model_args.get("block_size"))
+    return model
+
+
+def load_merged(path):
+    """An adapter directory -> its base with the adapter merged (plain GPT, eval mode, CPU)."""
+    meta = lora.read_meta(path)
+    return lora.merge_dir(load_base(meta["base"], meta["model_args"]), path).eval()
+
+
+def merged_from_checkpoint(ckpt):
+    """A LoRA run's ckpt.pt/best.pt (adapter tensors + base name) -> merged plain GPT."""
+    base = load_base(ckpt["lora_base"], ckpt["model_args"])
+    return lora.merge(base, ckpt["lora"], ckpt["lora_config"]).eval()

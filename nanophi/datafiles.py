@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from nanophi.files import temp_name, write_json_atomic, write_text_atomic  # noqa: F401 (writers import them from here too)
 from nanophi.tokenizer import EOT_ID
 
 TOKEN_DTYPE = np.uint16
@@ -40,7 +41,7 @@ class SplitWriter:
     def __init__(self, task_dir, split):
         os.makedirs(task_dir, exist_ok=True)
         self.paths = split_paths(task_dir, split)
-        self.tmp = {k: f"{p}.tmp-{os.getpid()}" for k, p in self.paths.items()}
+        self.tmp = {k: temp_name(p) for k, p in self.paths.items()}
         self.files = {k: open(p, "wb") for k, p in self.tmp.items()}
         self.n_tokens = 0
         self.n_docs = 0
@@ -74,18 +75,6 @@ class SplitWriter:
             f.close()
             if os.path.exists(self.tmp[k]):
                 os.remove(self.tmp[k])
-
-
-def write_text_atomic(path, text):
-    """Write text to a temporary name, then rename: readers never see a half-written file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path, obj):
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 class TaskSplit:

@@ -6,14 +6,14 @@ An adapter directory is peft's own (adapter_config.json + adapter_model.safetens
 nanophi_adapter.json naming the base model (`base`: a gpt2 name, a transformers directory or a
 .pt checkpoint) and its model_args. checkpoint.load_model accepts such a directory as init_from
 and returns the base with the adapter merged in (a plain GPT), so sample.py, serve.py, eval.py
-and export work unchanged.
+and export work unchanged. This module knows peft only; loading base models is checkpoint.py's.
 """
 import json
 import os
-import shutil
-import tempfile
 
 import torch
+
+from nanophi.files import atomic_dir, write_json_atomic
 
 META = "nanophi_adapter.json"
 DEFAULT_TARGETS = ["c_attn", "c_proj", "c_fc"]  # every Linear in a block (attention and MLP)
@@ -41,25 +41,10 @@ def load_adapter_state(peft_model, state):
 
 
 def save_adapter(peft_model, path, base, model_args):
-    """Write the adapter directory atomically (temporary directory, then rename)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".adapter-", dir=parent)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an adapter directory is ordinary output
-    try:
+    """Write the adapter directory atomically (filled under a temporary name, then swapped in)."""
+    with atomic_dir(path) as tmp:
         peft_model.save_pretrained(tmp)
-        with open(os.path.join(tmp, META), "w") as f:
-            json.dump({"base": base, "model_args": model_args}, f, indent=2)
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=".adapter-old-", dir=parent)
-            os.replace(path, os.path.join(old, "a"))
-        os.replace(tmp, path)
-        if old:
-            shutil.rmtree(old)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
+        write_json_atomic(os.path.join(tmp, META), {"base": base, "model_args": model_args})
     return path
 
 
@@ -67,11 +52,10 @@ def is_adapter_dir(path):
     return isinstance(path, str) and os.path.isfile(os.path.join(path, META))
 
 
-def load_base(base, model_args):
-    """The base model an adapter was trained on, at the block_size it was trained with."""
-    from nanophi.checkpoint import load_model
-    model, _ = load_model(base, block_size=model_args.get("block_size"))
-    return model
+def read_meta(path):
+    """nanophi_adapter.json of an adapter directory: {'base': ..., 'model_args': ...}."""
+    with open(os.path.join(path, META)) as f:
+        return json.load(f)
 
 
 def merge(model, state, lora_config):
@@ -81,16 +65,7 @@ def merge(model, state, lora_config):
     return peft_model.merge_and_unload()
 
 
-def load_merged(path):
-    """An adapter directory -> its base with the adapter merged (plain GPT, eval mode, CPU)."""
+def merge_dir(model, path):
+    """Apply an adapter directory to its base model (a plain GPT) and fold it in."""
     from peft import PeftModel
-    meta = json.load(open(os.path.join(path, META)))
-    base = load_base(meta["base"], meta["model_args"])
-    model = PeftModel.from_pretrained(base, path).merge_and_unload()
-    return model.eval()
-
-
-def merged_from_checkpoint(ckpt):
-    """A LoRA run's ckpt.pt/best.pt (adapter tensors + base name) -> merged plain GPT."""
-    base = load_base(ckpt["lora_base"], ckpt["model_args"])
-    return merge(base, ckpt["lora"], ckpt["lora_config"]).eval()
+    return PeftModel.from_pretrained(model, path).merge_and_unload()

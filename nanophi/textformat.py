@@ -21,18 +21,9 @@ answer/reply (and the end-of-text that closes it, so the model learns to stop).
 """
 import codecs
 
+from nanophi.tasks import CHAT_TASKS, QA_TASKS, TAGS  # TAGS: task name -> tag starting each of its examples
 from nanophi.tokenizer import EOT_ID, decode, encode, get_tokenizer
 
-# task name -> tag written at the start of every example of that task
-TAGS = {
-    "textbook": "[Textbook]",
-    "code": "[Code]",
-    "math": "[Math]",
-    "logic": "[Logic]",
-    "roleplay": "[Roleplay]",
-    "excerpt": "[Excerpt]",
-    "chat": "[Chat]",
-}
 RESPONSE = "[Response]"   # excerpt/response marker, as in NanoPhi's data
 ANSWER = "Answer:"        # QA marker for math/logic; exact-match eval reads what follows it
 
@@ -205,11 +196,11 @@ def prompt_for(task, text, system=None, style="nanophi"):
     continue the tagged text.
     """
     task = task_of(task)
-    if task in ("math", "logic"):
+    if task in QA_TASKS:
         return qa(task, text)
     if task == "excerpt":
         return excerpt(text)
-    if task in ("chat", "roleplay"):
+    if task in CHAT_TASKS:
         return chat([("user", text)], system=system, task=task, style=style)
     return [(f"{TAGS[task]} {text.strip()}", False)]
 

@@ -13,6 +13,8 @@ import sys
 import tarfile
 import tempfile
 
+from nanophi.files import atomic_file, write_text_atomic
+
 EOT_ID = 50256          # <|endoftext|>, GPT-2's only special token: ends every example
 VOCAB_SIZE = 50257      # real GPT-2 vocabulary (models may pad the embedding to 50304)
 EOT_TEXT = "<|endoftext|>"
@@ -71,11 +73,10 @@ def setup(dest=RANKS_FILE):
         with tarfile.open(os.path.join(tmp, sdist)) as tar:
             member = next(m for m in tar.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken"))
             data = tar.extractfile(member).read()
-    tmp_dest = dest + ".tmp"
-    with open(tmp_dest, "wb") as f:
-        f.write(data)
-    _from_ranks_file(tmp_dest)  # validate before it takes the real name
-    os.replace(tmp_dest, dest)
+    with atomic_file(dest) as tmp_dest:
+        with open(tmp_dest, "wb") as f:
+            f.write(data)
+        _from_ranks_file(tmp_dest)  # validate before it takes the real name
     print(f"tokenizer: wrote {dest} ({len(data):,} bytes)")
     return dest
 
@@ -137,10 +138,7 @@ def save_hf_tokenizer(path):
         "special_tokens_map.json": json.dumps({"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}),
     }
     for name, text in files.items():
-        tmp = os.path.join(path, name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(path, name))
+        write_text_atomic(os.path.join(path, name), text)
     return path
 
 

@@ -62,7 +62,7 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
         "import os, signal, torch\nfrom nanophi import checkpoint\n"
         "real = torch.save\n"
         "def dying_save(obj, f):\n"
-        "    open(f, 'wb').write(b'partial')\n"
+        "    f.write(b'partial')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         "torch.save = dying_save\n"
         f"checkpoint.save_checkpoint({path!r}, {{'model': {{}}, 'iter_num': 2}})\n"

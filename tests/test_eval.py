@@ -267,6 +267,25 @@ def test_humaneval_samples_file_scoring(tmp_path):
     assert c["humaneval/pass@1"] == 1 and c["humaneval/parse"] == 2
 
 
+def test_hostile_samples_file_scores_the_honest_pass_at_1(tmp_path):
+    """24 samples of HumanEval/0, one correct: wrong bodies that forge a verdict change nothing."""
+    import test_sandbox
+    problem = sandbox.read_humaneval()[0]
+    tricks = list(test_sandbox.TRICKS.values())
+    rows = [problem["canonical_solution"]] + tricks + ["    return None\n"] * (23 - len(tricks))
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("".join(json.dumps({"task_id": "HumanEval/0", "completion": c}) + "\n" for c in rows))
+    report = ev.main([f"--humaneval_samples={path}", f"--results={tmp_path / 'r.json'}", "--pass_at_k=[1]"])
+    m = report["models"][0]["metrics"]
+    assert len(rows) == 24 and m["humaneval/passed"] == 1
+    assert m["humaneval/pass@1"] == pytest.approx(1 / 24)  # 4.2%, not the 20.8% the tricks once made
+    assert "| humaneval/pass@1 | 4.2% | 1 |" in open(tmp_path / "r.md").read()
+    isolation = report["models"][0]["details"]["sandbox_isolation"]
+    assert isolation.split()[0] == sandbox.isolation_level()[0]
+    md = open(tmp_path / "r.md").read()
+    assert f"HumanEval 24 samples of 1 problems, sandbox 3 s / 1024 MiB, isolation {isolation}" in md
+
+
 def test_comparison_mode_cli(setup, tiny_out_dir, tmp_path):
     """The real script: finetuned (init_from) against a random base (compare_with), one table with deltas."""
     res = str(tmp_path / "cmp.json")
@@ -308,5 +327,7 @@ def test_bad_inputs_get_clear_errors(setup, tmp_path):
         ev.main(["--num_samples_per_task=5"])
     with pytest.raises(ConfigError, match="unknown"):
         ev.main(["--metrics=['loss', 'mmlu']"])
+    with pytest.raises(ConfigError, match="sandbox_isolation must be auto, namespaces, userns or guard"):
+        ev.main(["--sandbox_isolation=off"])
     with pytest.raises(ConfigError, match="no prepared task 'nope'"):
         ev.main([f"--data_dir={setup['data_dir']}", "--tasks=['nope']", f"--out_dir={setup['out_dir']}"])

@@ -8,6 +8,8 @@ from transformers import GPT2LMHeadModel
 
 from conftest import make_hf_dir
 from model import GPT, GPTConfig, KVCache
+from nanophi.device import peak_flops_by_name
+from nanophi.hf_export import export_hf
 
 
 def hf_and_ours(path):
@@ -16,6 +18,7 @@ def hf_and_ours(path):
     return hf, ours
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [
     dict(n_layer=12, n_head=12, n_embd=768),   # gpt2 (124M)
     dict(n_layer=24, n_head=16, n_embd=1024),  # gpt2-medium (355M)
@@ -32,6 +35,7 @@ def test_from_pretrained_logits_match_transformers(tmp_path, shape):
     assert (got - want).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow
 def test_greedy_generate_matches_no_cache_and_transformers(tiny_hf_dir):
     hf, ours = hf_and_ours(tiny_hf_dir)
     x = torch.randint(0, 50257, (2, 7), generator=torch.Generator().manual_seed(1))
@@ -76,6 +80,7 @@ def test_stop_ids_stop_each_row_and_pad(tiny_hf_dir):
             assert torch.equal(out[r], free[r])
 
 
+@pytest.mark.slow
 def test_sampling_controls(tiny_hf_dir):
     ours = GPT.from_pretrained(tiny_hf_dir).eval()
     x = torch.randint(0, 50257, (2, 6), generator=torch.Generator().manual_seed(3))
@@ -137,7 +142,7 @@ def test_export_round_trip(tmp_path):
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)  # padded vocab
     ours = GPT(cfg).eval()
-    path = ours.export_hf(str(tmp_path / "export"))
+    path = export_hf(ours, str(tmp_path / "export"))
     assert os.path.isfile(os.path.join(path, "model.safetensors"))
     hf = GPT2LMHeadModel.from_pretrained(path).eval()
     back = GPT.from_pretrained(path).eval()
@@ -146,7 +151,9 @@ def test_export_round_trip(tmp_path):
         want, _ = ours(x)
         assert (hf(x).logits - want[..., :50257]).abs().max() < 1e-5
         assert (back(x)[0] - want[..., :50257]).abs().max() < 1e-5
-    assert not any(n.startswith(".export-") for n in os.listdir(tmp_path))  # no temp dir left
+    assert os.listdir(tmp_path) == ["export"]  # no temporary directory left
+    export_hf(ours, path)  # over an existing export: replaced whole
+    assert sorted(os.listdir(path)) == ["config.json", "generation_config.json", "model.safetensors"]
 
 
 def test_loss_masking_and_reductions():
@@ -184,8 +191,10 @@ def test_optimizer_groups_and_flops():
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() < 2 for p in no_decay["params"])
     N = m.get_num_params()
     assert m.flops_per_token() == 6 * N + 12 * 2 * 2 * 8 * 32
-    mfu, achieved = m.estimate_mfu(fwdbwd_per_iter=4, dt=0.5, device="cpu")
+    mfu, achieved = m.estimate_mfu(fwdbwd_per_iter=4, seconds=0.5)
     assert mfu is None and achieved == pytest.approx(m.flops_per_token() * 32 * 4 / 0.5)
+    mfu, _ = m.estimate_mfu(fwdbwd_per_iter=4, seconds=0.5, peak_flops=peak_flops_by_name("Tesla T4"))
+    assert mfu == pytest.approx(achieved / 65e12)
 
 
 def test_stop_ids_are_exempt_from_repetition_controls():
@@ -198,3 +207,46 @@ def test_stop_ids_are_exempt_from_repetition_controls():
     assert GPT._sample_next(logits.clone(), seen, repetition_penalty=1.0, no_repeat_ngram_size=1, **args) == 9
     stop = torch.tensor([7])
     assert GPT._sample_next(logits.clone(), seen, repetition_penalty=10.0, no_repeat_ngram_size=1, stop=stop, **args) == 7
+
+
+def test_five_adamw_steps_match_transformers(tmp_path):
+    """llm.c's check: from the same weights, five AdamW steps (clipped, weight decay on matrices)
+    give the same losses and weights in model.py and transformers, with masked targets."""
+    from transformers import GPT2Config
+    torch.manual_seed(0)
+    hf_cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=512, bos_token_id=0, eos_token_id=0,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    GPT2LMHeadModel(hf_cfg).save_pretrained(str(tmp_path / "hf"))
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).train()
+    ours = GPT.from_pretrained(str(tmp_path / "hf")).train()
+    ours_opt = ours.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu")
+    hf_params = [p for p in hf.parameters()]  # tied lm_head appears once
+    hf_opt = torch.optim.AdamW([{"params": [p for p in hf_params if p.dim() >= 2], "weight_decay": 0.1},
+                                {"params": [p for p in hf_params if p.dim() < 2], "weight_decay": 0.0}],
+                               lr=1e-2, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(1)
+    seq = torch.randint(0, 512, (4, 17), generator=g)  # one batch, as llm.c: 16 inputs, 16 targets
+    keep = torch.rand(4, 16, generator=g) > 0.4  # masked targets, as prompt tokens in SFT
+    x, y = seq[:, :16], torch.where(keep, seq[:, 1:], -1)
+    losses = {"ours": [], "hf": []}
+    for step in range(5):
+        _, loss = ours(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
+        ours_opt.step()
+        ours_opt.zero_grad(set_to_none=True)
+        # transformers shifts labels itself: label j is predicted at position j - 1; -100 = no loss
+        labels = torch.cat([seq[:, :1], torch.where(keep, seq[:, 1:], -100)], dim=1)
+        hf_loss = hf(seq, labels=labels).loss
+        hf_loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        hf_opt.step()
+        hf_opt.zero_grad(set_to_none=True)
+        losses["ours"].append(loss.item())
+        losses["hf"].append(hf_loss.item())
+    assert losses["ours"][-1] < losses["ours"][0] - 0.1  # the steps really trained
+    torch.testing.assert_close(torch.tensor(losses["ours"]), torch.tensor(losses["hf"]), rtol=1e-5, atol=1e-5)
+    hf_sd = hf.state_dict()
+    for k, v in ours.state_dict().items():  # Adam turns rounding-level gradient differences into
+        want = hf_sd[k].t() if k.endswith(GPT.TRANSPOSED) else hf_sd[k]  # steps of up to lr on tiny ones
+        torch.testing.assert_close(v, want, rtol=0, atol=1e-2 * 5e-2, msg=k)

@@ -93,7 +93,7 @@ def test_rows_follow_masks_and_document_boundaries(data_dir):
     import train
     split = TaskSplit(data_dir, "chat", "train")
     for packing in (True, False):
-        d = train.TaskData(split, 32, packing)
+        d = train.SplitWindows(split, 32, packing)
         assert len(d.starts) > split.n_docs  # long documents get extra windows inside them
         for k in range(len(d.starts)):
             s = int(d.starts[k])
@@ -108,14 +108,14 @@ def test_rows_follow_masks_and_document_boundaries(data_dir):
                     if not packing:
                         assert s + j + 1 < d.doc_end[k]  # only the window's own document
     # all windows of a split shorter than block_size: padded, no target in the padding
-    d = train.TaskData(TaskSplit(data_dir, "math", "val"), 512, True)
+    d = train.SplitWindows(TaskSplit(data_dir, "math", "val"), 512, True)
     x, y = d.row(0)
     assert x.shape == (512,) and (y[len(d.s) - 1:] == -1).all() and (y != -1).any()
 
 
 def test_sampler_never_returns_a_row_without_target(data_dir):
     import train
-    data = {t: train.TaskData(TaskSplit(data_dir, t, "train"), 32, True) for t in ("chat", "math")}
+    data = {t: train.SplitWindows(TaskSplit(data_dir, t, "train"), 32, True) for t in ("chat", "math")}
     no_target = sum(not (data["chat"].row(k)[1] != -1).any() for k in range(len(data["chat"].starts)))
     assert no_target > 0  # the fixture has windows with no target (long system prompts)
     s = train.Sampler(data, {"chat": 3.0, "math": 1.0}, 32, seed=0)
@@ -149,6 +149,7 @@ def test_accumulation_with_sum_reduction_equals_big_batch():
         torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_train_accumulation_4x2_equals_1x8(data_dir, tmp_path):
     outs = []
     for bs, acc in ((2, 4), (8, 1)):
@@ -322,6 +323,7 @@ def test_configs_parse():
 
 # ----------------------------------------------------------------------------- subprocesses
 
+@pytest.mark.slow
 def test_sigterm_saves_a_resumable_checkpoint(data_dir, tmp_path):
     out = str(tmp_path / "sig")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -343,6 +345,7 @@ def test_sigterm_saves_a_resumable_checkpoint(data_dir, tmp_path):
     assert r["iter_num"] == n + 1
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes_match_one(data_dir, tmp_path):
     args = ["--max_iters=2", "--eval_interval=2", "--gradient_accumulation_steps=2", "--batch_size=2"]
     single = run_main(train_args(data_dir, str(tmp_path / "one"), *args))
