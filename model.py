@@ -3,8 +3,9 @@ GPT-2 in one file, nanoGPT-style:
 - GPT.from_pretrained loads gpt2 .. gpt2-xl or any local transformers GPT-2 directory
   (logits match transformers' GPT2LMHeadModel; GELU is the tanh form GPT-2 was trained with),
 - block_size can grow (position interpolation of wpe) as well as crop,
-- generation with a preallocated KV cache, greedy/top-k/top-p/repetition controls, stop ids
-  and per-row stopping,
+- generation with a preallocated KV cache in which each row has its own length (rows of
+  different lengths decode together), greedy/top-k/top-p/repetition controls, stop ids and
+  per-row stopping,
 - MFU against a peak the caller passes (device.py knows each device's), achieved FLOP/s always.
 Export back to transformers' format lives in nanophi/hf_export.py. This file imports only torch.
 """
@@ -405,7 +406,8 @@ class GPT(nn.Module):
         """
         Yields (next_ids (B,), done (B,) bool) once per step. A row is done after it emits a stop
         id; done rows keep producing (ignored) ids until every row is done, then it returns.
-        Stop consuming the generator to cancel (the server does when a client disconnects).
+        Stop consuming the generator to cancel. This is nanoGPT's batch-in, tokens-out loop; sample.py,
+        eval.py and serve.py drive nanophi/engine.py (rows joining and leaving, text, stop strings).
         """
         B = idx.size(0)
         stop = torch.tensor(sorted(set(stop_ids or [])), dtype=torch.long, device=idx.device)
