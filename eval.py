@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from configurator import ConfigError, config_keys, configure
+from nanophi.checkpoint import default_out_dir
 from nanophi.datafiles import write_text_atomic
 from nanophi.tasks import QA_TASKS
 
@@ -33,7 +34,7 @@ from nanophi.tasks import QA_TASKS
 init_from = "resume"  # 'resume' (out_dir) | .pt file | gpt2 name | transformers GPT-2 dir | LoRA adapter dir
 which = "best"  # with resume: out_dir's 'best' (falls back to latest) or 'latest' checkpoint
 compare_with = ""  # a second init_from (e.g. the base model): both in one table, deltas = init_from - this
-out_dir = "out"
+out_dir = default_out_dir()  # default: out/ if it holds a checkpoint, else the most recently trained out*/ folder
 device = "auto"
 dtype = "auto"  # auto: bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU
 # what to measure
@@ -108,7 +109,7 @@ def loss_rows(split, block, limit=0):
 
 
 @torch.no_grad()
-def score_rows(model, rows, batch_size, dev, ctx, desc=None):
+def score_rows(model, rows, batch_size, dev, autocast_ctx, desc=None):
     """Sum of nats and count over all targets, and over text targets (not end-of-text) with their bytes."""
     from tqdm import tqdm
     from nanophi.tokenizer import EOT_ID
@@ -124,7 +125,7 @@ def score_rows(model, rows, batch_size, dev, ctx, desc=None):
             x[j, :len(inp)] = torch.from_numpy(inp)
             y[j, :len(tgt)] = torch.from_numpy(tgt)
         x, y = x.to(dev), y.to(dev)
-        with ctx:
+        with autocast_ctx:
             logits, _ = model(x)
         nll = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-1,
                               reduction="none").view_as(y)
@@ -151,7 +152,7 @@ def loss_metrics(name, tot):
 # ----------------------------------------------------------------------------- generation
 
 def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temperature=0.0, top_k=0,
-             top_p=1.0, repetition_penalty=1.0, seed=1337, ctx=None, desc=None):
+             top_p=1.0, repetition_penalty=1.0, seed=1337, autocast_ctx=None, desc=None):
     """n completions (text) for each prompt (a list of ids), each ending before end-of-text or the
     first stop string, batch_size rows decoding together (engine.Engine). Row j of prompt i samples
     with its own generator, so the texts do not depend on batch_size. Prompts longer than the
@@ -167,7 +168,7 @@ def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temper
                 generator=row_generator(seed, i * n + j, dev) if temperature else None)
             for i, p in enumerate(prompts) for j in range(n)]
     engine = Engine(model, max_batch=batch_size, cache_slots=0)
-    with ctx or contextlib.nullcontext(), tqdm(total=len(rows), desc=desc, leave=False, disable=desc is False) as bar:
+    with autocast_ctx or contextlib.nullcontext(), tqdm(total=len(rows), desc=desc, leave=False, disable=desc is False) as bar:
         for ev in engine.run(rows):
             bar.update(ev.finish is not None)
     out = [[None] * n for _ in prompts]
@@ -329,7 +330,7 @@ def write_jsonl_atomic(path, rows):
 
 # ----------------------------------------------------------------------------- one model
 
-def evaluate(model, cfg, task_names, qa_tasks, problems, ctx, label, out_prefix):
+def evaluate(model, cfg, task_names, qa_tasks, problems, autocast_ctx, label, out_prefix):
     """Every selected metric for one model -> (metrics, counts, details)."""
     from nanophi.datafiles import TaskSplit
     from nanophi.textformat import TAGS, code_exercise, encode_prompt
@@ -342,7 +343,7 @@ def evaluate(model, cfg, task_names, qa_tasks, problems, ctx, label, out_prefix)
         total = dict(nats=0.0, tokens=0, text_nats=0.0, bytes=0)
         for task in task_names:
             tot = score_rows(model, loss_rows(TaskSplit(cfg["data_dir"], task, "val"), block, cfg["limit"]),
-                             cfg["batch_size"], dev, ctx, desc=f"{label} val loss {task}")
+                             cfg["batch_size"], dev, autocast_ctx, desc=f"{label} val loss {task}")
             metrics.update(loss_metrics(task, tot))
             counts[f"loss/{task}"] = tot["tokens"]
             for k in total:
@@ -351,7 +352,7 @@ def evaluate(model, cfg, task_names, qa_tasks, problems, ctx, label, out_prefix)
             metrics.update(loss_metrics("all", total))
             counts["loss/all"] = total["tokens"]
     greedy = dict(n=1, batch_size=cfg["batch_size"], temperature=0.0, max_new_tokens=cfg["qa_max_new_tokens"],
-                  ctx=ctx)
+                  autocast_ctx=autocast_ctx)
     for task, items in qa_tasks.items():
         if "qa" in sel:
             m, c, d = exact_match(model, task, items, f"em/{task}", gen_args=greedy)
@@ -378,7 +379,7 @@ def evaluate(model, cfg, task_names, qa_tasks, problems, ctx, label, out_prefix)
         outs = complete(model, prompts, cfg["code_max_new_tokens"], stops=tuple(cfg["code_stop_strings"]),
                         n=cfg["num_samples_per_task"], batch_size=cfg["batch_size"], temperature=cfg["temperature"],
                         top_k=cfg["top_k"], top_p=cfg["top_p"], repetition_penalty=cfg["repetition_penalty"],
-                        seed=cfg["seed"], ctx=ctx, desc=f"{label} humaneval")
+                        seed=cfg["seed"], autocast_ctx=autocast_ctx, desc=f"{label} humaneval")
         samples = [{"task_id": p["task_id"], "completion": c} for p, cs in zip(problems, outs) for c in cs]
         path = f"{out_prefix}_humaneval_samples.jsonl"
         write_jsonl_atomic(path, samples)
@@ -459,7 +460,7 @@ def short_path(path):
 
 
 def training_plots(out_dir):
-    """train.py's loss-curve PNGs per task from out_dir/log.jsonl (one definition: train.plot_losses)."""
+    """train.py's loss-curve PNGs per task from out_dir/log.jsonl (one definition: nanophi.plots.plot_losses)."""
     if not os.path.isfile(os.path.join(out_dir, "log.jsonl")):
         return []
     from nanophi.plots import plot_losses
@@ -539,9 +540,9 @@ def main(argv=None):
                                  "metrics": m, "counts": c, "details": {"sandbox_isolation": isolation}})
     else:
         dev = pick_device(cfg["device"])
-        dt = pick_dtype(cfg["dtype"], dev)
-        ctx = autocast(dev, dt)
-        report["device"] = f"{device_name(dev)}, {dt}"
+        ptdtype = pick_dtype(cfg["dtype"], dev)
+        autocast_ctx = autocast(dev, ptdtype)
+        report["device"] = f"{device_name(dev)}, {ptdtype}"
         loss_tasks, qa_names = discover_tasks(cfg)
         sel = cfg["metrics"]
         if ("loss" in sel and not loss_tasks) or (set(sel) & {"qa", "fewshot", "tags"} and not qa_names):
@@ -555,9 +556,9 @@ def main(argv=None):
             t0 = time.time()
             model, source = load_model(init, cfg["out_dir"], dev, cfg["which"])
             label = init if init != "resume" else short_path(source)
-            log(f"evaluating {label} ({model.get_num_params() / 1e6:.1f}M params) on {device_name(dev)}, {dt}")
+            log(f"evaluating {label} ({model.get_num_params() / 1e6:.1f}M params) on {device_name(dev)}, {ptdtype}")
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", role)
-            m, c, d = evaluate(model, cfg, loss_tasks, qa_tasks, probs, ctx, label, f"{stem}_{slug}")
+            m, c, d = evaluate(model, cfg, loss_tasks, qa_tasks, probs, autocast_ctx, label, f"{stem}_{slug}")
             report["models"].append({"label": label, "role": role, "init_from": init, "source": source,
                                      "metrics": m, "counts": c, "details": d, "seconds": time.time() - t0})
             del model

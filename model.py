@@ -417,15 +417,15 @@ class GPT(nn.Module):
         cache = None
         for step in range(max_new_tokens):
             if not use_cache:
-                ctx = seen[:, -block:]
-                logits, _ = self(ctx, last_only=True)
+                window = seen[:, -block:]
+                logits, _ = self(window, last_only=True)
             elif cache is None or cache.pos >= cache.max_len:
                 # (re)fill the cache; past block_size keep the last half of the window. Room for
                 # the context and the tokens still to come, at most block_size: no bigger allocation
-                ctx = seen if seen.size(1) <= block else seen[:, -(block // 2):]
+                window = seen if seen.size(1) <= block else seen[:, -(block // 2):]
                 p = next(self.parameters())
-                cache = KVCache(self.config, B, min(block, ctx.size(1) + max_new_tokens - step), p.device, p.dtype)
-                logits, _ = self(ctx, kv_cache=cache, last_only=True)
+                cache = KVCache(self.config, B, min(block, window.size(1) + max_new_tokens - step), p.device, p.dtype)
+                logits, _ = self(window, kv_cache=cache, last_only=True)
             else:
                 logits, _ = self(seen[:, -1:], kv_cache=cache)
             nxt = self._sample_next(logits[:, -1, :], seen, temperature, top_k, top_p, repetition_penalty,

@@ -62,3 +62,7 @@ timings["samples"] = time.time() - t0
 total = time.time() - t_start
 print("\n=== pipeline done: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f", total {total / 60:.1f} min")
 print(f"checkpoint and logs in {out_dir}/ (eval table: {os.path.join(out_dir, 'eval.md')})")
+print("next (sample, serve, eval and export find the newest trained out*/ folder by themselves):\n"
+      f"  python sample.py --out_dir={out_dir} --chat=True         # chat in the terminal\n"
+      f"  python serve.py --out_dir={out_dir}                      # OpenAI-compatible API and web page\n"
+      f"  python export.py --out_dir={out_dir}                     # transformers folder in {out_dir}/hf")

@@ -18,6 +18,7 @@ import sys
 import torch
 
 from nanophi import textformat
+from nanophi.checkpoint import default_out_dir
 from nanophi.datafiles import write_text_atomic
 from nanophi.engine import Engine
 from nanophi.tasks import CHAT_TASKS
@@ -25,7 +26,7 @@ from nanophi.tokenizer import EOT_ID, EOT_TEXT
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir), a .pt file, gpt2 .. gpt2-xl, a transformers dir, a LoRA adapter dir
-out_dir = 'out'  # used by init_from='resume'
+out_dir = default_out_dir()  # used by init_from='resume'; default: out/ if it holds a checkpoint, else the newest trained out*/
 which = 'best'  # resume from out_dir's 'best' (lowest val loss) or 'latest' checkpoint
 block_size = None  # None: the checkpoint's context length; a number crops or grows it (model.resize_block_size)
 start = "\n"  # prompt text, or FILE:path to read it from a file
@@ -338,12 +339,12 @@ def main():
     if compile:  # the MLPs only: the KV cache's moving position would recompile a whole-forward graph every step
         for block in model.transformer.h:
             block.mlp = torch.compile(block.mlp, dynamic=True)
-    ctx = autocast(dev, ptdtype)
+    autocast_ctx = autocast(dev, ptdtype)
 
     if chat:
         conv = Chat(model, max_new_tokens, task=tag or "chat", style=chat_style, system=system,
                     user_name=user_name, bot_name=bot_name, stops=stops, generator=generator, sampling=sampling)
-        with ctx:
+        with autocast_ctx:
             chat_loop(conv, sys.stdin, sys.stdout, stream)
         return
 
@@ -363,7 +364,7 @@ def main():
         if echo:
             write(textformat.render_text(segs))
         on_text = (lambda piece: (write(piece), sys.stdout.flush())) if stream else None
-        with ctx:
+        with autocast_ctx:
             completion, _ = engine.complete(ids, max_new_tokens, on_text, stops=stops, generator=generator,
                                             **sampling)
         if not stream:

@@ -28,7 +28,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from nanophi import textformat
-from nanophi.checkpoint import load_model
+from nanophi.checkpoint import default_out_dir, load_model
 from nanophi.engine import Engine, Row, row_generator
 from nanophi.device import autocast, pick_device, pick_dtype
 from nanophi.tasks import CHAT_TASKS
@@ -38,7 +38,7 @@ from nanophi.tokenizer import encode, get_tokenizer
 # -----------------------------------------------------------------------------
 # settings (override with a config file or --key=value)
 init_from = "resume"  # 'resume' (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, a transformers dir
-out_dir = "out"
+out_dir = default_out_dir()  # default: out/ if it holds a checkpoint, else the most recently trained out*/ folder
 which = "best"  # with init_from='resume': 'best' or 'latest'
 block_size = None  # None: the checkpoint's context length; a number crops or grows it
 device = "auto"
@@ -201,15 +201,15 @@ def message_text(m, i):
                         f"{_kind(content)}", f"messages[{i}].content", "invalid_type")
 
 
-def check_context(n_prompt, ctx, param):
-    if n_prompt >= ctx:
-        raise APIError(400, f"the prompt is {n_prompt} tokens; the model's context is {ctx} tokens, and the "
+def check_context(n_prompt, context_len, param):
+    if n_prompt >= context_len:
+        raise APIError(400, f"the prompt is {n_prompt} tokens; the model's context is {context_len} tokens, and the "
                             f"prompt must leave room for at least one new token. Shorten it"
                             + (" or send trim_history: true" if param == "messages" else ""),
                        param, "context_length_exceeded")
 
 
-def parse_chat(body, cfg, ctx):
+def parse_chat(body, cfg, context_len):
     """-> (prompt ids, sampling settings, chat info for cutting replies, number of dropped turns)."""
     params = sampling(body, cfg)
     msgs = body.get("messages")
@@ -241,7 +241,7 @@ def parse_chat(body, cfg, ctx):
     user_name, bot_name = field(body, "user_name", (str,)), field(body, "bot_name", (str,))
     n_turns = len(turns)
     if field(body, "trim_history", (bool,), False):
-        budget = max(ctx - params["max_tokens"], ctx // 2)
+        budget = max(context_len - params["max_tokens"], context_len // 2)
         # first drop, cheaply, the old turns that cannot fit: each turn's text alone (rendered as
         # ' ' + text) already costs this many tokens; trim_chat then re-renders only what is left
         total, keep = 0, 0
@@ -258,12 +258,12 @@ def parse_chat(body, cfg, ctx):
             raise APIError(400, str(e), "messages", "context_length_exceeded") from None
     dropped = n_turns - len(turns)
     ids = textformat.encode_prompt(textformat.chat(turns, sys_line, tag, style, user_name, bot_name))
-    check_context(len(ids), ctx, "messages")
+    check_context(len(ids), context_len, "messages")
     reply = dict(stops=textformat.stop_strings(style, user_name, bot_name) + [tokenizer.EOT_TEXT], strip=True)
     return [ids], params, reply, dropped
 
 
-def parse_completion(body, cfg, ctx):
+def parse_completion(body, cfg, context_len):
     """-> (list of prompt ids, sampling settings, reply handling, echo texts)."""
     params = sampling(body, cfg)
     prompt = body.get("prompt")
@@ -296,7 +296,7 @@ def parse_completion(body, cfg, ctx):
             ids = encode(p)
         if not ids:
             raise APIError(400, "the prompt is empty; send some text (or a tag)", "prompt", "invalid_value")
-        check_context(len(ids), ctx, "prompt")
+        check_context(len(ids), context_len, "prompt")
         out.append(ids)
         echoes.append(get_tokenizer().decode(ids) if echo else "")
     chatty = tag in CHAT_TASKS  # a chat prompt ends in the bot marker: cut the reply like a chat
@@ -322,10 +322,10 @@ class Job:
         return sum(r.n_tokens for r in self.rows)
 
     def log(self, how):
-        dt = time.perf_counter() - self.t0
+        seconds = time.perf_counter() - self.t0
         n = self.completion_tokens
         print(f"request {how}: prompt {sum(len(p) for p in self.prompts)} tokens, completion "
-              f"{n} tokens in {dt:.2f}s ({n / max(dt, 1e-9):.1f} tok/s)", flush=True)
+              f"{n} tokens in {seconds:.2f}s ({n / max(seconds, 1e-9):.1f} tok/s)", flush=True)
 
     def emit(self, *event):
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -434,7 +434,7 @@ class Worker:
 
 # -----------------------------------------------------------------------------
 # the app: handlers at module level; make_app wires them. Each reads the server's state from
-# request.app.state: cfg (settings), worker, source (what is served), ctx (context length)
+# request.app.state: cfg (settings), worker, source (what is served), context_len
 
 async def api_error(request, e):
     return JSONResponse(e.body(), status_code=e.status)
@@ -601,7 +601,7 @@ async def chat_completions(request: Request):
     body = await read_json(request)
     # rendering a long conversation takes a while: off the event loop
     prompts, params, reply, dropped = await asyncio.to_thread(parse_chat, body, request.app.state.cfg,
-                                                              request.app.state.ctx)
+                                                              request.app.state.context_len)
     headers = {"X-NanoPhi-Dropped-Turns": str(dropped)} if dropped else None
     return await respond(request, "chat", prompts, params, reply, headers=headers)
 
@@ -609,7 +609,7 @@ async def chat_completions(request: Request):
 async def completions(request: Request):
     body = await read_json(request)
     prompts, params, reply, echoes = await asyncio.to_thread(parse_completion, body, request.app.state.cfg,
-                                                             request.app.state.ctx)
+                                                             request.app.state.context_len)
     return await respond(request, "text", prompts, params, reply, echoes=echoes)
 
 
@@ -631,7 +631,7 @@ async def health(request: Request):
     state = request.app.state
     cfg, worker, engine = state.cfg, state.worker, state.worker.engine
     return {"status": "ok", "model": cfg["model_name"], "source": None if cfg["api_key"] else state.source,
-            "device": worker.device, "dtype": worker.dtype, "context_length": state.ctx,
+            "device": worker.device, "dtype": worker.dtype, "context_length": state.context_len,
             "auth_required": bool(cfg["api_key"]), "queued": worker.pending.qsize(), "active": worker.active,
             "batch": len(engine.rows), **worker.stats, "generated_tokens": engine.tokens, "steps": engine.steps,
             "reused_prompt_tokens": engine.reused,
@@ -657,7 +657,7 @@ def make_app(worker, cfg, source):
 
     app = FastAPI(title="NanoPhi", docs_url=None, redoc_url=None, openapi_url=None)  # docs need a CDN
     app.state.cfg, app.state.worker, app.state.source = cfg, worker, source
-    app.state.ctx = worker.model.config.block_size
+    app.state.context_len = worker.model.config.block_size
     if cfg["cors_origins"]:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in cfg["cors_origins"].split(",")],
@@ -686,7 +686,7 @@ def main():
         cfg["api_key"] = cfg["api_key"] or os.environ.get("NANOPHI_API_KEY", "")
         cfg["created"] = int(time.time())
         dev = pick_device(cfg["device"])
-        dt = pick_dtype(cfg["dtype"], dev)
+        ptdtype = pick_dtype(cfg["dtype"], dev)
         if cfg["max_tokens"] > cfg["max_tokens_cap"]:
             raise ValueError(f"max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
         for k, lo in (("max_batch", 1), ("prefill_chunk", 1), ("cache_slots", 0), ("max_queue", 0)):
@@ -697,11 +697,11 @@ def main():
         model, source = load_model(cfg["init_from"], cfg["out_dir"], dev, cfg["which"], cfg["block_size"])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"serve.py: {e}")
-    print(f"serving {source} as '{cfg['model_name']}' on {dev} ({dt}), context {model.config.block_size}, "
+    print(f"serving {source} as '{cfg['model_name']}' on {dev} ({ptdtype}), context {model.config.block_size}, "
           f"{model.get_num_params() / 1e6:.1f}M parameters")
     if cfg["host"] not in ("127.0.0.1", "localhost", "::1") and not cfg["api_key"]:
         print(f"WARNING: listening on {cfg['host']} without an api_key: anyone who can reach it can use it")
-    worker = Worker(model, dev, dt, cfg["max_batch"], cfg["max_queue"], cfg["prefill_chunk"], cfg["cache_slots"])
+    worker = Worker(model, dev, ptdtype, cfg["max_batch"], cfg["max_queue"], cfg["prefill_chunk"], cfg["cache_slots"])
     app = make_app(worker, cfg, source)
     import uvicorn
     print(f"open http://{cfg['host']}:{cfg['port']}/  (API at http://{cfg['host']}:{cfg['port']}/v1)", flush=True)

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from configurator import ConfigError, configure
+from configurator import ConfigError, at_least, between, configure, matches, one_of
 from model import GPT, CausalSelfAttention, GPTConfig
 from nanophi import checkpoint as ckpt_lib
 from nanophi import lora as lora_lib
 from nanophi.datafiles import TaskSplit
+from nanophi.files import WriteError
 from nanophi.device import autocast, device_name, peak_flops, pick_device, pick_dtype
 from nanophi.plots import plot_losses
 from nanophi.tasks import TASK_NAMES, default_mixture
@@ -38,57 +39,68 @@ from nanophi.tokenizer import EOT_ID
 
 # -----------------------------------------------------------------------------
 # I/O
-out_dir = "out"
-eval_interval = 100
-log_interval = 1
+out_dir = "out"  # checkpoints (ckpt.pt latest, best.pt lowest val loss), log.jsonl, loss plots
+eval_interval = 100  # evaluate (and save) every this many iterations, and at the end
+log_interval = 1  # print and log the training loss every this many iterations
 eval_iters = 10  # batches per task and split at each evaluation (fixed batches: comparable evals)
-eval_only = False
+eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # ckpt.pt at every evaluation; best.pt only when val improves
 init_from = "scratch"  # 'scratch' | 'resume' | gpt2 name | transformers GPT-2 dir | .pt | LoRA adapter dir
-seed = 1337
+seed = 1337  # seeds the model init, dropout and the batch sampler
 # logging
-wandb_log = False
-wandb_project = "nanophi"
-wandb_run_name = "run"
+wandb_log = False  # log to Weights & Biases
+wandb_project = "nanophi"  # wandb project
+wandb_run_name = "run"  # wandb run name
 plot = True  # loss-curve PNGs per task in out_dir
 # data
-data_dir = "data"
-tasks = default_mixture()  # {task: weight}; every tagged task, equal weights
+data_dir = "data"  # prepared tasks: <data_dir>/<task>/{train,val}.bin (data/prepare_all.py)
+tasks = default_mixture()  # {task: weight}: the mixture batches are drawn from
 packing = True  # see the docstring: whole-document windows that run on into the next documents
 batch_size = 8  # micro-batch rows
-block_size = 256
-gradient_accumulation_steps = 1  # global: divided among DDP processes
+block_size = 256  # context length; a pretrained model is cropped or grown to it
+gradient_accumulation_steps = 1  # micro-batches per step; global: divided among DDP processes
 # model (scratch); pretrained models bring their own shape
-n_layer = 4
-n_head = 4
-n_embd = 256
-dropout = 0.0
-bias = True
-gradient_checkpointing = False
+n_layer = 4  # transformer blocks
+n_head = 4  # attention heads (must divide n_embd)
+n_embd = 256  # width
+dropout = 0.0  # dropout probability while training
+bias = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
+gradient_checkpointing = False  # recompute activations in backward: long contexts in less memory
 # LoRA (0 = full finetuning)
-lora_rank = 0
-lora_alpha = 16
-lora_dropout = 0.05
-lora_targets = ["c_attn", "c_proj", "c_fc"]
+lora_rank = 0  # adapter rank r; > 0 trains LoRA adapters on a pretrained model instead of all weights
+lora_alpha = 16  # adapter scale alpha (the update is scaled by alpha / r)
+lora_dropout = 0.05  # dropout on the adapters' input
+lora_targets = ["c_attn", "c_proj", "c_fc"]  # Linear layers that get adapters
 # optimizer
-learning_rate = 1e-3
-max_iters = 1000
+learning_rate = 1e-3  # peak learning rate (AdamW)
+max_iters = 1000  # optimizer steps
 epochs = 0.0  # > 0: set max_iters to this many passes over the mixture's train tokens
-weight_decay = 0.1
-beta1 = 0.9
-beta2 = 0.95
-grad_clip = 1.0  # 0 = off
+weight_decay = 0.1  # AdamW weight decay on matrices and embeddings
+beta1 = 0.9  # AdamW beta1
+beta2 = 0.95  # AdamW beta2
+grad_clip = 1.0  # clip the gradient norm to this; 0 = off
 # learning rate schedule: linear warmup, cosine decay to min_lr
-decay_lr = True
-warmup_iters = 50
-lr_decay_iters = 0  # 0 = max_iters
-min_lr = 1e-4
+decay_lr = True  # False: constant learning_rate
+warmup_iters = 50  # linear warmup steps
+lr_decay_iters = 0  # cosine decay ends here; 0 = max_iters
+min_lr = 1e-4  # learning rate at the end of the decay
 # system
 backend = "gloo"  # DDP backend on CPU; CUDA uses nccl
-device = "auto"
+device = "auto"  # auto | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto: bf16 on sm80+, fp16 + GradScaler on older GPUs (T4), fp32 on CPU; 'bfloat16' opt-in on CPU
 compile = None  # None = on for Linux + CUDA only; True/False to force
 # -----------------------------------------------------------------------------
+CHECKS = {  # ranges and choices, checked once every config file and --key=value is in
+    **{k: at_least(1) for k in ("eval_interval", "log_interval", "eval_iters", "batch_size",
+                                "gradient_accumulation_steps", "n_layer", "n_head", "n_embd")},
+    **{k: at_least(0) for k in ("max_iters", "warmup_iters", "lr_decay_iters", "lora_rank", "seed")},
+    **{k: at_least(0.0) for k in ("epochs", "learning_rate", "min_lr", "weight_decay", "grad_clip", "lora_alpha")},
+    **{k: between(0.0, 1.0) for k in ("dropout", "lora_dropout", "beta1", "beta2")},
+    "device": matches(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N"),
+    "dtype": one_of("auto", "float32", "bfloat16", "float16"),
+    "compile": one_of(None, True, False),
+    "backend": one_of("gloo", "nccl"),
+}
 
 # ----------------------------------------------------------------------------- data
 
@@ -241,19 +253,51 @@ def device_memory(device_type):
 # ----------------------------------------------------------------------------- set-up steps
 
 def check_settings():
-    """Checks that need neither data nor a checkpoint (ranges and choices are in CHECKS)."""
-    if batch_size < 1 or gradient_accumulation_steps < 1:
-        raise ConfigError(f"batch_size ({batch_size}) and gradient_accumulation_steps "
-                          f"({gradient_accumulation_steps}) must be at least 1")
+    """Checks across settings that need neither data nor a checkpoint (single ranges: CHECKS)."""
     if block_size < 2 and init_from != "resume":
         raise ConfigError(f"block_size must be at least 2, got {block_size}")
-    if eval_interval < 1 or eval_iters < 1 or log_interval < 1:
-        raise ConfigError("eval_interval, eval_iters and log_interval must be at least 1")
-    if lora_rank < 0:
-        raise ConfigError(f"lora_rank must be >= 0 (0 = full finetuning), got {lora_rank}")
+    if init_from == "scratch" and n_embd % n_head:
+        raise ConfigError(f"n_head={n_head} does not divide n_embd={n_embd}: each head gets n_embd / n_head "
+                          f"dimensions; choose n_head among {[h for h in range(1, 33) if n_embd % h == 0]}")
     if lora_rank and init_from == "scratch":
         raise ConfigError("lora_rank > 0 adapts a pretrained model: set init_from to a gpt2 name, a transformers "
                           "directory or a .pt checkpoint (or lora_rank=0 to train from scratch)")
+
+
+def check_out_dir():
+    """out_dir exists and takes files: a read-only folder stops the run now, not at its first save."""
+    probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another --out_dir") from None
+
+
+def load_resume_checkpoint(sources, master):
+    """out_dir's ckpt.pt, refused when the settings ask for another model than the one it holds."""
+    path = os.path.join(out_dir, ckpt_lib.LATEST)
+    try:
+        ck = ckpt_lib.load_checkpoint(path)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise ConfigError(f"init_from=resume: {e}; check --out_dir") from None
+    args = ck["model_args"]
+    for k in ("n_layer", "n_head", "n_embd", "bias"):
+        if k in sources and globals()[k] != args[k]:
+            raise ConfigError(f"{sources[k]}: {k}={globals()[k]}, but {path} holds a model with {k}={args[k]}; a "
+                              f"resumed run keeps its shape: drop the setting, or start a new run in another out_dir")
+    if lora_rank and "lora" not in ck:
+        raise ConfigError(f"lora_rank={lora_rank} ({sources.get('lora_rank', 'default')}), but {path} is a full "
+                          f"finetune, not a LoRA run; to train adapters on it start a new run: "
+                          f"--init_from={path} --lora_rank={lora_rank} --out_dir=<another folder>")
+    if "lora" in ck and "lora_rank" in sources and lora_rank != ck["lora_config"]["r"]:
+        raise ConfigError(f"{sources['lora_rank']}: lora_rank={lora_rank}, but {path} trains adapters of rank "
+                          f"{ck['lora_config']['r']}; drop the setting or start a new run in another out_dir")
+    if args["block_size"] != block_size and master:
+        print(f"resume: block_size {args['block_size']} from the checkpoint (config said {block_size})")
+    return ck
 
 
 def setup_distributed():
@@ -272,10 +316,22 @@ def setup_distributed():
     return True, rank, local_rank, world, dev
 
 
-def count_iters(train_data, tokens_per_iter, master):
-    """max_iters, or with epochs > 0 the iterations for that many passes over the train tokens."""
+def count_iters(train_data, tokens_per_iter, sources, master):
+    """max_iters, or with epochs > 0 the iterations for that many passes over the train tokens.
+    Both set: the one set last wins (--max_iters=4 after a config's epochs), said out loud."""
     if epochs <= 0:
         return max_iters
+    if "max_iters" in sources:
+        if sources["max_iters"] == sources.get("epochs"):
+            raise ConfigError(f"{sources['epochs']}: sets both epochs ({epochs}) and max_iters ({max_iters}); "
+                              f"set one of them")
+        order = list(sources)
+        if "epochs" not in sources or order.index("max_iters") > order.index("epochs"):
+            if master:
+                print(f"max_iters={max_iters} ({sources['max_iters']}) wins over epochs={epochs} ({sources.get('epochs', 'default')})")
+            return max_iters
+        if master:
+            print(f"epochs={epochs} ({sources.get('epochs')}) wins over max_iters={max_iters} ({sources['max_iters']})")
     total = sum(len(d.s) for d in train_data.values())
     n = max(1, math.ceil(epochs * total / tokens_per_iter))
     if master:
@@ -290,18 +346,28 @@ def build_model(ck, block, master):
     lora_base = None
     if ck is not None:
         if "lora" in ck:
-            lora_base = ck["lora_base"]
-            model = ckpt_lib.load_base(lora_base, ck["model_args"])
+            lora_base = lora_lib.resolve_base(ck["lora_base"], out_dir)
+            try:
+                model = ckpt_lib.load_base(lora_base, ck["model_args"], os.path.join(out_dir, ckpt_lib.LATEST))
+            except FileNotFoundError as e:
+                raise ConfigError(str(e)) from None
         else:
             model = ckpt_lib.model_from_checkpoint(ck)
     elif init_from == "scratch":
         model = GPT(GPTConfig(block_size=block, vocab_size=50304, n_layer=n_layer, n_head=n_head,
                               n_embd=n_embd, dropout=dropout, bias=bias))
     else:
-        model, source = ckpt_lib.load_model(init_from, out_dir, "cpu", which="best", block_size=block)
+        try:
+            model, source = ckpt_lib.load_model(init_from, out_dir, "cpu", which="best")
+        except (ValueError, FileNotFoundError, RuntimeError) as e:  # unknown name, no such file, not a checkpoint
+            raise ConfigError(f"init_from={init_from!r}: {e}") from None
         lora_base = os.path.abspath(source) if os.path.exists(source) else source
+        had = model.config.block_size
         if master:
-            print(f"init from {source} (block_size {block})")
+            print(f"init from {source}" + ("" if had == block else
+                  f": context {'grown' if block > had else 'cropped'} from {had} to block_size {block} positions"
+                  + (" (new positions interpolated: give it training)" if block > had else "")))
+        model.resize_block_size(block)
     set_dropout(model, ck["model_args"].get("dropout", dropout) if ck is not None else dropout)
     model.config.gradient_checkpointing = gradient_checkpointing
     if ck is not None and "lora" in ck:
@@ -341,7 +407,7 @@ def restore_state(run, ck):
     run.optimizer.load_state_dict(ck["optimizer"])
     if "scaler" in ck and run.scaler.is_enabled():
         run.scaler.load_state_dict(ck["scaler"])
-    run.iter_num, run.best_val_loss = ck["iter_num"], ck["best_val_loss"]
+    run.iter_num, run.best_val_loss, run.best_iter = ck["iter_num"], ck["best_val_loss"], ck.get("best_iter", -1)
     run.last_eval_iter, run.tokens_seen = ck.get("last_eval_iter", -1), ck.get("tokens_seen", 0)
     run.sampler.load_state(ck["sampler"])
     torch.set_rng_state(ck["rng"]["torch"])
@@ -357,11 +423,26 @@ def restore_state(run, ck):
         print(f"resumed from {out_dir}/{ckpt_lib.LATEST} at iter {run.iter_num} (best val {run.best_val_loss:.4f})")
 
 
+def repair_saves(run, ck):
+    """Finish what a kill interrupted in save(): ckpt.pt is written first, so it may say it is the
+    best while best.pt (or the adapter folders) still hold an older state. Rewrite them from it."""
+    best_path = os.path.join(out_dir, ckpt_lib.BEST)
+    if run.lora_config:  # adapter folders are small: rewrite them rather than compare
+        lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora"), run.lora_base, run.model_args)
+    if ck.get("best_iter", -1) != ck["iter_num"]:
+        return
+    if not os.path.isfile(best_path) or ckpt_lib.peek_iter(best_path) != ck["iter_num"]:
+        ckpt_lib.save_checkpoint(best_path, {k: v for k, v in ck.items() if k != "optimizer"})
+        print(f"resume: {best_path} was older than the best state in {ckpt_lib.LATEST} (iter {ck['iter_num']}): rewritten")
+    if run.lora_config:
+        lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora_best"), run.lora_base, run.model_args)
+
+
 class Run:
     """What the training loop reads and changes: model, optimizer, sampler, counters, processes."""
 
     def __init__(self, **kw):
-        self.iter_num, self.best_val_loss, self.last_eval_iter, self.tokens_seen = 0, 1e9, -1, 0
+        self.iter_num, self.best_val_loss, self.best_iter, self.last_eval_iter, self.tokens_seen = 0, 1e9, -1, -1, 0
         self.__dict__.update(kw)
 
 
@@ -439,6 +520,7 @@ def checkpoint_state(run):
     """Everything a resume needs, as tensors and plain values (loads with weights_only=True)."""
     py = random.getstate()
     st = {"model_args": run.model_args, "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
+          "best_iter": run.best_iter,
           "last_eval_iter": run.last_eval_iter, "tokens_seen": run.tokens_seen, "config": run.config,
           "optimizer": run.optimizer.state_dict(), "sampler": run.sampler.state(),
           "rng": {"torch": torch.get_rng_state(), "numpy": numpy_state(), "python": [py[0], list(py[1]), py[2]],
@@ -446,14 +528,18 @@ def checkpoint_state(run):
     if run.scaler.is_enabled():
         st["scaler"] = run.scaler.state_dict()
     if run.lora_config:
-        st.update(lora=lora_lib.adapter_state(run.raw_model), lora_config=run.lora_config, lora_base=run.lora_base)
+        st.update(lora=lora_lib.adapter_state(run.raw_model), lora_config=run.lora_config,
+                  lora_base=lora_lib.portable_base(run.lora_base, out_dir))
     else:
         st["model"] = ckpt_lib.clean_state_dict(run.raw_model.state_dict())
     return st
 
 
 def save(run, best=False):
-    """ckpt.pt (and the LoRA adapter); with best, also best.pt without the optimizer (a third of the size)."""
+    """ckpt.pt (and the LoRA adapter); with best, also best.pt without the optimizer (a third of the
+    size). ckpt.pt goes first and records best_iter: a kill before best.pt is repaired on resume."""
+    if best:
+        run.best_iter = run.iter_num
     st = checkpoint_state(run)
     ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.LATEST), st)
     if run.lora_config:
@@ -587,29 +673,27 @@ def fmt_tokens(n):
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
-def prepare_run(config):
+def prepare_run(config, sources):
     """Every set-up step in order: checks, processes, checkpoint, data, model, optimizer, state."""
     check_settings()
     ddp, rank, local_rank, world, dev = setup_distributed()
     master, device_type = rank == 0, torch.device(dev).type
-    ptdtype = pick_dtype(dtype, dev)
+    try:
+        ptdtype = pick_dtype(dtype, dev)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     use_compile = compile if compile is not None else (sys.platform.startswith("linux") and device_type == "cuda")
-    ck = None
-    block = block_size
-    if init_from == "resume":  # the checkpoint decides the model's shape
-        ck = ckpt_lib.load_checkpoint(os.path.join(out_dir, ckpt_lib.LATEST))
-        block = ck["model_args"]["block_size"]
-        if block != block_size and master:
-            print(f"resume: block_size {block} from the checkpoint (config said {block_size})")
+    ck = load_resume_checkpoint(sources, master) if init_from == "resume" else None
+    block = ck["model_args"]["block_size"] if ck is not None else block_size  # the checkpoint decides the shape
     data, weights = open_tasks(data_dir, tasks, block)  # all data errors before any compute
     train_data = {t: d["train"] for t, d in data.items()}
     tokens_per_iter = batch_size * block * gradient_accumulation_steps
-    n_iters = count_iters(train_data, tokens_per_iter, master)
+    n_iters = count_iters(train_data, tokens_per_iter, sources, master)
     if decay_lr and warmup_iters >= n_iters and master:
         print(f"WARNING: warmup_iters ({warmup_iters}) >= max_iters ({n_iters}): the run never leaves warmup "
               f"and never reaches learning_rate {learning_rate}; lower warmup_iters")
     if master:
-        os.makedirs(out_dir, exist_ok=True)
+        check_out_dir()
         total_weight = sum(weights.values())
         print("tasks: " + ", ".join(f"{t} {w / total_weight:.2f} ({fmt_tokens(len(train_data[t].s))} train, "
                                     f"{fmt_tokens(len(data[t]['val'].s))} val)" for t, w in weights.items()))
@@ -637,6 +721,8 @@ def prepare_run(config):
     run.optimizer = gpt.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
     if ck is not None:
         restore_state(run, ck)
+        if master:
+            repair_saves(run, ck)
     run.saved_iter = run.iter_num if ck is not None else -1
     del ck
     run.model = run.eval_model = torch.compile(model) if use_compile else model  # eval: compiled, never DDP
@@ -654,8 +740,9 @@ def prepare_run(config):
 
 def main(argv=None):
     """Train; argv as sys.argv[1:] (tests call main in-process). Returns a summary dict."""
-    config = configure(globals(), argv)
-    run = prepare_run(config)
+    sources = {}  # which settings a config file or an argument set, in order
+    config = configure(globals(), argv, sources=sources)
+    run = prepare_run(config, sources)
     if wandb_log and run.master:
         import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
@@ -681,3 +768,6 @@ if __name__ == "__main__":
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    except WriteError as e:  # a full disk, say: the previous checkpoint is still there
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

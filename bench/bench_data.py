@@ -42,11 +42,11 @@ def child(spec):
         mod = dataprep.load_prepare("textbook")
         metas = [mod.main([f"--source={spec['source']}", f"--out_dir={spec['out_dir']}", "--progress=False",
                            f"--num_threads={spec['threads']}", f"--near_dedup={spec.get('near', True)}"])]
-    dt = time.time() - t0
+    seconds = time.time() - t0
     docs = sum(m["records"] for m in metas)
     tokens = sum(m["splits"][s]["tokens"] for m in metas for s in ("train", "val"))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
-    print("RESULT " + json.dumps({"docs": docs, "tokens": tokens, "seconds": dt, "peak_rss_mb": rss_mb}))
+    print("RESULT " + json.dumps({"docs": docs, "tokens": tokens, "seconds": seconds, "peak_rss_mb": rss_mb}))
 
 
 def measure(spec):

@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from nanophi import dataprep  # noqa: E402
 from configurator import configure  # noqa: E402
-from nanophi.tasks import TASK_NAMES  # noqa: E402
+from nanophi.tasks import GENERATED_TASKS, TASK_NAMES  # noqa: E402
 
 tasks = list(TASK_NAMES)  # every task, in preparation order
 source = "offline"
@@ -37,7 +37,7 @@ def main(argv=None):
     for task in g["tasks"]:
         args = [f"--source={g['source']}", f"--out_dir={g['out_dir']}", f"--seed={g['seed']}",
                 f"--max_docs={g['max_docs']}", f"--progress={g['progress']}"]
-        if task in ("math", "logic"):
+        if task in GENERATED_TASKS:
             args.append(f"--num_generated={g['num_generated']}")
         try:
             metas.append(dataprep.load_prepare(task).main(args))

@@ -64,6 +64,14 @@ def load_checkpoint(path, map_location="cpu"):
         raise RuntimeError(f"{path}: not a loadable NanoPhi checkpoint ({type(e).__name__}: {e})") from None
 
 
+def peek_iter(path):
+    """A checkpoint's iter_num without reading its tensors (memory-mapped), or None if unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iter_num")
+    except Exception:
+        return None
+
+
 def clean_state_dict(sd):
     """Strip the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add to keys."""
     out = {}
@@ -81,6 +89,28 @@ def model_from_checkpoint(ckpt):
     return model
 
 
+def trained_dirs(root="."):
+    """Folders out*/ under root that hold a checkpoint, most recently trained first."""
+    found = []
+    if not os.path.isdir(root or "."):
+        return found
+    for name in os.listdir(root or "."):
+        d = os.path.join(root, name)
+        times = [os.path.getmtime(p) for p in (os.path.join(d, BEST), os.path.join(d, LATEST)) if os.path.isfile(p)]
+        if name.startswith("out") and os.path.isdir(d) and times:
+            found.append((max(times), d))
+    return [d for _, d in sorted(found, reverse=True)]
+
+
+def default_out_dir(default="out"):
+    """The out_dir scripts use when none is given: 'out' if it holds a checkpoint (or nothing
+    does), else the most recently trained out*/ folder (the quick start writes out-nanophi-cpu)."""
+    if any(os.path.isfile(os.path.join(default, n)) for n in (BEST, LATEST)):
+        return default
+    found = trained_dirs(".")
+    return os.path.normpath(found[0]) if found else default
+
+
 def find_checkpoint(out_dir, which="best"):
     """Path of out_dir's best (falling back to latest) or latest checkpoint."""
     order = [BEST, LATEST] if which == "best" else [LATEST]
@@ -88,7 +118,11 @@ def find_checkpoint(out_dir, which="best"):
         path = os.path.join(out_dir, name)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"no checkpoint in {out_dir!r} (looked for {', '.join(order)}); train first or pass --init_from")
+    others = [os.path.normpath(d) for d in trained_dirs(os.path.dirname(os.path.normpath(out_dir)))]
+    hint = (f"folders with a checkpoint: {', '.join(others)} (pass --out_dir=<one of them>)" if others
+            else "train first")
+    raise FileNotFoundError(f"no checkpoint in {out_dir!r} (looked for {', '.join(order)}); {hint}, "
+                            "or pass --init_from")
 
 
 def is_hf_dir(path):
@@ -104,7 +138,7 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
     if init_from == "resume" or (isinstance(init_from, str) and init_from.endswith(".pt")):
         path = find_checkpoint(out_dir, which) if init_from == "resume" else init_from
         ckpt = load_checkpoint(path)
-        model = merged_from_checkpoint(ckpt) if "lora" in ckpt else model_from_checkpoint(ckpt)
+        model = merged_from_checkpoint(ckpt, path) if "lora" in ckpt else model_from_checkpoint(ckpt)
         source = path
     elif lora.is_adapter_dir(init_from):
         model = load_merged(init_from)
@@ -123,8 +157,12 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
 
 # ----------------------------------------------------------------------------- LoRA runs
 
-def load_base(base, model_args):
-    """The base model an adapter was trained on, at the block_size it was trained with."""
+def load_base(base, model_args, owner):
+    """The base model an adapter was trained on, at the block_size it was trained with; owner (the
+    adapter folder or checkpoint) names what needs it when it is missing."""
+    if base not in GPT2_NAMES and not os.path.exists(base):
+        raise FileNotFoundError(f"{owner} is a LoRA adapter whose base model {base!r} is not there (moved or "
+                                f"deleted?); put the base back, or move it together with the adapter")
     model, _ = load_model(base, block_size=model_args.get("block_size"))
     return model
 
@@ -132,10 +170,11 @@ def load_base(base, model_args):
 def load_merged(path):
     """An adapter directory -> its base with the adapter merged (plain GPT, eval mode, CPU)."""
     meta = lora.read_meta(path)
-    return lora.merge_dir(load_base(meta["base"], meta["model_args"]), path).eval()
+    base = load_base(lora.resolve_base(meta["base"], path), meta["model_args"], path)
+    return lora.merge_dir(base, path).eval()
 
 
-def merged_from_checkpoint(ckpt):
-    """A LoRA run's ckpt.pt/best.pt (adapter tensors + base name) -> merged plain GPT."""
-    base = load_base(ckpt["lora_base"], ckpt["model_args"])
+def merged_from_checkpoint(ckpt, path):
+    """A LoRA run's ckpt.pt/best.pt at path (adapter tensors + base) -> merged plain GPT."""
+    base = load_base(lora.resolve_base(ckpt["lora_base"], os.path.dirname(path)), ckpt["model_args"], path)
     return lora.merge(base, ckpt["lora"], ckpt["lora_config"]).eval()

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import types
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from configurator import configure
 from nanophi import textformat
-from nanophi.datafiles import SPLITS, SplitWriter, write_json_atomic, write_text_atomic
+from nanophi.datafiles import SPLITS, SplitWriter, new_staging, publish, write_json_atomic, write_text_atomic
 from nanophi.tokenizer import EOT_ID, VOCAB_SIZE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
@@ -42,6 +43,7 @@ DEFAULTS = dict(
     val_fraction=0.05,      # share of documents in val
     max_docs=0,             # read at most this many records per source (0 = all)
     skip_bad=False,         # count and skip bad records instead of stopping at the first
+    max_record_mb=4.0,      # a record with more text than this is bad input (memory grows ~50x a record's size)
     dedup=True,             # exact dedup on normalised text
     near_dedup=True,        # MinHash near-duplicate removal (datasketch)
     near_threshold=0.8,     # estimated Jaccard similarity of word 5-grams that counts as a near duplicate
@@ -52,6 +54,7 @@ DEFAULTS = dict(
     progress=True,
 )
 NGRAM = 13
+BATCH_CHARS = 16_000_000  # a tokenization batch is also flushed at this much text: bounded memory with long records
 SHINGLE = 5
 
 
@@ -97,10 +100,37 @@ def need(rec, field, typ=str, allow_empty=False):
     return v
 
 
-def read_jsonl(path):
+def too_big(where, size, max_mb):
+    return DataError(f"{where}: record of {size / 1e6:.1f} MB, more than max_record_mb={max_mb:g}; split it into "
+                     f"smaller documents, or raise --max_record_mb")
+
+
+def _lines(f, max_bytes):
+    """(lineno, bytes) of a binary file; a line longer than max_bytes is skipped without being held
+    in memory and comes back as (lineno, its size)."""
+    lineno = 0
+    while True:
+        raw = f.readline(max_bytes + 1) if max_bytes else f.readline()
+        if not raw:
+            return
+        lineno += 1
+        if max_bytes and len(raw) > max_bytes:
+            size = len(raw)
+            while raw and not raw.endswith(b"\n"):
+                raw = f.readline(1 << 20)
+                size += len(raw)
+            yield lineno, size
+        else:
+            yield lineno, raw
+
+
+def read_jsonl(path, max_mb=0):
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in _lines(f, int(max_mb * 1e6)):
             where = f"{path}:{lineno}"
+            if isinstance(raw, int):
+                yield where, too_big(where, raw, max_mb)
+                continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -132,26 +162,40 @@ def read_parquet(path, batch_rows=1024):
             row += 1
 
 
-def read_text(path):
-    """Plain text: documents separated by lines holding only <|endoftext|> (one document if none)."""
+def read_text(path, max_mb=0):
+    """Plain text: documents separated by lines holding only <|endoftext|> (one document if none).
+    A document longer than max_mb is dropped as it is read and reported at its end."""
+    max_bytes, sep = int(max_mb * 1e6), textformat.decode([EOT_ID])
     with open(path, "rb") as f:
-        buf, start = [], 1
-        for lineno, raw in enumerate(f, 1):
+        buf, start, size = [], 1, 0
+        for lineno, raw in _lines(f, max_bytes):
+            is_sep = not isinstance(raw, int) and raw.strip() == sep.encode()
+            if not is_sep and (isinstance(raw, int) or (max_bytes and size + len(raw) > max_bytes)):
+                size += raw if isinstance(raw, int) else len(raw)
+                buf = []  # too long: count it, hold none of it
+                continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 yield f"{path}:{lineno}", DataError(f"{path}:{lineno}: not valid UTF-8 "
                                                     f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})")
-                buf, start = [], lineno + 1
+                buf, start, size = [], lineno + 1, 0
                 continue
-            if line.strip() == textformat.decode([EOT_ID]):
-                if "".join(buf).strip():
-                    yield f"{path}:{start}", {"text": "".join(buf)}
-                buf, start = [], lineno + 1
+            if is_sep:
+                yield from _text_document(path, start, buf, size, max_mb)
+                buf, start, size = [], lineno + 1, 0
             else:
                 buf.append(line)
-        if "".join(buf).strip():
-            yield f"{path}:{start}", {"text": "".join(buf)}
+                size += len(raw)
+        yield from _text_document(path, start, buf, size, max_mb)
+
+
+def _text_document(path, start, buf, size, max_mb):
+    where = f"{path}:{start}"
+    if max_mb and size > max_mb * 1e6:
+        yield where, too_big(where, size, max_mb)
+    elif "".join(buf).strip():
+        yield where, {"text": "".join(buf)}
 
 
 def read_hub(path, config=None, split="train"):
@@ -178,15 +222,16 @@ class Source:
         self.name, self.records, self.schema = name, records, schema
 
 
-def local_source(path, schemas, schema_name=""):
-    """A local .jsonl/.json/.parquet/.txt file read with one of the task's schemas."""
+def local_source(path, schemas, schema_name="", max_mb=0):
+    """A local .jsonl/.json/.parquet/.txt file read with one of the task's schemas; max_mb: records
+    longer than this come back as errors before they are parsed (read_jsonl, read_text)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     ext = path.lower().rsplit(".", 1)[-1]
     readers = {"jsonl": read_jsonl, "json": read_jsonl, "parquet": read_parquet, "txt": read_text}
     if ext not in readers:
         raise DataError(f"{path}: unknown file type .{ext}; use .jsonl, .parquet or .txt")
-    reader = readers[ext]
+    reader = readers[ext] if ext == "parquet" else (lambda p, r=readers[ext]: r(p, max_mb))
     by_name = {s.name: s for s in schemas}
     if schema_name:
         if schema_name not in by_name:
@@ -204,7 +249,7 @@ def local_source(path, schemas, schema_name=""):
     return Source(f"file:{os.path.basename(path)}", lambda: reader(path), schema)
 
 
-def resolve_sources(spec, schemas, offline, hub_split="train", schema_name=""):
+def resolve_sources(spec, schemas, offline, hub_split="train", schema_name="", max_mb=0):
     """--source text -> [Source]. offline: [Source] (the task's built-in ones)."""
     out = []
     hub = [s for s in schemas if s.hub]
@@ -217,7 +262,7 @@ def resolve_sources(spec, schemas, offline, hub_split="train", schema_name=""):
             s = next(s for s in hub if s.name == part)
             out.append(Source(s.name, lambda s=s: read_hub(s.hub[0], s.hub[1], hub_split), s))
         elif os.path.exists(part) or re.search(r"\.(jsonl|json|parquet|txt)$", part, re.I):
-            out.append(local_source(part, schemas, schema_name))
+            out.append(local_source(part, schemas, schema_name, max_mb))
         else:
             raise DataError(f"--source={part}: not 'offline', 'hub', a known hub dataset "
                             f"({', '.join(s.name for s in hub) or 'none for this task'}) or an existing file")
@@ -264,7 +309,9 @@ class NearDedup:
             return False
         m = self.MinHash(num_perm=self.num_perm, permutations=self.proto.permutations, scheme=self.proto.scheme,
                          hashfunc=zlib.crc32)
-        m.update_batch([" ".join(w[i:i + SHINGLE]).encode("utf-8") for i in range(len(w) - SHINGLE + 1)])
+        for a in range(0, len(w) - SHINGLE + 1, 4096):  # in chunks: update_batch holds shingles x num_perm hashes
+            m.update_batch([" ".join(w[i:i + SHINGLE]).encode("utf-8")
+                            for i in range(a, min(a + 4096, len(w) - SHINGLE + 1))])
         if self.lsh.query(m):
             return True
         self.lsh.insert(self.n, m)
@@ -362,21 +409,25 @@ def _progress(cfg, task):
                 file=sys.stderr)
 
 
-def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None):
+def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None, eval_items=None):
     """
-    Stream the sources into <out_dir>/<task>/{train,val}*.bin and meta.json; returns the meta dict.
+    Stream the sources into <out_dir>/<task>/{train,val}*.bin and meta.json (and eval.jsonl from
+    eval_items), all published at once (datafiles.publish); returns the meta dict.
     eval_texts: this task's held-out eval questions (training documents containing them are dropped).
     render_task: the textformat task whose tag the examples carry (symposium renders as chat).
     """
     t0 = time.time()
     task_dir = os.path.join(cfg.out_dir, task)
+    if eval_items is not None:
+        eval_texts = list(eval_texts) + [it["question"] for it in eval_items]
     decon = Decontaminator(humaneval=cfg.decontaminate, eval_texts=eval_texts if cfg.decontaminate else ())
     near = NearDedup(cfg.near_threshold) if cfg.near_dedup else None
     seen = set()
     counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped")}
     per_source = {}
     skipped_examples = []
-    writers = {s: SplitWriter(task_dir, s) for s in SPLITS}
+    staging = new_staging(task_dir)  # every file of this run goes here; publish() makes them current at once
+    writers = {s: SplitWriter(staging, s) for s in SPLITS}
     held = None  # the train document with the smallest split hash: goes to val if val would be empty
     pool = ThreadPoolExecutor(cfg.num_threads) if cfg.num_threads > 1 else None
     bar = _progress(cfg, task)
@@ -408,9 +459,11 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                             refresh=False)
 
     try:
+        if eval_items is not None:
+            write_eval(staging, eval_items)
         for src in sources:
             per_source[src.name] = {"read": 0, "documents": 0}
-            n_read, batch = 0, []
+            n_read, batch, batch_chars = 0, [], 0
             for where, rec in src.records():
                 if cfg.max_docs and n_read >= cfg.max_docs:
                     break
@@ -424,7 +477,10 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                     examples = src.schema.render(rec)
                     if not examples:
                         raise FieldError("*", "record renders to no example")
-                except FieldError as e:
+                    size = sum(len(p) for ex in examples for p, _ in ex if isinstance(p, str))
+                    if size > cfg.max_record_mb * 1e6:  # hub and parquet records (files are checked as read)
+                        raise too_big(where, size, cfg.max_record_mb)
+                except (FieldError, DataError) as e:
                     bad(where, e)
                     continue
                 except ValueError as e:  # textformat's own checks (a turn's role, content type)
@@ -446,9 +502,10 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                     continue
                 split, u = split_of(norm, cfg.seed, cfg.val_fraction)
                 batch.append((split, u, src.name, where, examples))
-                if len(batch) >= cfg.batch_size:
+                batch_chars += size
+                if len(batch) >= cfg.batch_size or batch_chars >= BATCH_CHARS:
                     flush(batch)
-                    batch = []
+                    batch, batch_chars = [], 0
             flush(batch)
             per_source[src.name]["read"] = n_read
             if n_read == 0:
@@ -471,12 +528,13 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
     except BaseException:
         for w in writers.values():
             w.abort()
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
         bar.close()
         if pool:
             pool.shutdown()
-    dt = time.time() - t0
+    seconds = time.time() - t0
     splits = {s: {"documents": w.n_docs, "tokens": w.n_tokens, "trained_tokens": w.n_trained} for s, w in writers.items()}
     total_tokens = sum(s["tokens"] for s in splits.values())
     render_task = render_task or task
@@ -500,12 +558,17 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
         "skipped": counts["skipped"],
         "skipped_examples": skipped_examples,
         "records": counts["read"],
-        "elapsed_s": round(dt, 2),
-        "docs_per_s": round(counts["read"] / max(dt, 1e-9), 1),
-        "tokens_per_s": round(total_tokens / max(dt, 1e-9), 1),
+        "elapsed_s": round(seconds, 2),
+        "docs_per_s": round(counts["read"] / max(seconds, 1e-9), 1),
+        "tokens_per_s": round(total_tokens / max(seconds, 1e-9), 1),
     }
     meta.update(meta_extra or {})
-    write_json_atomic(os.path.join(task_dir, "meta.json"), meta)
+    try:
+        write_json_atomic(os.path.join(staging, "meta.json"), meta)
+        publish(task_dir, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return meta
 
 
@@ -537,7 +600,7 @@ def run(task, schemas, offline, argv=None, render_task=None, eval_items=None, me
     if callable(schemas):  # schemas that depend on settings (chat styles)
         schemas = schemas(cfg)
     sources = resolve_sources(cfg.source, schemas, offline(cfg) if "offline" in cfg.source.split(",") else [],
-                              cfg.hub_split, cfg.schema)
+                              cfg.hub_split, cfg.schema, cfg.max_record_mb)
     task_dir = os.path.join(cfg.out_dir, task)
     extra = dict(meta_extra or {})
     if hasattr(cfg, "styles"):
@@ -547,10 +610,10 @@ def run(task, schemas, offline, argv=None, render_task=None, eval_items=None, me
         if getattr(cfg, "eval_seed", None) == cfg.seed:
             raise DataError("eval_seed must differ from seed (held-out items come from another seed)")
         items = eval_items(cfg)
-        path = write_eval(task_dir, items)
-        eval_texts = [it["question"] for it in items]
-        extra["eval"] = {"file": os.path.basename(path), "items": len(items), **extra.get("eval", {})}
-    meta = prepare(task, sources, cfg, eval_texts=eval_texts, render_task=render_task, meta_extra=extra)
+        extra["eval"] = {"file": "eval.jsonl", "items": len(items), **extra.get("eval", {})}
+    else:
+        items = None
+    meta = prepare(task, sources, cfg, render_task=render_task, meta_extra=extra, eval_items=items)
     print(summary_table([meta]))
     print(f"{task}: wrote {task_dir}/{{train,val}}.bin, masks, docs, meta.json")
     return meta

@@ -18,6 +18,9 @@ import shutil
 class WriteError(OSError):
     """A write that failed (disk full, read-only, too large), with a message naming the file."""
 
+    def __str__(self):
+        return self.strerror  # the whole message, without OSError's "[Errno 28]" prefix
+
 
 def temp_name(path, kind="tmp"):
     """A name beside path that only this process uses."""
@@ -39,9 +42,9 @@ def write_error(path, err):
 def atomic_file(path):
     """Yields a temporary path beside path; it takes path's name when the block ends without error
     and is removed otherwise. OS errors become a WriteError naming path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = temp_name(path)
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         yield tmp
         os.replace(tmp, path)
     except OSError as e:

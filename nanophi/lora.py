@@ -40,11 +40,24 @@ def load_adapter_state(peft_model, state):
     set_peft_model_state_dict(peft_model, state)
 
 
+def portable_base(base, folder):
+    """A base that is a path is stored relative to the folder holding the adapter (or checkpoint),
+    so the two can move together (to Drive, another machine); a gpt2 name stays as it is."""
+    return os.path.relpath(os.path.abspath(base), os.path.abspath(folder)) if os.path.exists(base) else base
+
+
+def resolve_base(base, folder):
+    """The stored base back to what load_model takes: relative paths are from folder (absolute
+    paths, as older adapters stored them, pass through)."""
+    candidate = os.path.join(folder, base)
+    return os.path.normpath(candidate) if os.path.exists(candidate) else base
+
+
 def save_adapter(peft_model, path, base, model_args):
     """Write the adapter directory atomically (filled under a temporary name, then swapped in)."""
     with atomic_dir(path) as tmp:
         peft_model.save_pretrained(tmp)
-        write_json_atomic(os.path.join(tmp, META), {"base": base, "model_args": model_args})
+        write_json_atomic(os.path.join(tmp, META), {"base": portable_base(base, path), "model_args": model_args})
     return path
 
 

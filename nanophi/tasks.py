@@ -13,6 +13,7 @@ class Task:
     tag: str             # the tag its examples start with
     renders_as: str = ""  # another task whose format its examples take ('' = its own)
     qa: bool = False     # held-out questions with one exact answer (data/<name>/eval.jsonl)
+    generated: bool = False  # its offline training items are generated (data prep's num_generated)
     chat: bool = False   # conversations: a reply ends at the bot's end-of-text
     sample: str = ""     # the main job's greedy sample prompt ('' = none)
     system: str = ""     # ... and its system prompt, for chat tasks
@@ -22,8 +23,8 @@ class Task:
 TASKS = (
     Task("textbook", "[Textbook]", sample="Python's list comprehension"),
     Task("code", "[Code]", sample='def add(a, b):\n    """Return the sum of a and b."""\n'),
-    Task("math", "[Math]", qa=True, sample="What is 17 + 25?"),
-    Task("logic", "[Logic]", qa=True, sample="All cats are mammals. Tom is a cat. Is Tom a mammal?"),
+    Task("math", "[Math]", qa=True, generated=True, sample="What is 17 + 25?"),
+    Task("logic", "[Logic]", qa=True, generated=True, sample="All cats are mammals. Tom is a cat. Is Tom a mammal?"),
     Task("excerpt", "[Excerpt]", sample="The with statement is used to wrap the execution of a block with methods "
                                         "defined by a context manager."),
     Task("chat", "[Chat]", chat=True, sample="Hi! What can you help me with?"),
@@ -36,6 +37,7 @@ BY_NAME = {t.name: t for t in TASKS}
 TASK_NAMES = tuple(BY_NAME)
 TAGS = {t.name: t.tag for t in TASKS if not t.renders_as}  # task -> tag, for the tasks with a tag of their own
 QA_TASKS = tuple(t.name for t in TASKS if t.qa)
+GENERATED_TASKS = tuple(t.name for t in TASKS if t.generated)
 CHAT_TASKS = tuple(t.name for t in TASKS if t.chat and not t.renders_as)
 SAMPLES = tuple(t for t in TASKS if t.sample)
 

@@ -22,7 +22,7 @@ answer/reply (and the end-of-text that closes it, so the model learns to stop).
 import codecs
 
 from nanophi.tasks import CHAT_TASKS, QA_TASKS, TAGS  # TAGS: task name -> tag starting each of its examples
-from nanophi.tokenizer import EOT_ID, decode, encode, get_tokenizer
+from nanophi.tokenizer import EOT_ID, EOT_TEXT, decode, encode, get_tokenizer
 
 RESPONSE = "[Response]"   # excerpt/response marker, as in NanoPhi's data
 ANSWER = "Answer:"        # QA marker for math/logic; exact-match eval reads what follows it
@@ -137,6 +137,23 @@ def chat(turns, system=None, task="chat", style="nanophi", user_name=None, bot_n
     elif pending:
         segs.append((pending, False))
     return segs
+
+
+def chat_template(style="nanophi"):
+    """
+    chat() as a Jinja chat template for transformers (written into exported tokenizers), built
+    from the same markers: apply_chat_template(messages, add_generation_prompt=True) renders
+    exactly render_text(chat(turns, system)). A leading 'system' message is the system line.
+    """
+    m = markers(style)
+    q = lambda s: "'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+    return ("{{ " + q(TAGS["chat"]) + " }}"
+            "{% for message in messages %}"
+            "{% if message['role'] == 'system' %}{{ " + q("\n" + m["system"] + " ") + " + message['content'] | trim }}"
+            "{% elif message['role'] == 'user' %}{{ " + q("\n" + m["user"] + " ") + " + message['content'] | trim }}"
+            "{% else %}{{ " + q("\n" + m["bot"] + " ") + " + message['content'] | trim + " + q(EOT_TEXT) + " }}"
+            "{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}{{ " + q("\n" + m["bot"]) + " }}{% endif %}")
 
 
 def stop_strings(style="nanophi", user_name=None, bot_name=None):

@@ -110,9 +110,10 @@ def _split_in_two(ranks, token):
         parts[i:i + 2] = [parts[i] + parts[i + 1]]
 
 
-def save_hf_tokenizer(path):
+def save_hf_tokenizer(path, model_max_length=1024, chat_template=None):
     """Write vocab.json and merges.txt (transformers' GPT2Tokenizer files) derived from the ranks, so
-    an exported model directory is complete for transformers, vLLM and llama.cpp's converter."""
+    an exported model directory is complete for transformers, vLLM and llama.cpp's converter.
+    model_max_length: the model's block_size; chat_template: Jinja text (textformat.chat_template())."""
     import json
     enc = get_tokenizer()
     ranks = {enc.decode_single_token_bytes(i): i for i in range(EOT_ID)}
@@ -129,12 +130,14 @@ def save_hf_tokenizer(path):
             raise ValueError(f"token {tok!r} (rank {rank}) is not one merge of two tokens")
         merges.append(f"{to_text(parts[0])} {to_text(parts[1])}")
     os.makedirs(path, exist_ok=True)
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": int(model_max_length),
+              "bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT, "add_prefix_space": False}
+    if chat_template:
+        config["chat_template"] = chat_template
     files = {
         "vocab.json": json.dumps(vocab, ensure_ascii=False),
         "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
-        "tokenizer_config.json": json.dumps({"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024,
-                                             "bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT,
-                                             "add_prefix_space": False}),
+        "tokenizer_config.json": json.dumps(config, indent=2),
         "special_tokens_map.json": json.dumps({"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}),
     }
     for name, text in files.items():

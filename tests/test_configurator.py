@@ -56,3 +56,58 @@ def test_constants_are_not_settings():
     g = dict(settings(), EOT_ID=50256, CHAT_HELP="text")
     with pytest.raises(ConfigError, match="unknown config key 'EOT_ID'"):
         configure(g, ["--EOT_ID=1"])
+
+
+def test_declared_checks_name_the_setting_and_where_it_was_set(tmp_path):
+    from configurator import at_least, between, matches, one_of
+    checks = {"batch_size": at_least(1), "learning_rate": between(0.0, 1.0), "compile": one_of(True, False),
+              "out_dir": matches(r"[a-z]+", "lower-case letters")}
+    cfg = tmp_path / "c.py"
+    cfg.write_text("batch_size = 0\n")
+    with pytest.raises(ConfigError, match=r"c.py: batch_size must be >= 1, got 0"):
+        configure(settings(), [str(cfg)], checks=checks)
+    with pytest.raises(ConfigError, match=r"argument '--learning_rate=2': learning_rate must be between 0.0 and 1.0"):
+        configure(settings(), ["--learning_rate=2"], checks=checks)
+    with pytest.raises(ConfigError, match=r"out_dir must be lower-case letters, got 'OUT'"):
+        configure(settings(), ["--out_dir=OUT"], checks=checks)
+    sources = {}
+    configure(settings(), [str(cfg), "--batch_size=2"], checks=checks, sources=sources)  # the last one counts
+    assert sources == {"batch_size": "argument '--batch_size=2'"}
+
+
+@pytest.mark.parametrize("body, message", [
+    ("x = 1 / 0\n", r"c.py, line 1: ZeroDivisionError: division by zero"),
+    ("import sys\nsys.exit(0)\n", r"c.py: it calls sys.exit\(0\); a config file only assigns settings"),
+    ("batch_size = (\n", r"c.py, line 1: syntax error"),
+])
+def test_config_file_that_raises_or_exits_is_an_error(tmp_path, body, message):
+    cfg = tmp_path / "c.py"
+    cfg.write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        configure(settings(), [str(cfg)])
+
+
+def test_help_prints_the_comment_beside_each_setting(tmp_path, capsys):
+    script = tmp_path / "script.py"
+    script.write_text("batch_size = 4  # rows per step\nout_dir = 'out'\nlr = 0.1  # step size, '#' inside\n")
+    g = {"batch_size": 4, "out_dir": "out", "lr": 0.1, "__file__": str(script)}
+    with pytest.raises(SystemExit):
+        configure(g, ["--help"])
+    out = capsys.readouterr().out.splitlines()
+    assert "  --batch_size=4  # rows per step" in out
+    assert "  --out_dir='out'" in out
+    assert "  --lr=0.1  # step size, '#' inside" in out
+
+
+@pytest.mark.slow
+def test_every_script_ends_bad_settings_the_same_way():
+    """Scripts that read settings at import (export.py, pipeline.py) stop like train.py: one line, exit 2."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    for script in ("export.py", "pipeline.py", "train.py"):
+        r = subprocess.run([sys.executable, script, "--no_such_setting=1"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (script, r.stderr)
+        assert lines[0].startswith("config error: argument '--no_such_setting=1': unknown config key"), lines

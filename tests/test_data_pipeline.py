@@ -173,7 +173,7 @@ def test_killed_process_leaves_no_finished_bin(tmp_path):
                           "--progress=False", "--near_dedup=False"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
-        while time.time() < deadline and not glob.glob(str(tmp_path / "textbook" / "train.bin.tmp-*")):
+        while time.time() < deadline and not glob.glob(str(tmp_path / "textbook" / ".prepared-*" / "train.bin.tmp-*")):
             time.sleep(0.05)
         time.sleep(0.3)
         assert p.poll() is None, "the run finished before it could be interrupted"
@@ -181,7 +181,7 @@ def test_killed_process_leaves_no_finished_bin(tmp_path):
     finally:
         p.wait()
     names = os.listdir(tmp_path / "textbook")
-    assert any(n.startswith("train.bin.tmp-") for n in names)
+    assert glob.glob(str(tmp_path / "textbook" / ".prepared-*" / "train.bin.tmp-*"))
     assert not any(n in ("train.bin", "val.bin", "meta.json", "train_mask.bin") for n in names)
 
 

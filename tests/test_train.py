@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from nanophi import textformat
+from conftest import ROOT
 from nanophi.checkpoint import load_checkpoint, load_model
 from nanophi.datafiles import SplitWriter, TaskSplit
 from nanophi.tokenizer import EOT_ID
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=1",
         "--warmup_iters=1", "--learning_rate=3e-3", "--min_lr=3e-4", "--plot=False", "--compile=False"]
@@ -269,7 +269,7 @@ def test_lora_adapter_small_mergeable_and_loadable(data_dir, tmp_path, tiny_hf_d
     base_size = sum(os.path.getsize(os.path.join(tiny_hf_dir, f)) for f in os.listdir(tiny_hf_dir))
     assert size < base_size / 10
     ck = load_checkpoint(os.path.join(out, "ckpt.pt"))
-    assert "model" not in ck and ck["lora"] and ck["lora_base"] == os.path.abspath(tiny_hf_dir)
+    assert "model" not in ck and ck["lora"] and ck["lora_base"] == os.path.relpath(tiny_hf_dir, out)
     merged, _ = load_model(adir)
     from_ckpt, _ = load_model("resume", out, which="latest")
     base, _ = load_model(tiny_hf_dir)
@@ -279,9 +279,33 @@ def test_lora_adapter_small_mergeable_and_loadable(data_dir, tmp_path, tiny_hf_d
     torch.testing.assert_close(a, b)
     assert (a - c).abs().max() > 1e-4  # the adapter changed the model
     assert type(merged).__name__ == "GPT"
-    # resume continues the adapter with its optimizer state
-    r = run_main(train_args(data_dir, out, "--init_from=resume", "--max_iters=6", "--eval_interval=2"))
+    # resume continues the adapter with its optimizer state (its shape is the base model's: no shape settings)
+    args = [a for a in train_args(data_dir, out, "--init_from=resume", "--max_iters=6", "--eval_interval=2")
+            if not a.startswith(("--n_layer", "--n_head", "--n_embd"))]
+    r = run_main(args)
     assert r["iter_num"] == 6
+
+
+def test_lora_adapter_moves_with_its_base(data_dir, tmp_path, tiny_hf_dir):
+    """The adapter stores its base relative to itself: moved together they load; a base left
+    behind is an error naming the adapter and the base (it used to blame init_from)."""
+    import shutil
+    work = tmp_path / "work"
+    shutil.copytree(tiny_hf_dir, work / "base")
+    out = str(work / "run")
+    run_main(train_args(data_dir, out, f"--init_from={work / 'base'}", "--lora_rank=2", "--max_iters=1",
+                        "--eval_interval=100"))
+    want, _ = load_model(os.path.join(out, "lora"))
+    shutil.move(str(work), str(tmp_path / "moved"))
+    moved = tmp_path / "moved"
+    x = torch.randint(0, 50257, (1, 8))
+    for init in (str(moved / "run" / "lora"), str(moved / "run" / "ckpt.pt")):
+        got, _ = load_model(init)
+        with torch.no_grad():
+            torch.testing.assert_close(got(x)[0], want(x)[0])
+    shutil.rmtree(moved / "base")
+    with pytest.raises(FileNotFoundError, match=r"run/lora is a LoRA adapter whose base model .*base' is not there"):
+        load_model(str(moved / "run" / "lora"))
 
 
 # ----------------------------------------------------------------------------- bad configs
@@ -292,9 +316,18 @@ def test_lora_adapter_small_mergeable_and_loadable(data_dir, tmp_path, tiny_hf_d
     (["--tasks={'math': -1.0}"], "negative"),
     (["--tasks={'logic': 1.0}"], "missing dataset"),
     (["--block_size=100000"], "block_size 100000 is larger than task"),
-    (["--batch_size=0"], "batch_size (0)"),
+    (["--batch_size=0"], "batch_size must be >= 1, got 0"),
     (["--lora_rank=4"], "lora_rank > 0 adapts a pretrained model"),
     (["--max_itres=3"], "did you mean max_iters"),
+    (["--max_iters=-1"], "argument '--max_iters=-1': max_iters must be >= 0, got -1"),
+    (["--warmup_iters=-5"], "warmup_iters must be >= 0, got -5"),
+    (["--compile=maybe"], "compile must be one of None, True, False, got 'maybe'"),
+    (["--n_head=3"], "n_head=3 does not divide n_embd=32"),
+    (["--dtype=float64"], "dtype must be one of 'auto', 'float32', 'bfloat16', 'float16', got 'float64'"),
+    (["--device=tpu"], "device must be auto, cpu, mps, cuda or cuda:N, got 'tpu'"),
+    (["--dropout=1.5"], "dropout must be between 0.0 and 1.0"),
+    (["--init_from=resume"], "init_from=resume: no checkpoint at"),
+    (["--init_from=nosuchmodel"], "init_from='nosuchmodel'"),
 ])
 def test_bad_config_stops_before_compute(data_dir, tmp_path, extra, message):
     from configurator import ConfigError
@@ -304,11 +337,135 @@ def test_bad_config_stops_before_compute(data_dir, tmp_path, extra, message):
     assert not os.path.exists(os.path.join(tmp_path, "bad", "log.jsonl"))
 
 
+def run_cli(*args, cwd, timeout=120):
+    return subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True, cwd=str(cwd), timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def one_line_error(p):
+    """The stderr of a run stopped by bad settings: exit 2, one 'config error' line, no traceback."""
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("config error: "), p.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
 def test_cli_bad_config_exit_code(data_dir, tmp_path):
-    p = subprocess.run([sys.executable, TRAIN, f"--data_dir={data_dir}", "--tasks={'math': 0}"],
-                       capture_output=True, text=True, cwd=str(tmp_path), timeout=60)
-    assert p.returncode == 2 and "config error: " in p.stderr and "every mixture weight is zero" in p.stderr
-    assert "Traceback" not in p.stderr
+    err = one_line_error(run_cli(f"--data_dir={data_dir}", "--tasks={'math': 0}", cwd=tmp_path))
+    assert "every mixture weight is zero" in err
+    # config files that raise or exit are errors naming the file (sys.exit(0) used to end the run with 0)
+    (tmp_path / "raises.py").write_text("batch_size = 4\nimport json\njson.loads('{')\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    err = one_line_error(run_cli("raises.py", cwd=tmp_path))
+    assert "config file raises.py, line 3: JSONDecodeError" in err
+    err = one_line_error(run_cli("exits.py", cwd=tmp_path))
+    assert "config file exits.py: it calls sys.exit(0)" in err
+    err = one_line_error(run_cli(f"--data_dir={data_dir}", "--dtype=float64", cwd=tmp_path))
+    assert "dtype must be one of" in err
+    assert not os.path.exists(tmp_path / "out")  # stopped before anything was written
+
+
+def test_help_prints_what_each_setting_does(capsys):
+    with pytest.raises(SystemExit) as e:
+        run_main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--max_iters=1000  # optimizer steps" in out
+    assert "--n_head=4  # attention heads (must divide n_embd)" in out
+    assert "--epochs=0.0  # > 0: set max_iters to this many passes" in out
+
+
+def test_explicit_max_iters_wins_over_a_configs_epochs(data_dir, tmp_path, capsys):
+    cfg = tmp_path / "epochs.py"
+    cfg.write_text("epochs = 50.0\neval_interval = 100\n")
+    r = run_main([str(cfg), *train_args(data_dir, str(tmp_path / "e"), "--max_iters=2")])
+    assert r["iter_num"] == 2
+    assert "max_iters=2 (argument '--max_iters=2') wins over epochs=50.0 (config file" in capsys.readouterr().out
+    both = tmp_path / "both.py"
+    both.write_text("epochs = 50.0\nmax_iters = 3\n")
+    from configurator import ConfigError
+    with pytest.raises(ConfigError, match="sets both epochs .50.0. and max_iters .3.; set one of them"):
+        run_main(train_args(data_dir, str(tmp_path / "b"), str(both)))
+
+
+def test_growing_the_context_is_announced(data_dir, tmp_path, tiny_hf_dir, capsys):
+    run_main(train_args(data_dir, str(tmp_path / "g"), f"--init_from={tiny_hf_dir}", "--block_size=160",
+                        "--max_iters=0", "--eval_only=True"))
+    assert "context grown from 128 to block_size 160 positions" in capsys.readouterr().out
+
+
+def test_resume_refuses_another_shape_or_lora_on_a_full_finetune(data_dir, tmp_path):
+    from configurator import ConfigError
+    out = str(tmp_path / "r")
+    run_main(train_args(data_dir, out, "--max_iters=1", "--eval_interval=100"))
+    with pytest.raises(ConfigError, match=r"argument '--n_layer=3': n_layer=3, but .*ckpt.pt holds a model with n_layer=2"):
+        run_main(train_args(data_dir, out, "--init_from=resume", "--n_layer=3"))
+    with pytest.raises(ConfigError, match=r"n_embd=48, but .*n_embd=32; a resumed run keeps its shape"):
+        run_main(train_args(data_dir, out, "--init_from=resume", "--n_embd=48", "--n_head=2"))
+    with pytest.raises(ConfigError, match=r"lora_rank=4 .*is a full finetune, not a LoRA run; .*--init_from=.*ckpt.pt --lora_rank=4"):
+        run_main(train_args(data_dir, out, "--init_from=resume", "--lora_rank=4"))
+    r = run_main(train_args(data_dir, out, "--init_from=resume", "--max_iters=2", "--eval_interval=100"))
+    assert r["iter_num"] == 2  # the same shape resumes
+
+
+@pytest.mark.slow
+def test_kill_between_ckpt_and_best_is_repaired_on_resume(data_dir, tmp_path):
+    """kill -9 after ckpt.pt (which says it is the best) is written but before best.pt: the resumed
+    run finds best.pt older than ckpt.pt's best state and rewrites it (it stayed stale before)."""
+    out = str(tmp_path / "k")
+    args = train_args(data_dir, out, "--max_iters=4", "--eval_interval=2", "--learning_rate=1e-2")
+    code = (
+        "import os, signal, sys, runpy\n"
+        "from nanophi import checkpoint\n"
+        "real = checkpoint.save_checkpoint\n"
+        "def save(path, state):\n"
+        "    if path.endswith('best.pt') and state['iter_num'] == 4:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)  # ckpt.pt is written, best.pt not yet\n"
+        "    real(path, state)\n"
+        "checkpoint.save_checkpoint = save\n"
+        f"sys.argv = {[TRAIN] + args!r}\n"
+        f"runpy.run_path({TRAIN!r}, run_name='__main__')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == -9, p.stdout[-2000:] + p.stderr[-2000:]
+    ck = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert ck["iter_num"] == 4 and ck["best_iter"] == 4  # improved at 4: the kill came before best.pt
+    assert load_checkpoint(os.path.join(out, "best.pt"))["iter_num"] == 2
+    run_main(train_args(data_dir, out, "--max_iters=4", "--eval_interval=2", "--init_from=resume"))
+    best = load_checkpoint(os.path.join(out, "best.pt"))
+    assert best["iter_num"] == 4 and best["best_val_loss"] == ck["best_val_loss"]
+    for k, v in ck["model"].items():
+        assert torch.equal(v, best["model"][k])
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+
+def in_mount_namespace(setup, command):
+    """Run command (a list) after shell setup lines in a private mount namespace (root, unshare);
+    skips where the kernel or the user may not."""
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no private mount namespace here (unshare --mount refused)")
+    import shlex
+    script = f"set -e; {setup}; exec {' '.join(shlex.quote(c) for c in command)}"
+    return subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+@pytest.mark.slow
+def test_disk_full_and_read_only_out_dir_are_clear_errors(data_dir, tmp_path):
+    full, ro = tmp_path / "full", tmp_path / "ro"
+    full.mkdir()
+    ro.mkdir()
+    # a 1 MiB file system: the log fits, the first checkpoint (about 7 MB) does not
+    p = in_mount_namespace(f"mount -t tmpfs -o size=1m tmpfs {full}",
+                           [sys.executable, TRAIN, *train_args(data_dir, str(full), "--max_iters=2", "--eval_interval=2")])
+    err = [line for line in p.stderr.splitlines() if line.strip() and "Loading" not in line]
+    assert p.returncode == 1 and len(err) == 1, p.stderr
+    assert err[0].startswith(f"error: could not write {full}/ckpt.pt: No space left on device"), err
+    p = in_mount_namespace(f"mount --bind {ro} {ro}; mount -o remount,ro,bind {ro}",
+                           [sys.executable, TRAIN, *train_args(data_dir, str(ro), "--max_iters=2")])
+    assert f"out_dir {str(ro)!r} is not writable (Read-only file system)" in one_line_error(p)
 
 
 def test_configs_parse():
