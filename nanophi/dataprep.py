@@ -52,6 +52,9 @@ DEFAULTS = dict(
     batch_size=256,         # records per tokenization batch
     hub_split="train",
     progress=True,
+    quality_model="",       # a directory written by data/quality.py train: score every document (docs/quality.md)
+    min_quality=0.0,        # with quality_model: drop documents whose P(educational) is below this
+    decontam_drop="",       # a drop list from data/decontaminate.py (embedding/AST matches to HumanEval/MBPP)
 )
 NGRAM = 13
 BATCH_CHARS = 16_000_000  # a tokenization batch is also flushed at this much text: bounded memory with long records
@@ -418,12 +421,17 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
     """
     t0 = time.time()
     task_dir = os.path.join(cfg.out_dir, task)
+    from nanophi.quality import prepare_filter
+    quality_of = prepare_filter(cfg.quality_model, cfg.min_quality)
+    from nanophi.decontam import read_drop_list
+    drop_keys = read_drop_list(cfg.decontam_drop) if cfg.decontam_drop else set()
     if eval_items is not None:
         eval_texts = list(eval_texts) + [it["question"] for it in eval_items]
     decon = Decontaminator(humaneval=cfg.decontaminate, eval_texts=eval_texts if cfg.decontaminate else ())
     near = NearDedup(cfg.near_threshold) if cfg.near_dedup else None
     seen = set()
-    counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped")}
+    counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped", "quality_kept",
+                             "quality_dropped", "drop_list")}
     per_source = {}
     skipped_examples = []
     staging = new_staging(task_dir)  # every file of this run goes here; publish() makes them current at once
@@ -493,10 +501,18 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                         counts["exact"] += 1
                         continue
                     seen.add(h)
+                if drop_keys and doc_hash(norm) in drop_keys:
+                    counts["drop_list"] += 1
+                    continue
                 hit = decon.hit(norm)
                 if hit:
                     counts[hit] += 1
                     continue
+                if quality_of is not None:
+                    keep = quality_of(examples) >= cfg.min_quality
+                    counts["quality_kept" if keep else "quality_dropped"] += 1
+                    if not keep:
+                        continue
                 if near is not None and near.is_dup(norm):
                     counts["near"] += 1
                     continue
@@ -554,7 +570,10 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                   "near_threshold": cfg.near_threshold if cfg.near_dedup else None,
                   "normalisation": "NFKC, lower case, whitespace collapsed; near: MinHash of word 5-grams"},
         "decontamination": {"humaneval": counts["humaneval"], "eval_items": counts["eval_items"],
-                            "ngram": NGRAM, "humaneval_problems": decon.n_humaneval, "eval_item_count": decon.n_eval},
+                            "ngram": NGRAM, "humaneval_problems": decon.n_humaneval, "eval_item_count": decon.n_eval,
+                            "drop_list": cfg.decontam_drop or None, "drop_list_dropped": counts["drop_list"]},
+        "quality": {"model": cfg.quality_model, "min_quality": cfg.min_quality, "kept": counts["quality_kept"],
+                    "dropped": counts["quality_dropped"]} if quality_of is not None else None,
         "skipped": counts["skipped"],
         "skipped_examples": skipped_examples,
         "records": counts["read"],

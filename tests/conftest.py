@@ -40,3 +40,17 @@ def tiny_out_dir(tmp_path_factory):
     save_checkpoint(os.path.join(out, LATEST), state)
     save_checkpoint(os.path.join(out, BEST), state)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_out_dir_1k(tmp_path_factory):
+    """A tiny random NanoPhi checkpoint with a 1024-token context: long enough for judge and generator prompts."""
+    from dataclasses import asdict
+    from nanophi.checkpoint import BEST, save_checkpoint
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=1024, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)
+    out = str(tmp_path_factory.mktemp("tiny_out_1k"))
+    save_checkpoint(os.path.join(out, BEST), {"model": GPT(cfg).state_dict(), "model_args": asdict(cfg),
+                                              "iter_num": 0, "best_val_loss": 1e9})
+    return out

@@ -6,6 +6,7 @@ CodeSearchNet-style (docstring, then the code; all trained) and phi-1 CodeExerci
     python data/code/prepare.py                        # offline: the installed standard library, via ast
     python data/code/prepare.py --source=hub           # code_search_net, config python
     python data/code/prepare.py --source=funcs.jsonl   # a local file in the code_search_net schema (or .txt)
+    python data/code/prepare.py --source=data/synth/exercises.jsonl --skip_bad=True   # data/synthesize.py's exercises
 """
 import os
 import sys
@@ -13,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 from nanophi import dataprep  # noqa: E402
 from nanophi import offline_sources  # noqa: E402
+from nanophi import synth  # noqa: E402
 from nanophi import textformat  # noqa: E402
 from nanophi.dataprep import Schema, Source, need  # noqa: E402
 
@@ -32,7 +34,16 @@ def code_search_net(r):
     return [textformat.code(code, doc if doc.strip() and doc.strip() not in code else None)]
 
 
+def synthetic_exercise(r):
+    """A reply of data/synthesize.py --kind=exercise: the function's signature+docstring is the prompt."""
+    parts = synth.parse_exercise(need(r, "text"))
+    if parts is None:
+        raise dataprep.FieldError("text", "the reply holds no Python function with a docstring and a body")
+    return [textformat.code_exercise(parts["exercise"], parts["solution"])]
+
+
 SCHEMAS = [
+    Schema("synthetic-exercise", ["kind", "exercise_kind", "text"], synthetic_exercise),
     Schema("code_search_net", ["func_code_string", "func_documentation_string", "whole_func_string"],
            code_search_net, hub=("code_search_net", "python")),
     Schema("text", ["text"], lambda r: [textformat.code(need(r, "text"))]),
