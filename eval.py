@@ -152,46 +152,29 @@ def loss_metrics(name, tot):
 
 # ----------------------------------------------------------------------------- generation
 
-@torch.no_grad()
 def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temperature=0.0, top_k=0,
              top_p=1.0, repetition_penalty=1.0, seed=1337, autocast_ctx=None, desc=None):
     """n completions (text) for each prompt (a list of ids), each ending before end-of-text or the
-    first stop string. Rows of equal prompt length share a batch (no padding: generate has no
-    attention mask). Prompts longer than the context keep their end."""
+    first stop string, batch_size rows decoding together (engine.Engine). Row j of prompt i samples
+    with its own generator, so the texts do not depend on batch_size. Prompts longer than the
+    context keep their end."""
     import contextlib
     from tqdm import tqdm
-    from nanophi.textformat import TextStream
-    from nanophi.tokenizer import EOT_ID
+    from nanophi.engine import Engine, Row, row_generator
     dev = next(model.parameters()).device
     block = model.config.block_size
     keep = max(block // 2, block - max_new_tokens)
-    prompts = [p[-keep:] for p in prompts]
-    rows = sorted(((i, j) for i in range(len(prompts)) for j in range(n)), key=lambda r: (len(prompts[r[0]]), r))
-    batches, cur = [], []
-    for r in rows:
-        if cur and (len(cur) == batch_size or len(prompts[cur[0][0]]) != len(prompts[r[0]])):
-            batches.append(cur)
-            cur = []
-        cur.append(r)
-    if cur:
-        batches.append(cur)
-    gen = torch.Generator(device=dev).manual_seed(seed)
+    rows = [Row(p[-keep:], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                repetition_penalty=repetition_penalty, stops=stops, key=(i, j),
+                generator=row_generator(seed, i * n + j, dev) if temperature else None)
+            for i, p in enumerate(prompts) for j in range(n)]
+    engine = Engine(model, max_batch=batch_size, cache_slots=0)
+    with autocast_ctx or contextlib.nullcontext(), tqdm(total=len(rows), desc=desc, leave=False, disable=desc is False) as bar:
+        for ev in engine.run(rows):
+            bar.update(ev.finish is not None)
     out = [[None] * n for _ in prompts]
-    for batch in tqdm(batches, desc=desc, leave=False, disable=desc is False):
-        idx = torch.tensor([prompts[i] for i, _ in batch], dtype=torch.long, device=dev)
-        streams = [TextStream(stops) for _ in batch]  # each row ends at end-of-text or a stop string
-        with autocast_ctx or contextlib.nullcontext():
-            for nxt, _ in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                                                top_p=top_p, repetition_penalty=repetition_penalty,
-                                                stop_ids=[EOT_ID], generator=gen):
-                for s, t in zip(streams, nxt.tolist()):
-                    if not s.finish:
-                        s.add(t)
-                if all(s.finish for s in streams):
-                    break
-        for (i, j), s in zip(batch, streams):
-            s.close()
-            out[i][j] = s.text
+    for r in rows:
+        out[r.key[0]][r.key[1]] = r.text
     return out
 
 
