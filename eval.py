@@ -37,6 +37,7 @@ compare_with = ""  # a second init_from (e.g. the base model): both in one table
 out_dir = default_out_dir()  # default: out/ if it holds a checkpoint, else the most recently trained out*/ folder
 device = "auto"
 dtype = "auto"  # auto: bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU
+weights = "fp32"  # fp32 | bf16 | int8 | auto: evaluate the weight format sample.py/serve.py would run (nanophi/weights.py)
 # what to measure
 data_dir = "data"
 tasks = []  # [] = every task prepared in data_dir
@@ -151,49 +152,32 @@ def loss_metrics(name, tot):
 
 # ----------------------------------------------------------------------------- generation
 
-@torch.no_grad()
 def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temperature=0.0, top_k=0,
              top_p=1.0, repetition_penalty=1.0, seed=1337, autocast_ctx=None, desc=None, ended_at_eot=None):
     """n completions (text) for each prompt (a list of ids), each ending before end-of-text or the
-    first stop string. Rows of equal prompt length share a batch (no padding: generate has no
-    attention mask). Prompts longer than the context keep their end. ended_at_eot: a set that gets
-    the (prompt, sample) pairs that ended with end-of-text (not a stop string or the length limit)."""
+    first stop string, batch_size rows decoding together (engine.Engine). Row j of prompt i samples
+    with its own generator, so the texts do not depend on batch_size. Prompts longer than the
+    context keep their end. ended_at_eot: a set that gets the (prompt, sample) pairs that ended
+    with end-of-text (not a stop string or the length limit)."""
     import contextlib
     from tqdm import tqdm
-    from nanophi.textformat import TextStream
-    from nanophi.tokenizer import EOT_ID
+    from nanophi.engine import Engine, Row, row_generator
     dev = next(model.parameters()).device
     block = model.config.block_size
     keep = max(block // 2, block - max_new_tokens)
-    prompts = [p[-keep:] for p in prompts]
-    rows = sorted(((i, j) for i in range(len(prompts)) for j in range(n)), key=lambda r: (len(prompts[r[0]]), r))
-    batches, cur = [], []
-    for r in rows:
-        if cur and (len(cur) == batch_size or len(prompts[cur[0][0]]) != len(prompts[r[0]])):
-            batches.append(cur)
-            cur = []
-        cur.append(r)
-    if cur:
-        batches.append(cur)
-    gen = torch.Generator(device=dev).manual_seed(seed)
+    rows = [Row(p[-keep:], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                repetition_penalty=repetition_penalty, stops=stops, key=(i, j),
+                generator=row_generator(seed, i * n + j, dev) if temperature else None)
+            for i, p in enumerate(prompts) for j in range(n)]
+    engine = Engine(model, max_batch=batch_size, cache_slots=0)
+    with autocast_ctx or contextlib.nullcontext(), tqdm(total=len(rows), desc=desc, leave=False, disable=desc is False) as bar:
+        for ev in engine.run(rows):
+            bar.update(ev.finish is not None)
     out = [[None] * n for _ in prompts]
-    for batch in tqdm(batches, desc=desc, leave=False, disable=desc is False):
-        idx = torch.tensor([prompts[i] for i, _ in batch], dtype=torch.long, device=dev)
-        streams = [TextStream(stops) for _ in batch]  # each row ends at end-of-text or a stop string
-        with autocast_ctx or contextlib.nullcontext():
-            for nxt, _ in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                                                top_p=top_p, repetition_penalty=repetition_penalty,
-                                                stop_ids=[EOT_ID], generator=gen):
-                for (i, j), s, t in zip(batch, streams, nxt.tolist()):
-                    if not s.finish:
-                        if t == EOT_ID and ended_at_eot is not None:
-                            ended_at_eot.add((i, j))
-                        s.add(t)
-                if all(s.finish for s in streams):
-                    break
-        for (i, j), s in zip(batch, streams):
-            s.close()
-            out[i][j] = s.text
+    for r in rows:
+        out[r.key[0]][r.key[1]] = r.text
+        if ended_at_eot is not None and r.finish == "eot":
+            ended_at_eot.add(r.key)
     return out
 
 
@@ -538,6 +522,7 @@ def main(argv=None):
     from nanophi import sandbox
     from nanophi.checkpoint import load_model
     from nanophi.device import autocast, device_name, pick_device, pick_dtype
+    from nanophi.weights import apply_weights, resolve_weights
 
     res_path = cfg["results"] or os.path.join(cfg["out_dir"], "eval.json")
     os.makedirs(os.path.dirname(os.path.abspath(res_path)), exist_ok=True)
@@ -563,8 +548,9 @@ def main(argv=None):
     else:
         dev = pick_device(cfg["device"])
         ptdtype = pick_dtype(cfg["dtype"], dev)
+        weight_format = resolve_weights(cfg["weights"], dev, ptdtype)
         autocast_ctx = autocast(dev, ptdtype)
-        report["device"] = f"{device_name(dev)}, {ptdtype}"
+        report["device"] = f"{device_name(dev)}, {ptdtype}, {weight_format} weights"
         loss_tasks, qa_names = discover_tasks(cfg)
         sel = cfg["metrics"]
         if ("loss" in sel and not loss_tasks) or (set(sel) & {"qa", "fewshot", "tags"} and not qa_names):
@@ -578,7 +564,9 @@ def main(argv=None):
             t0 = time.time()
             model, source = load_model(init, cfg["out_dir"], dev, cfg["which"])
             label = init if init != "resume" else short_path(source)
-            log(f"evaluating {label} ({model.get_num_params() / 1e6:.1f}M params) on {device_name(dev)}, {ptdtype}")
+            log(f"evaluating {label} ({model.get_num_params() / 1e6:.1f}M params) on {device_name(dev)}, {ptdtype}, "
+                f"{weight_format} weights")
+            model = apply_weights(model, weight_format)
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", role)
             m, c, d = evaluate(model, cfg, loss_tasks, qa_tasks, probs, autocast_ctx, label, f"{stem}_{slug}")
             report["models"].append({"label": label, "role": role, "init_from": init, "source": source,

@@ -3,8 +3,9 @@ GPT-2 in one file, nanoGPT-style:
 - GPT.from_pretrained loads gpt2 .. gpt2-xl or any local transformers GPT-2 directory
   (logits match transformers' GPT2LMHeadModel; GELU is the tanh form GPT-2 was trained with),
 - block_size can grow (position interpolation of wpe) as well as crop,
-- generation with a preallocated KV cache, greedy/top-k/top-p/repetition controls, stop ids
-  and per-row stopping,
+- generation with a preallocated KV cache in which each row has its own length (rows of
+  different lengths decode together), greedy/top-k/top-p/repetition controls, stop ids and
+  per-row stopping,
 - MFU against a peak the caller passes (device.py knows each device's), achieved FLOP/s always.
 Export back to transformers' format lives in nanophi/hf_export.py. This file imports only torch.
 """
@@ -48,25 +49,99 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
-class KVCache:
-    """Keys and values of every layer, preallocated for max_len positions (no torch.cat per step)."""
+class CrossEntropySum(torch.autograd.Function):
+    """Summed cross-entropy of logits (N, V) and targets (N,), as F.cross_entropy(reduction='sum'),
+    with the gradient written into the logits' own memory. F.cross_entropy keeps a log-softmax copy
+    and builds its gradient in two more fresh (N, V) tensors; at GPT-2's 50K vocabulary those are
+    the largest tensors of a small model's step, and on a CPU each costs page faults and bandwidth.
+    The logits must be a tensor nothing else reads after the loss (lm_head's output is)."""
+    CHUNK = 64  # rows per pass: the temporaries stay in cache
 
-    def __init__(self, config, batch_size, max_len, device, dtype):
+    @staticmethod
+    def forward(ctx, logits, targets):
+        lse = torch.cat([torch.logsumexp(c, dim=-1) for c in logits.split(CrossEntropySum.CHUNK)])
+        ctx.save_for_backward(logits, targets, lse)
+        return (lse - logits.gather(1, targets.unsqueeze(1)).squeeze(1)).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse = ctx.saved_tensors  # a second backward fails autograd's version check
+        for c, c_lse in zip(logits.split(CrossEntropySum.CHUNK), lse.split(CrossEntropySum.CHUNK)):
+            c.sub_(c_lse.unsqueeze(1)).exp_().mul_(grad)  # softmax * grad, in place
+        logits[torch.arange(len(targets), device=logits.device), targets] -= grad
+        return logits, None
+
+
+class KVCache:
+    """
+    Keys and values of every layer for batch_size rows of up to max_len positions, preallocated (no
+    torch.cat per step). Each row has its own length, so rows of different lengths decode together in
+    one forward pass (nanophi/engine.py's continuous batching); a forward pass picks its rows.
+    """
+
+    def __init__(self, config, batch_size, max_len, device, dtype, zeros=False):
         hs = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
-        # empty, not zeros: only positions already written (:pos) are ever read, and clearing a
-        # block_size-long cache costs as much as tens of generated tokens on a CPU
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+        # empty by default: rows of equal length only read positions already written, and clearing a
+        # block_size-long cache costs as much as tens of generated tokens on a CPU. Rows of different
+        # lengths read (masked) past their own end, and 0 * NaN is still NaN: the engine asks for zeros
+        new = torch.zeros if zeros else torch.empty
+        self.k = new(shape, device=device, dtype=dtype)
+        self.v = new(shape, device=device, dtype=dtype)
         self.max_len = max_len
-        self.pos = 0  # number of positions filled (advanced by GPT.forward after all layers)
+        self.lens = torch.zeros(batch_size, dtype=torch.long)  # positions filled per row (CPU: read as ints)
+
+    @property
+    def pos(self):
+        """Positions filled (rows of equal length, as model.generate_stream keeps them)."""
+        return int(self.lens.max())
+
+    def batch(self, rows, T, device):
+        return CacheBatch(self, rows, T, device)
+
+
+class CacheBatch:
+    """The rows of a KVCache that one forward pass extends by T positions each."""
+
+    def __init__(self, cache, rows, T, device):
+        self.cache, self.T = cache, T
+        self.rows = list(rows)
+        lens = cache.lens[self.rows].tolist()
+        self.end = max(lens) + T  # keys read: 0..end-1
+        if self.end > cache.max_len:
+            raise ValueError(f"sequence of length {self.end} exceeds the cache's {cache.max_len} positions")
+        contiguous = self.rows == list(range(self.rows[0], self.rows[0] + len(self.rows)))
+        # a slice is a view; other row sets are gathered (a copy of their keys and values)
+        self.sel = slice(self.rows[0], self.rows[-1] + 1) if contiguous else torch.tensor(self.rows, device=device)
+        self.past = lens[0] if len(set(lens)) == 1 else None  # rows of equal length: no per-row mask
+        self.lens = torch.tensor(lens, device=device)
+        self.positions = self.lens[:, None] + torch.arange(T, device=device)  # (B, T)
+        self.mask, self.causal = None, False
+        if self.past is None:  # query t of row b sees keys up to its own position
+            self.mask = (torch.arange(self.end, device=device) <= self.positions[:, :, None]).unsqueeze(1)
+        elif T > 1 and self.past == 0:
+            self.causal = True
+        elif T > 1:  # a chunk appended to a filled cache: query i sees keys up to past + i
+            self.mask = torch.ones(T, self.past + T, dtype=torch.bool, device=device).tril(diagonal=self.past)
 
     def update(self, layer, k, v):
-        T = k.size(2)
-        end = self.pos + T
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        """Write this step's keys and values (B, nh, T, hs); return all of the rows' (B, nh, end, hs)."""
+        ks, vs = self.cache.k[layer], self.cache.v[layer]
+        if self.past is not None:
+            ks[self.sel, :, self.past:self.past + self.T] = k
+            vs[self.sel, :, self.past:self.past + self.T] = v
+        elif self.T == 1:
+            rows = torch.tensor(self.rows, device=k.device)
+            ks[rows, :, self.lens] = k[:, :, 0]
+            vs[rows, :, self.lens] = v[:, :, 0]
+        else:
+            for i, (r, p) in enumerate(zip(self.rows, self.lens.tolist())):
+                ks[r, :, p:p + self.T] = k[i]
+                vs[r, :, p:p + self.T] = v[i]
+        return ks[self.sel, :, :self.end], vs[self.sel, :, :self.end]
+
+    def advance(self):
+        self.cache.lens[self.rows] += self.T
 
 
 class CausalSelfAttention(nn.Module):
@@ -87,18 +162,14 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        past = 0
-        if kv_cache is not None:
-            past = kv_cache.pos
-            k, v = kv_cache.update(self.layer_idx, k, v)
         dropout_p = self.dropout if self.training else 0.0
-        if T == 1:  # one new token attends to everything before it
+        if kv_cache is not None:  # generation: a CacheBatch knows its rows' lengths and their mask
+            k, v = kv_cache.update(self.layer_idx, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=kv_cache.mask, is_causal=kv_cache.causal)
+        elif T == 1:  # one new token attends to everything before it
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        elif past == 0:
+        else:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:  # a chunk appended to a filled cache: query i sees keys up to past + i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -167,29 +238,34 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, kv_cache=None, reduction="mean", last_only=False):
+    def forward(self, idx, targets=None, kv_cache=None, reduction="mean", last_only=False, rows=None):
         """
         idx (B, T) ids -> (logits (B, T, vocab), None). With targets (B, T), -1 = no loss there:
         (None, loss), the loss a mean over counted targets, or their sum with reduction='sum' (gradient accumulation
         over micro-batches with different mask counts divides once by the total). A batch with
-        no counted target gives loss 0, never NaN. With kv_cache, idx continues the cached positions.
+        no counted target gives loss 0, never NaN. With kv_cache, idx continues the cached positions
+        of the cache's rows `rows` (default 0..B-1), each at its own length.
         last_only (no targets): logits (B, 1, vocab) of the last position only, as generation needs
         (the vocab projection of every prompt position is a large share of a long prefill).
         """
         device = idx.device
         b, t = idx.size()
-        past = kv_cache.pos if kv_cache is not None else 0
-        if past + t > self.config.block_size:
-            raise ValueError(f"sequence of length {past + t} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(past, past + t, dtype=torch.long, device=device)
+        cache = None
+        if kv_cache is not None:
+            cache = kv_cache.batch(range(b) if rows is None else rows, t, device)
+            pos, end = cache.positions, cache.end
+        else:
+            pos, end = torch.arange(0, t, dtype=torch.long, device=device), t
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of length {end} exceeds block_size {self.config.block_size}")
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             if self.config.gradient_checkpointing and self.training and kv_cache is None:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x, kv_cache)
-        if kv_cache is not None:
-            kv_cache.pos += t
+                x = block(x, cache)
+        if cache is not None:
+            cache.advance()
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x[:, -1:, :] if last_only else x), None
@@ -201,8 +277,10 @@ class GPT(nn.Module):
             logits = self.lm_head(x).view(-1, self.config.vocab_size)
             loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=-1, reduction="sum")
         else:
-            logits = self.lm_head(x.reshape(-1, x.size(-1))[keep])
-            loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            rows = x.reshape(-1, x.size(-1))
+            if not keep.all():
+                rows, targets = rows[keep], targets[keep]
+            loss_sum = CrossEntropySum.apply(self.lm_head(rows).float(), targets)
         if reduction == "sum":
             return None, loss_sum
         return None, loss_sum / keep.sum().clamp(min=1)
@@ -306,7 +384,8 @@ class GPT(nn.Module):
                      generator, stop=None):
         """logits (B, V) of the last position -> next ids (B,). seen (B, t) is the context. Stop ids
         are exempt from the repetition controls: a chat history full of <|endoftext|> must not
-        make the model unable to end its reply."""
+        make the model unable to end its reply. generator may be a list, one per row: each row's
+        draw then depends on its own generator only (the engine batches rows of many requests)."""
         logits = logits.float()
         if logits.size(-1) > GPT2_VOCAB:
             logits[:, GPT2_VOCAB:] = -float("inf")
@@ -337,6 +416,12 @@ class GPT(nn.Module):
             sorted_logits[drop] = -float("inf")
             logits = torch.full_like(logits, -float("inf")).scatter(1, sorted_idx, sorted_logits)
         probs = F.softmax(logits, dim=-1)
+        if isinstance(generator, (list, tuple)):  # inverse CDF with one uniform from each row's generator
+            u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generator])
+            cdf = probs.cumsum(dim=-1)
+            nxt = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+            last = probs.size(-1) - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1)  # rounding never picks p = 0
+            return torch.minimum(nxt, last)
         return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
     @torch.no_grad()
@@ -346,7 +431,8 @@ class GPT(nn.Module):
         """
         Yields (next_ids (B,), done (B,) bool) once per step. A row is done after it emits a stop
         id; done rows keep producing (ignored) ids until every row is done, then it returns.
-        Stop consuming the generator to cancel (the server does when a client disconnects).
+        Stop consuming the generator to cancel. This is nanoGPT's batch-in, tokens-out loop; sample.py,
+        eval.py and serve.py drive nanophi/engine.py (rows joining and leaving, text, stop strings).
         """
         B = idx.size(0)
         stop = torch.tensor(sorted(set(stop_ids or [])), dtype=torch.long, device=idx.device)

@@ -11,6 +11,7 @@ stdout carries only the generated text (and the prompt with --echo); everything 
 so `python sample.py ... > out.txt` and piped chats are scriptable.
 """
 import contextlib
+import importlib
 import json
 import sys
 
@@ -19,6 +20,7 @@ import torch
 from nanophi import textformat
 from nanophi.checkpoint import default_out_dir
 from nanophi.datafiles import write_text_atomic
+from nanophi.engine import Engine
 from nanophi.tasks import CHAT_TASKS
 from nanophi.tokenizer import EOT_ID, EOT_TEXT
 
@@ -47,6 +49,7 @@ bot_name = ''  # roleplay: the bot's name ('Aqua' -> 'Aqua:')
 seed = 1337
 device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps', or auto
 dtype = 'auto'  # 'float32', 'bfloat16', 'float16', or auto (device.pick_dtype)
+weights = 'auto'  # fp32 | bf16 (CPUs with avx512_bf16/amx) | int8 (CPU) | auto: bf16 with dtype=bfloat16 on CPU, else fp32
 compile = False  # torch.compile each block's MLP (worth it on GPUs; the first call takes a while)
 # -----------------------------------------------------------------------------
 
@@ -100,33 +103,8 @@ def render_prompt(tag, text, system=None, style="nanophi", user_name=None, bot_n
     return textformat.prompt_for(task, text, system=system, style=style)
 
 
-def complete(model, ids, max_new_tokens, stops=(), on_text=None, generator=None, use_cache=True, **sampling):
-    """
-    One completion of the prompt ids: (text, reason). The text ends before <|endoftext|> or the
-    first stop string; reason is 'eot', 'stop' or 'length'. on_text(piece) gets the text as it comes.
-    """
-    x = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
-    ts = textformat.TextStream(stops)
-    reason = "length"
-    for nxt, done in model.generate_stream(x, max_new_tokens, stop_ids=[EOT_ID], use_cache=use_cache,
-                                           generator=generator, **sampling):
-        if done[0]:
-            reason = "eot"
-            break
-        piece = ts.add(nxt.item())
-        if piece and on_text:
-            on_text(piece)
-        if ts.finish:
-            reason = "stop"
-            break
-    piece = ts.close()
-    if piece and on_text:
-        on_text(piece)
-    return ts.text, reason
-
-
 def sampling_args(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size):
-    """Checked sampling settings for model.generate_stream."""
+    """Checked sampling settings for engine.Row."""
     if temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 0:
@@ -155,20 +133,24 @@ CHAT_HELP = """commands:
 
 
 class Chat:
-    """A conversation rendered in the training chat format, trimmed to fit the context."""
+    """A conversation rendered in the training chat format, trimmed to fit the context. Its engine keeps
+    the KV cache between turns: a reply prefills only what is new since the last one."""
 
     def __init__(self, model, max_new_tokens, task="chat", style="nanophi", system=None, user_name=None,
                  bot_name=None, stops=(), generator=None, sampling=None):
+        block = model.config.block_size
+        if max_new_tokens > block // 2:  # a reply budget that leaves the history no room: fit it
+            log(f"note: max_new_tokens={max_new_tokens} leaves too little room for the conversation in "
+                f"block_size {block}; replies get at most {block // 2} tokens")
+            max_new_tokens = block // 2
         self.model, self.max_new_tokens = model, max_new_tokens
+        self.engine = Engine(model, max_batch=1, cache_slots=1)
         self.task, self.style, self.system = textformat.task_of(task), style, system or None
         self.user_name, self.bot_name = user_name or None, bot_name or None
         # the next speaker's marker, and <|endoftext|> written out as text (as old datasets did)
         self.stops = textformat.stop_strings(style, self.user_name, self.bot_name) + [EOT_TEXT] + list(stops)
         self.generator, self.sampling = generator, dict(sampling or {})
         self.turns = []  # [(role, text)], the whole conversation (the prompt may use only its end)
-        if model.config.block_size - max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
-                             f"block_size {model.config.block_size}")
 
     def prompt_ids(self, message):
         """Token ids for history + message, oldest turns dropped to leave max_new_tokens of room."""
@@ -181,8 +163,8 @@ class Chat:
     def reply(self, message, on_text=None):
         """Answer a user message; the exchange joins the history. Returns (reply, dropped turns)."""
         ids, dropped = self.prompt_ids(message)
-        text, _ = complete(self.model, ids, self.max_new_tokens, self.stops, on_text, self.generator,
-                           **self.sampling)
+        text, _ = self.engine.complete(ids, self.max_new_tokens, on_text, stops=self.stops,
+                                       generator=self.generator, **self.sampling)
         reply = textformat.cut_reply(text, self.style, self.user_name, self.bot_name)
         self.turns += [("user", message.strip()), ("assistant", reply)]
         return reply, dropped
@@ -212,84 +194,112 @@ class Chat:
             self.system = obj["system"]
 
 
+def read_line(inp, out, interactive):
+    """The next input line ('' at end of input). At a terminal, input() gives readline's line editing
+    and history (Up recalls an earlier message)."""
+    if not interactive:
+        return inp.readline()
+    if inp is sys.stdin and out is sys.stdout:
+        try:
+            return input("> ") + "\n"
+        except EOFError:
+            return ""
+    out.write("> ")
+    out.flush()
+    return inp.readline()
+
+
+def chat_command(conv, line):
+    """Run a /command; False for /quit."""
+    cmd, _, arg = line.partition(" ")
+    arg = arg.strip()
+    if cmd in ("/quit", "/exit"):
+        return False
+    elif cmd == "/help":
+        log(CHAT_HELP)
+    elif cmd == "/reset":
+        conv.turns = []
+        log("(conversation reset)")
+    elif cmd == "/undo":
+        log(f"(removed {conv.undo()} turns)" if conv.turns else "(nothing to undo)")
+    elif cmd == "/system":
+        conv.system = arg or None
+        log(f"(system line {'set' if arg else 'cleared'})")
+    elif cmd in ("/save", "/load") and not arg:
+        log(f"error: {cmd} needs a file name, e.g. {cmd} chat.json")
+    elif cmd == "/save":
+        try:
+            write_text_atomic(arg, json.dumps(conv.to_json(), indent=2, ensure_ascii=False) + "\n")
+            log(f"(saved {len(conv.turns)} turns to {arg})")
+        except OSError as e:
+            log(f"error: /save {arg}: {e.strerror}")
+    elif cmd == "/load":
+        try:
+            with open(arg, encoding="utf-8") as f:
+                conv.load(json.load(f), arg)
+            log(f"(loaded {len(conv.turns)} turns from {arg})")
+        except OSError as e:
+            log(f"error: /load {arg}: {e.strerror}")
+        except (ValueError, json.JSONDecodeError) as e:
+            log(f"error: /load {arg}: {e}")
+    else:
+        log(f"error: unknown command {cmd!r}\n{CHAT_HELP}")
+    return True
+
+
+def chat_reply(conv, line, out, stream):
+    """Answer one message on out; the exchange joins the history."""
+    try:
+        if stream:
+            held = [None]  # whitespace not shown yet: None before the reply's first character
+
+            def show(piece):
+                # print what cut_reply will keep: no leading space, no trailing whitespace
+                text = piece.lstrip() if held[0] is None else held[0] + piece
+                if not text:
+                    return
+                body = text.rstrip()
+                held[0] = text[len(body):]
+                out.write(body)
+                out.flush()
+            reply, dropped = conv.reply(line, show)
+            out.write("\n")
+        else:
+            reply, dropped = conv.reply(line)
+            out.write(reply + "\n")
+        out.flush()
+    except ValueError as e:  # the message alone does not fit the context: say so, keep going
+        log(f"error: {e}")
+        return
+    except KeyboardInterrupt:  # Ctrl-C stops the reply, not the chat; the exchange is dropped
+        out.write("\n")
+        log("(reply interrupted; not kept)")
+        return
+    if dropped:
+        log(f"(context full: the {dropped} oldest turns were left out of the prompt)")
+
+
 def chat_loop(conv, inp, out, stream=False):
     """Read messages and commands from inp (a terminal or a pipe) until /quit or end of input."""
     interactive = inp.isatty()
     if interactive:
+        try:
+            importlib.import_module("readline")  # loading it gives input() line editing and history
+        except ImportError:  # not on every platform (Windows)
+            pass
         log("chat: type a message, /help for commands")
     while True:
-        if interactive:
-            out.write("> ")
-            out.flush()
-        line = inp.readline()
+        line = read_line(inp, out, interactive)
         if not line:  # end of input
             break
         line = line.strip()
         if not line:
             continue
         if line.startswith("/"):
-            cmd, _, arg = line.partition(" ")
-            arg = arg.strip()
-            if cmd in ("/quit", "/exit"):
+            if not chat_command(conv, line):
                 break
-            elif cmd == "/help":
-                log(CHAT_HELP)
-            elif cmd == "/reset":
-                conv.turns = []
-                log("(conversation reset)")
-            elif cmd == "/undo":
-                log(f"(removed {conv.undo()} turns)" if conv.turns else "(nothing to undo)")
-            elif cmd == "/system":
-                conv.system = arg or None
-                log(f"(system line {'set' if arg else 'cleared'})")
-            elif cmd in ("/save", "/load") and not arg:
-                log(f"error: {cmd} needs a file name, e.g. {cmd} chat.json")
-            elif cmd == "/save":
-                try:
-                    write_text_atomic(arg, json.dumps(conv.to_json(), indent=2, ensure_ascii=False) + "\n")
-                    log(f"(saved {len(conv.turns)} turns to {arg})")
-                except OSError as e:
-                    log(f"error: /save {arg}: {e.strerror}")
-            elif cmd == "/load":
-                try:
-                    with open(arg, encoding="utf-8") as f:
-                        conv.load(json.load(f), arg)
-                    log(f"(loaded {len(conv.turns)} turns from {arg})")
-                except OSError as e:
-                    log(f"error: /load {arg}: {e.strerror}")
-                except (ValueError, json.JSONDecodeError) as e:
-                    log(f"error: /load {arg}: {e}")
-            else:
-                log(f"error: unknown command {cmd!r}\n{CHAT_HELP}")
             continue
-        try:
-            if stream:
-                held = [None]  # whitespace not shown yet: None before the reply's first character
-
-                def show(piece):
-                    # print what cut_reply will keep: no leading space, no trailing whitespace
-                    text = piece.lstrip() if held[0] is None else held[0] + piece
-                    if not text:
-                        return
-                    body = text.rstrip()
-                    held[0] = text[len(body):]
-                    out.write(body)
-                    out.flush()
-                reply, dropped = conv.reply(line, show)
-                out.write("\n")
-            else:
-                reply, dropped = conv.reply(line)
-                out.write(reply + "\n")
-            out.flush()
-        except ValueError as e:  # the message alone does not fit the context: say so, keep going
-            log(f"error: {e}")
-            continue
-        except KeyboardInterrupt:  # Ctrl-C stops the reply, not the chat; the exchange is dropped
-            out.write("\n")
-            log("(reply interrupted; not kept)")
-            continue
-        if dropped:
-            log(f"(context full: the {dropped} oldest turns were left out of the prompt)")
+        chat_reply(conv, line, out, stream)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +308,7 @@ def main():
     from configurator import configure
     from nanophi.checkpoint import load_model
     from nanophi.device import autocast, pick_device, pick_dtype
+    from nanophi.weights import apply_weights, resolve_weights
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for generated text only
         configure(globals())
     if which not in ("best", "latest"):
@@ -314,9 +325,12 @@ def main():
         textformat.task_of(tag)  # unknown tag: fail before loading the model
     textformat.markers(chat_style)
     text = None if chat else read_start(start)
+    if chat and sys.stdin is None:  # started with stdin closed (e.g. `<&-`): there is nothing to read
+        raise ValueError("--chat reads messages from stdin, which is closed; pipe them in or run it in a terminal")
 
     dev = pick_device(device)
     ptdtype = pick_dtype(dtype, dev)
+    weight_format = resolve_weights(weights, dev, ptdtype)
     torch.manual_seed(seed)
     generator = torch.Generator(device=dev).manual_seed(seed)
     try:
@@ -324,7 +338,8 @@ def main():
     except RuntimeError as e:
         raise ValueError(str(e)) from None
     log(f"loaded {source}: {model.get_num_params() / 1e6:.2f}M parameters, block_size {model.config.block_size}, "
-        f"{dev} {ptdtype}")
+        f"{dev} {ptdtype}, {weight_format} weights")
+    model = apply_weights(model, weight_format)
     if compile:  # the MLPs only: the KV cache's moving position would recompile a whole-forward graph every step
         for block in model.transformer.h:
             block.mlp = torch.compile(block.mlp, dynamic=True)
@@ -348,12 +363,14 @@ def main():
         log(f"warning: prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) > block_size {block}: "
             f"past it the model keeps only the last {block // 2} tokens of context")
     write = sys.stdout.write
+    engine = Engine(model, max_batch=1)
     for _ in range(num_samples):
         if echo:
             write(textformat.render_text(segs))
         on_text = (lambda piece: (write(piece), sys.stdout.flush())) if stream else None
         with autocast_ctx:
-            completion, _ = complete(model, ids, max_new_tokens, stops, on_text, generator, **sampling)
+            completion, _ = engine.complete(ids, max_new_tokens, on_text, stops=stops, generator=generator,
+                                            **sampling)
         if not stream:
             write(completion)
         write("\n")

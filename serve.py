@@ -8,8 +8,9 @@ Serve a trained model: an OpenAI-compatible API and a small web chat page.
 Routes: POST /v1/chat/completions, POST /v1/completions (stream: true = server-sent events
 ending in "data: [DONE]"), GET /v1/models, GET /health, GET / (the page) and its own assets.
 
-The model runs in one worker thread that interleaves up to max_active requests one forward pass
-at a time. Flags, request fields and scheduling: docs/serving.md.
+The model runs in one worker thread driving nanophi/engine.py: up to max_batch sequences decode
+together in one forward pass per step (continuous batching), and a conversation that continues
+reuses its KV cache. Flags, request fields and scheduling: docs/serving.md.
 """
 import asyncio
 import hmac
@@ -17,20 +18,21 @@ import json
 import math
 import os
 import queue
-import random
 import sys
 import threading
 import time
 import traceback
 import uuid
 
-import torch
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from nanophi import textformat
-from nanophi.textformat import TextStream
 from nanophi.checkpoint import default_out_dir, load_model
+from nanophi.engine import Engine, Row, row_generator
 from nanophi.device import autocast, pick_device, pick_dtype
 from nanophi.tasks import CHAT_TASKS
+from nanophi.weights import apply_weights, resolve_weights
 from nanophi import tokenizer
 from nanophi.tokenizer import encode, get_tokenizer
 
@@ -42,6 +44,7 @@ which = "best"  # with init_from='resume': 'best' or 'latest'
 block_size = None  # None: the checkpoint's context length; a number crops or grows it
 device = "auto"
 dtype = "auto"  # float32 on CPU, bf16 on Ampere+, fp16 on older GPUs
+weights = "auto"  # fp32 | bf16 (CPUs with avx512_bf16/amx) | int8 (CPU) | auto (nanophi/weights.py)
 host = "127.0.0.1"  # loopback only; use 0.0.0.0 (with an api_key) to serve a network
 port = 8000
 api_key = ""  # or the NANOPHI_API_KEY environment variable; empty: no auth
@@ -58,7 +61,9 @@ chat_style = "nanophi"  # speaker markers (textformat.CHAT_STYLES)
 system = ""  # default system line for chats that send none
 # limits
 max_request_bytes = 1 << 20  # bigger bodies get a 413
-max_active = 4  # requests generating at once (interleaved); more wait in the queue
+max_batch = 8  # sequences decoding together in one forward pass (continuous batching); more wait in the queue
+prefill_chunk = 256  # prompt tokens prefilled per step: a long prompt never stalls the others for long
+cache_slots = 8  # finished conversations whose KV cache is kept for their next turn (least recently used go)
 max_queue = 256  # waiting requests beyond this get a 503
 cors_origins = ""  # other web apps allowed to call the API from a browser: "https://a.example,https://b.example" or "*"
 access_log = True
@@ -305,36 +310,58 @@ def parse_completion(body, cfg, context_len):
 # generation
 
 class Job:
-    """One request: its prompts, settings and generator; events go back to the event loop."""
+    """One request: its prompts, settings and rows; events go back to the event loop."""
 
     def __init__(self, prompts, params, reply, loop):
         self.prompts, self.params, self.reply, self.loop = prompts, params, reply, loop
         self.events = asyncio.Queue()
         self.cancel = threading.Event()
-        self.completion_tokens = 0
+        self.rows, self.left = [], 0  # its engine rows (one per prompt and choice), rows not finished
         self.t0 = time.perf_counter()
+
+    @property
+    def completion_tokens(self):
+        return sum(r.n_tokens for r in self.rows)
 
     def log(self, how):
         seconds = time.perf_counter() - self.t0
+        n = self.completion_tokens
         print(f"request {how}: prompt {sum(len(p) for p in self.prompts)} tokens, completion "
-              f"{self.completion_tokens} tokens in {seconds:.2f}s ({self.completion_tokens / max(seconds, 1e-9):.1f} tok/s)",
-              flush=True)
+              f"{n} tokens in {seconds:.2f}s ({n / max(seconds, 1e-9):.1f} tok/s)", flush=True)
 
     def emit(self, *event):
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
-class Engine:
-    """The model in one worker thread; requests interleave there one forward pass at a time."""
+def job_rows(job, device):
+    """The engine rows of a request: n per prompt, each with its own generator (row_generator)."""
+    p, n = job.params, job.params["n"]
+    stop_ids = () if p["ignore_eos"] else (tokenizer.EOT_ID,)
+    return [Row(ids, p["max_tokens"], temperature=p["temperature"], top_k=p["top_k"], top_p=p["top_p"],
+                repetition_penalty=p["repetition_penalty"], stops=job.reply["stops"] + p["stop"],
+                strip=job.reply["strip"], stop_ids=stop_ids, key=(job, pi * n + j),
+                generator=row_generator(p["seed"], pi * n + j, device))
+            for pi, ids in enumerate(job.prompts) for j in range(n)]
 
-    def __init__(self, model, device, dtype, max_active, max_queue):
+
+class Worker:
+    """The model's thread. Between engine steps it moves queued requests into the engine (while
+    their rows fit in the batch) and drops cancelled ones; each step's text goes back to the jobs."""
+
+    def __init__(self, model, device, dtype, max_batch, max_queue, prefill_chunk=256, cache_slots=8):
         self.model, self.device, self.dtype = model, device, dtype
-        self.max_active, self.max_queue = max_active, max_queue
+        self.engine_args = dict(max_batch=max_batch, prefill_chunk=prefill_chunk, cache_slots=cache_slots)
+        self.engine = Engine(model, **self.engine_args)
+        self.max_batch, self.max_queue = max_batch, max_queue
         self.pending = queue.Queue()
-        self.active = 0
-        self.stats = dict(requests=0, cancelled=0, errors=0, generated_tokens=0)
-        self.thread = threading.Thread(target=self._loop, name="nanophi-engine", daemon=True)
+        self.jobs = []  # requests in the engine
+        self.stats = dict(requests=0, cancelled=0, errors=0)
+        self.thread = threading.Thread(target=self._loop, name="nanophi-worker", daemon=True)
         self.thread.start()
+
+    @property
+    def active(self):
+        return len(self.jobs)
 
     def submit(self, job):
         if self.pending.qsize() >= self.max_queue:
@@ -343,288 +370,312 @@ class Engine:
         self.stats["requests"] += 1
         self.pending.put(job)
 
-    def _run(self, job):
-        """A generator doing one model step per next(): the worker interleaves these."""
-        p = job.params
-        seed = p["seed"] if p["seed"] is not None else random.getrandbits(63)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        n = p["n"]
-        for pi, ids in enumerate(job.prompts):
-            stops = job.reply["stops"] + p["stop"]
-            streams = [TextStream(stops, job.reply["strip"], p["ignore_eos"]) for _ in range(n)]
-            x = torch.tensor([ids] * n, dtype=torch.long, device=self.device)
-            steps = self.model.generate_stream(
-                x, p["max_tokens"], temperature=p["temperature"], top_k=p["top_k"] or None, top_p=p["top_p"],
-                repetition_penalty=p["repetition_penalty"], stop_ids=None if p["ignore_eos"] else [tokenizer.EOT_ID],
-                generator=gen)
-            try:
-                for nxt, _ in steps:
-                    for j, s in enumerate(streams):
-                        if s.finish:
-                            continue
-                        delta = s.add(int(nxt[j]))
-                        job.completion_tokens += 1
-                        self.stats["generated_tokens"] += 1
-                        if delta:
-                            job.emit("delta", pi * n + j, delta)
-                        if s.finish:
-                            job.emit("finish", pi * n + j, s.finish)
-                    if all(s.finish for s in streams):
-                        break
-                    yield
-            finally:
-                steps.close()
-            for j, s in enumerate(streams):
-                if not s.finish:
-                    delta = s.close()
-                    if delta:
-                        job.emit("delta", pi * n + j, delta)
-                    job.emit("finish", pi * n + j, s.finish)
-            yield
-        job.emit("done", job.completion_tokens)
+    def _start(self, job):
+        job.rows = job_rows(job, self.device)
+        job.left = len(job.rows)
+        for r in job.rows:
+            self.engine.add(r)
+        self.jobs.append(job)
+
+    def _take_new(self):
+        """Queued requests join while their rows fit (one too big for the batch joins an idle engine)."""
+        while not self.pending.empty():
+            job = self.pending.queue[0]  # only this thread takes from the queue
+            rows = len(job.prompts) * job.params["n"]
+            busy = len(self.engine.rows) + len(self.engine.waiting)
+            if self.jobs and busy + rows > self.max_batch:
+                return
+            self._start(self.pending.get_nowait())
+
+    def _drop_cancelled(self):
+        for job in [j for j in self.jobs if j.cancel.is_set()]:  # client gone: drop its generation
+            for r in job.rows:
+                self.engine.cancel(r)
+            self.jobs.remove(job)
+            self.stats["cancelled"] += 1
+            job.log("cancelled (client gone)")
+
+    def _dispatch(self, events):
+        for row, text, finish in events:
+            job, index = row.key
+            if text:
+                job.emit("delta", index, text)
+            if finish:
+                job.emit("finish", index, "stop" if finish == "eot" else finish)
+                job.left -= 1
+                if job.left == 0 and job in self.jobs:
+                    job.emit("done", job.completion_tokens)
+                    job.log("done")
+                    self.jobs.remove(job)
+
+    def _fail_all(self, e):
+        """A failed step fails the requests in it, not the server; the engine starts afresh."""
+        traceback.print_exc()
+        self.stats["errors"] += 1
+        for job in self.jobs:
+            job.emit("error", f"generation failed: {type(e).__name__}: {e}")
+        self.jobs = []
+        self.engine = Engine(self.model, **self.engine_args)
 
     def _loop(self):
-        active = []  # [job, runner]
         while True:
-            while len(active) < self.max_active:
-                try:
-                    job = self.pending.get(block=not active)
-                except queue.Empty:
-                    break
-                active.append((job, self._run(job)))
-            self.active = len(active)
-            for item in list(active):
-                job, runner = item
-                try:
-                    if job.cancel.is_set():  # client gone: drop its generation
-                        runner.close()
-                        self.stats["cancelled"] += 1
-                        job.log("cancelled (client gone)")
-                        active.remove(item)
-                        continue
-                    with autocast(self.device, self.dtype):
-                        next(runner)
-                except StopIteration:
-                    job.log("done")
-                    active.remove(item)
-                except Exception as e:  # a failed request must not take the server down
-                    traceback.print_exc()
-                    self.stats["errors"] += 1
-                    job.emit("error", f"generation failed: {type(e).__name__}: {e}")
-                    active.remove(item)
-            self.active = len(active)
+            if not self.jobs:
+                self._start(self.pending.get())  # idle: wait for work
+            self._take_new()
+            self._drop_cancelled()
+            if not self.jobs:
+                continue
+            try:
+                with autocast(self.device, self.dtype):
+                    events = self.engine.step()
+            except Exception as e:
+                self._fail_all(e)
+                continue
+            self._dispatch(events)
 
 
 # -----------------------------------------------------------------------------
-# the app
+# the app: handlers at module level; make_app wires them. Each reads the server's state from
+# request.app.state: cfg (settings), worker, source (what is served), context_len
 
-def make_app(engine, cfg, source):
-    from fastapi import APIRouter, Depends, FastAPI, Request
+async def api_error(request, e):
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+async def validation_error(request, e):
+    errs = e.errors()
+    where = ".".join(str(x) for x in errs[0].get("loc", ())) if errs else None
+    msg = "; ".join(f"{'.'.join(str(x) for x in er.get('loc', ()))}: {er.get('msg')}" for er in errs)
+    return JSONResponse(APIError(400, msg or "invalid request", where, "invalid_request").body(), 400)
+
+
+async def http_error(request, e):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+    msg = f"{request.method} {request.url.path}: {e.detail}"
+    return JSONResponse(APIError(e.status_code, msg, None, code).body(), e.status_code)
+
+
+async def internal_error(request, e):  # never expected: still an OpenAI-shaped answer
+    traceback.print_exc()
+    return JSONResponse(APIError(500, f"internal error: {type(e).__name__}", None, "internal_error",
+                                 "server_error").body(), 500)
+
+
+async def authorize(request: Request):
+    key = request.app.state.cfg["api_key"].encode()
+    if not key:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
+        raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'", None,
+                       "invalid_api_key")
+
+
+def parse_json(raw):
+    """Request body bytes -> a JSON object, or a 400 saying what is wrong."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON: {e}", None, "invalid_json") from None
+    except RecursionError:  # json's decoder recurses once per level: 100,000 '[' would be a 500
+        raise APIError(400, "request body is nested too deeply to be a request", None, "invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, f"request body must be a JSON object, got {_kind(body)}", None, "invalid_type")
+    return body
+
+
+async def read_json(request):
+    limit = request.app.state.cfg["max_request_bytes"]
+    size = request.headers.get("content-length", "")
+    if size.isdigit() and int(size) > limit:
+        raise APIError(413, f"request body is {int(size)} bytes; the limit is {limit}", None, "request_too_large")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise APIError(413, f"request body is over the limit of {limit} bytes", None, "request_too_large")
+    return parse_json(bytes(raw))
+
+
+async def job_events(job, request, poll):
+    """The job's events; cancels it when the client goes away."""
+    checked = time.monotonic()
+    try:
+        while True:
+            try:
+                ev = await asyncio.wait_for(job.events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                ev = None
+            if poll and time.monotonic() - checked > 0.5:
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    return
+            if ev is None:
+                continue
+            yield ev
+            if ev[0] in ("done", "error"):
+                return
+    finally:
+        job.cancel.set()  # a no-op when the job has finished; stops it otherwise
+
+
+def usage(prompts, completion):
+    p = sum(len(x) for x in prompts)
+    return {"prompt_tokens": p, "completion_tokens": completion, "total_tokens": p + completion}
+
+
+def sse(obj):
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+def choice(kind, i, text, finish):
+    """One streamed choice."""
+    if kind == "chat":
+        delta = {"content": text} if text else {}
+        return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+
+
+async def stream_chunks(request, job, kind, base, echoes):
+    """Server-sent events: the role (chat) or echoed prompt (completions) first, then the deltas."""
+    params, prompts = job.params, job.prompts
+    try:
+        for i in range(len(prompts) * params["n"]):
+            if kind == "chat":
+                yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                "logprobs": None, "finish_reason": None}]})
+            elif echoes and echoes[i // params["n"]]:
+                yield sse({**base, "choices": [choice(kind, i, echoes[i // params["n"]], None)]})
+        async for ev in job_events(job, request, poll=False):
+            if ev[0] == "delta":
+                yield sse({**base, "choices": [choice(kind, ev[1], ev[2], None)]})
+            elif ev[0] == "finish":
+                yield sse({**base, "choices": [choice(kind, ev[1], "", ev[2])]})
+            elif ev[0] == "error":
+                yield sse(APIError(500, ev[1], None, "generation_failed", "server_error").body())
+            elif ev[0] == "done" and params["include_usage"]:
+                yield sse({**base, "choices": [], "usage": usage(prompts, ev[1])})
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel.set()
+
+
+async def whole_response(request, job, kind, base, echoes, headers):
+    """The complete answer in one JSON object."""
+    n_choices, n = len(job.prompts) * job.params["n"], job.params["n"]
+    texts, finish, completion = [""] * n_choices, [None] * n_choices, 0
+    async for ev in job_events(job, request, poll=True):
+        if ev[0] == "delta":
+            texts[ev[1]] += ev[2]
+        elif ev[0] == "finish":
+            finish[ev[1]] = ev[2]
+        elif ev[0] == "error":
+            raise APIError(500, ev[1], None, "generation_failed", "server_error")
+        elif ev[0] == "done":
+            completion = ev[1]
+    if job.cancel.is_set() and None in finish:
+        return Response(status_code=499)  # the client left; nobody reads this
+    if kind == "chat":
+        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
+                    "finish_reason": f} for i, (t, f) in enumerate(zip(texts, finish))]
+    else:
+        choices = [{"index": i, "text": (echoes[i // n] if echoes else "") + t, "logprobs": None,
+                    "finish_reason": f} for i, (t, f) in enumerate(zip(texts, finish))]
+    return JSONResponse({**base, "object": "chat.completion" if kind == "chat" else "text_completion",
+                         "system_fingerprint": None, "choices": choices,
+                         "usage": usage(job.prompts, completion)}, headers=headers)
+
+
+async def respond(request, kind, prompts, params, reply, echoes=None, headers=None):
+    state = request.app.state
+    job = Job(prompts, params, reply, asyncio.get_running_loop())
+    state.worker.submit(job)
+    rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+    base = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": int(time.time()), "model": state.cfg["model_name"]}
+    if params["stream"]:
+        return StreamingResponse(stream_chunks(request, job, kind, base, echoes), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", **(headers or {})})
+    return await whole_response(request, job, kind, base, echoes, headers)
+
+
+async def chat_completions(request: Request):
+    body = await read_json(request)
+    # rendering a long conversation takes a while: off the event loop
+    prompts, params, reply, dropped = await asyncio.to_thread(parse_chat, body, request.app.state.cfg,
+                                                              request.app.state.context_len)
+    headers = {"X-NanoPhi-Dropped-Turns": str(dropped)} if dropped else None
+    return await respond(request, "chat", prompts, params, reply, headers=headers)
+
+
+async def completions(request: Request):
+    body = await read_json(request)
+    prompts, params, reply, echoes = await asyncio.to_thread(parse_completion, body, request.app.state.cfg,
+                                                             request.app.state.context_len)
+    return await respond(request, "text", prompts, params, reply, echoes=echoes)
+
+
+def model_card(cfg):
+    return {"id": cfg["model_name"], "object": "model", "created": cfg["created"], "owned_by": "nanophi"}
+
+
+async def models(request: Request):
+    return {"object": "list", "data": [model_card(request.app.state.cfg)]}
+
+
+async def model_info(name: str, request: Request):
+    if name != request.app.state.cfg["model_name"]:
+        raise APIError(404, f"The model '{name}' does not exist", "model", "model_not_found")
+    return model_card(request.app.state.cfg)
+
+
+async def health(request: Request):
+    state = request.app.state
+    cfg, worker, engine = state.cfg, state.worker, state.worker.engine
+    return {"status": "ok", "model": cfg["model_name"], "source": None if cfg["api_key"] else state.source,
+            "device": worker.device, "dtype": worker.dtype, "context_length": state.context_len,
+            "auth_required": bool(cfg["api_key"]), "queued": worker.pending.qsize(), "active": worker.active,
+            "batch": len(engine.rows), **worker.stats, "generated_tokens": engine.tokens, "steps": engine.steps,
+            "reused_prompt_tokens": engine.reused,
+            "defaults": {k: cfg[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty",
+                                             "max_tokens", "max_tokens_cap", "chat_style", "system")},
+            "tags": [t.strip("[]") for t in textformat.TAGS.values()]}
+
+
+def asset(path):
+    """A route serving one file of the page (from the fixed table _ASSETS)."""
+    name, media = _ASSETS[path]
+
+    async def serve_asset():
+        with open(os.path.join(_STATIC_DIR, name), "rb") as f:
+            return Response(f.read(), media_type=media, headers={"Cache-Control": "no-cache"})
+    return serve_asset
+
+
+def make_app(worker, cfg, source):
+    from fastapi import APIRouter, Depends, FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
 
     app = FastAPI(title="NanoPhi", docs_url=None, redoc_url=None, openapi_url=None)  # docs need a CDN
-    context_len = engine.model.config.block_size
+    app.state.cfg, app.state.worker, app.state.source = cfg, worker, source
+    app.state.context_len = worker.model.config.block_size
     if cfg["cors_origins"]:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in cfg["cors_origins"].split(",")],
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
                            expose_headers=["X-NanoPhi-Dropped-Turns"])
-    key = cfg["api_key"].encode()
-
-    @app.exception_handler(APIError)
-    async def api_error(request, e):
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request, e):
-        errs = e.errors()
-        where = ".".join(str(x) for x in errs[0].get("loc", ())) if errs else None
-        msg = "; ".join(f"{'.'.join(str(x) for x in er.get('loc', ()))}: {er.get('msg')}" for er in errs)
-        return JSONResponse(APIError(400, msg or "invalid request", where, "invalid_request").body(), 400)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request, e):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        msg = f"{request.method} {request.url.path}: {e.detail}"
-        return JSONResponse(APIError(e.status_code, msg, None, code).body(), e.status_code)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request, e):  # never expected: still an OpenAI-shaped answer
-        traceback.print_exc()
-        return JSONResponse(APIError(500, f"internal error: {type(e).__name__}", None, "internal_error",
-                                     "server_error").body(), 500)
-
-    async def authorize(request: Request):
-        if not key:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
-            raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'", None,
-                           "invalid_api_key")
-
-    async def read_json(request):
-        limit = cfg["max_request_bytes"]
-        size = request.headers.get("content-length", "")
-        if size.isdigit() and int(size) > limit:
-            raise APIError(413, f"request body is {int(size)} bytes; the limit is {limit}", None, "request_too_large")
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limit:
-                raise APIError(413, f"request body is over the limit of {limit} bytes", None, "request_too_large")
-        try:
-            body = json.loads(bytes(raw))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise APIError(400, f"request body is not valid JSON: {e}", None, "invalid_json") from None
-        if not isinstance(body, dict):
-            raise APIError(400, f"request body must be a JSON object, got {_kind(body)}", None, "invalid_type")
-        return body
-
-    def start(prompts, params, reply):
-        job = Job(prompts, params, reply, asyncio.get_running_loop())
-        engine.submit(job)
-        return job
-
-    async def events(job, request, poll):
-        """The job's events; cancels it when the client goes away."""
-        checked = time.monotonic()
-        try:
-            while True:
-                try:
-                    ev = await asyncio.wait_for(job.events.get(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    ev = None
-                if poll and time.monotonic() - checked > 0.5:
-                    checked = time.monotonic()
-                    if await request.is_disconnected():
-                        return
-                if ev is None:
-                    continue
-                yield ev
-                if ev[0] in ("done", "error"):
-                    return
-        finally:
-            job.cancel.set()  # a no-op when the job has finished; stops it otherwise
-
-    def usage(prompts, completion):
-        p = sum(len(x) for x in prompts)
-        return {"prompt_tokens": p, "completion_tokens": completion, "total_tokens": p + completion}
-
-    def sse(obj):
-        return f"data: {json.dumps(obj)}\n\n"
-
-    async def respond(request, kind, prompts, params, reply, echoes=None, headers=None):
-        job = start(prompts, params, reply)
-        rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-        created, n_choices = int(time.time()), len(prompts) * params["n"]
-        base = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                "created": created, "model": cfg["model_name"]}
-
-        def choice(i, text, finish):
-            if kind == "chat":
-                delta = {"content": text} if text else {}
-                return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
-
-        if params["stream"]:
-            async def stream():
-                try:
-                    for i in range(n_choices):  # the role (chat) or the echoed prompt (completions) first
-                        if kind == "chat":
-                            yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                            "logprobs": None, "finish_reason": None}]})
-                        elif echoes and echoes[i // params["n"]]:
-                            yield sse({**base, "choices": [choice(i, echoes[i // params["n"]], None)]})
-                    async for ev in events(job, request, poll=False):
-                        if ev[0] == "delta":
-                            yield sse({**base, "choices": [choice(ev[1], ev[2], None)]})
-                        elif ev[0] == "finish":
-                            yield sse({**base, "choices": [choice(ev[1], "", ev[2])]})
-                        elif ev[0] == "error":
-                            yield sse(APIError(500, ev[1], None, "generation_failed", "server_error").body())
-                        elif ev[0] == "done" and params["include_usage"]:
-                            yield sse({**base, "choices": [], "usage": usage(prompts, ev[1])})
-                    yield "data: [DONE]\n\n"
-                finally:
-                    job.cancel.set()
-
-            return StreamingResponse(stream(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", **(headers or {})})
-
-        texts, finish = [""] * n_choices, [None] * n_choices
-        completion = 0
-        async for ev in events(job, request, poll=True):
-            if ev[0] == "delta":
-                texts[ev[1]] += ev[2]
-            elif ev[0] == "finish":
-                finish[ev[1]] = ev[2]
-            elif ev[0] == "error":
-                raise APIError(500, ev[1], None, "generation_failed", "server_error")
-            elif ev[0] == "done":
-                completion = ev[1]
-        if job.cancel.is_set() and None in finish:
-            return Response(status_code=499)  # the client left; nobody reads this
-        if kind == "chat":
-            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                        "finish_reason": f} for i, (t, f) in enumerate(zip(texts, finish))]
-            obj = "chat.completion"
-        else:
-            choices = [{"index": i, "text": (echoes[i // params["n"]] if echoes else "") + t, "logprobs": None,
-                        "finish_reason": f} for i, (t, f) in enumerate(zip(texts, finish))]
-            obj = "text_completion"
-        return JSONResponse({"id": rid, "object": obj, "created": created, "model": cfg["model_name"],
-                             "system_fingerprint": None, "choices": choices,
-                             "usage": usage(prompts, completion)}, headers=headers)
-
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
-
-    @v1.post("/chat/completions")
-    async def chat_completions(request: Request):
-        body = await read_json(request)
-        # rendering a long conversation takes a while: off the event loop
-        prompts, params, reply, dropped = await asyncio.to_thread(parse_chat, body, cfg, context_len)
-        headers = {"X-NanoPhi-Dropped-Turns": str(dropped)} if dropped else None
-        return await respond(request, "chat", prompts, params, reply, headers=headers)
-
-    @v1.post("/completions")
-    async def completions(request: Request):
-        body = await read_json(request)
-        prompts, params, reply, echoes = await asyncio.to_thread(parse_completion, body, cfg, context_len)
-        return await respond(request, "text", prompts, params, reply, echoes=echoes)
-
-    @v1.get("/models")
-    async def models():
-        return {"object": "list", "data": [{"id": cfg["model_name"], "object": "model", "created": cfg["created"],
-                                            "owned_by": "nanophi"}]}
-
-    @v1.get("/models/{name}")
-    async def model_info(name: str):
-        if name != cfg["model_name"]:
-            raise APIError(404, f"The model '{name}' does not exist", "model", "model_not_found")
-        return {"id": name, "object": "model", "created": cfg["created"], "owned_by": "nanophi"}
-
+    v1.add_api_route("/chat/completions", chat_completions, methods=["POST"])
+    v1.add_api_route("/completions", completions, methods=["POST"])
+    v1.add_api_route("/models", models, methods=["GET"])
+    v1.add_api_route("/models/{name}", model_info, methods=["GET"])
     app.include_router(v1)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": cfg["model_name"], "source": None if key else source, "device": engine.device,
-                "dtype": engine.dtype, "context_length": context_len, "auth_required": bool(key),
-                "queued": engine.pending.qsize(), "active": engine.active, **engine.stats,
-                "defaults": {k: cfg[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty",
-                                                 "max_tokens", "max_tokens_cap", "chat_style", "system")},
-                "tags": [t.strip("[]") for t in textformat.TAGS.values()]}
-
-    def asset(path):
-        name, media = _ASSETS[path]
-
-        async def serve_asset():
-            with open(os.path.join(_STATIC_DIR, name), "rb") as f:
-                return Response(f.read(), media_type=media, headers={"Cache-Control": "no-cache"})
-        return serve_asset
-
+    app.add_api_route("/health", health, methods=["GET"])
     for path in _ASSETS:
         app.add_api_route(path, asset(path), methods=["GET"])
     return app
@@ -638,19 +689,24 @@ def main():
         cfg["created"] = int(time.time())
         dev = pick_device(cfg["device"])
         ptdtype = pick_dtype(cfg["dtype"], dev)
+        weight_format = resolve_weights(cfg["weights"], dev, ptdtype)
         if cfg["max_tokens"] > cfg["max_tokens_cap"]:
             raise ValueError(f"max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
+        for k, lo in (("max_batch", 1), ("prefill_chunk", 1), ("cache_slots", 0), ("max_queue", 0)):
+            if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < lo:
+                raise ValueError(f"{k}={cfg[k]!r}: must be an integer >= {lo}")
         if cfg["chat_style"] not in textformat.CHAT_STYLES:
             raise ValueError(f"chat_style={cfg['chat_style']!r}: known styles are {', '.join(textformat.CHAT_STYLES)}")
         model, source = load_model(cfg["init_from"], cfg["out_dir"], dev, cfg["which"], cfg["block_size"])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"serve.py: {e}")
-    print(f"serving {source} as '{cfg['model_name']}' on {dev} ({ptdtype}), context {model.config.block_size}, "
-          f"{model.get_num_params() / 1e6:.1f}M parameters")
+    print(f"serving {source} as '{cfg['model_name']}' on {dev} ({ptdtype}, {weight_format} weights), context "
+          f"{model.config.block_size}, {model.get_num_params() / 1e6:.1f}M parameters")
+    model = apply_weights(model, weight_format)
     if cfg["host"] not in ("127.0.0.1", "localhost", "::1") and not cfg["api_key"]:
         print(f"WARNING: listening on {cfg['host']} without an api_key: anyone who can reach it can use it")
-    engine = Engine(model, dev, ptdtype, cfg["max_active"], cfg["max_queue"])
-    app = make_app(engine, cfg, source)
+    worker = Worker(model, dev, ptdtype, cfg["max_batch"], cfg["max_queue"], cfg["prefill_chunk"], cfg["cache_slots"])
+    app = make_app(worker, cfg, source)
     import uvicorn
     print(f"open http://{cfg['host']}:{cfg['port']}/  (API at http://{cfg['host']}:{cfg['port']}/v1)", flush=True)
     uvicorn.run(app, host=cfg["host"], port=cfg["port"], access_log=cfg["access_log"], log_level="info",

@@ -32,7 +32,8 @@ from nanophi import checkpoint as ckpt_lib
 from nanophi import lora as lora_lib
 from nanophi.datafiles import TaskSplit
 from nanophi.files import WriteError
-from nanophi.device import autocast, device_name, peak_flops, pick_device, pick_dtype
+from nanophi.device import (CPU_COMPILE_MIN_ITERS, autocast, compile_by_default, device_name, peak_flops, pick_device,
+                            pick_dtype)
 from nanophi.plots import plot_losses
 from nanophi.tasks import TASK_NAMES, default_mixture
 from nanophi.tokenizer import EOT_ID
@@ -88,7 +89,7 @@ min_lr = 1e-4  # learning rate at the end of the decay
 backend = "gloo"  # DDP backend on CPU; CUDA uses nccl
 device = "auto"  # auto | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto: bf16 on sm80+, fp16 + GradScaler on older GPUs (T4), fp32 on CPU; 'bfloat16' opt-in on CPU
-compile = None  # None = on for Linux + CUDA only; True/False to force
+compile = None  # None = on for Linux + CUDA, and on a Linux CPU from device.CPU_COMPILE_MIN_ITERS iterations; True/False to force
 # -----------------------------------------------------------------------------
 CHECKS = {  # ranges and choices, checked once every config file and --key=value is in
     **{k: at_least(1) for k in ("eval_interval", "log_interval", "eval_iters", "batch_size",
@@ -682,7 +683,6 @@ def prepare_run(config, sources):
         ptdtype = pick_dtype(dtype, dev)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    use_compile = compile if compile is not None else (sys.platform.startswith("linux") and device_type == "cuda")
     ck = load_resume_checkpoint(sources, master) if init_from == "resume" else None
     block = ck["model_args"]["block_size"] if ck is not None else block_size  # the checkpoint decides the shape
     data, weights = open_tasks(data_dir, tasks, block)  # all data errors before any compute
@@ -692,6 +692,10 @@ def prepare_run(config, sources):
     if decay_lr and warmup_iters >= n_iters and master:
         print(f"WARNING: warmup_iters ({warmup_iters}) >= max_iters ({n_iters}): the run never leaves warmup "
               f"and never reaches learning_rate {learning_rate}; lower warmup_iters")
+    use_compile = compile if compile is not None else compile_by_default(device_type, n_iters)
+    if compile is None and use_compile and device_type == "cpu" and master:  # a long first step: say why
+        print(f"compile: on, as max_iters {n_iters} >= {CPU_COMPILE_MIN_ITERS} repays torch.compile's warm-up on CPU "
+              "(tens of seconds before the first step); --compile=False to skip")
     if master:
         check_out_dir()
         total_weight = sum(weights.values())

@@ -10,7 +10,17 @@ tokens/s = new tokens / wall time of the whole generate() call (prompt prefill i
 batch 1, every method producing the same number of tokens. Each figure is the best of several
 runs, methods interleaved, so load from other processes hurts all of them alike.
 Goals: the cache at least transformers' speed, and at least 5x the no-cache path at 1024.
+
+Weight formats (nanophi/weights.py): the cache path again with bf16 and int8 weights, interleaved with
+fp32 and with a large tensor copy, the memory bandwidth this machine has in the same minute. Batch-1
+decoding reads every weight once per token, so weight bytes per token x decode tok/s is the bandwidth
+it uses; prefill (the prompt, compute-bound) is timed apart. Goal: bf16 decoding >= 1.8x fp32.
+Quality (quality=True): validation loss and greedy agreement of each format against fp32, on a
+model that has learnt something: quality_init_from, or by default a small GPT trained here for
+quality_iters steps on the Python documentation (random weights give near-uniform logits, where
+any format "agrees").
 """
+import copy
 import os
 import sys
 import time
@@ -19,9 +29,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure  # noqa: E402
-from nanophi.device import device_name  # noqa: E402
+from nanophi.device import cpu_has_bf16, device_name, measure_copy_bandwidth  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from nanophi.tokenizer import EOT_ID, VOCAB_SIZE  # noqa: E402
+from nanophi.weights import apply_weights, weight_bytes_per_token  # noqa: E402
 
 # -----------------------------------------------------------------------------
 contexts = [128, 1024]  # prompt lengths in tokens
@@ -32,6 +43,11 @@ n_layer, n_head, n_embd = 12, 12, 768  # GPT-2 small
 n_positions = 2048  # room for a 1024 prompt plus new tokens
 threads = 0  # torch threads (0 = torch's default)
 seed = 0
+weights = ["bf16", "int8"]  # formats timed beside fp32 (bf16 only on CPUs with native bf16)
+quality = True  # validation loss and greedy agreement of each format against fp32
+quality_init_from = ""  # a checkpoint as sample.py's init_from; '' = a small GPT trained here
+quality_iters = 200  # training steps of that small GPT (4 layers x 256, batch 8 x 64)
+quality_prompts = 16  # greedy continuations compared per format
 # -----------------------------------------------------------------------------
 configure(globals())
 if threads:
@@ -49,41 +65,74 @@ def build():
     return ours, hf
 
 
+def stream_timed(model, x, n):
+    """Greedy ids of one generate_stream call, its time to the first new token (the prefill) and
+    its total time."""
+    t0 = time.perf_counter()
+    ids, first = [], None
+    for nxt, _ in model.generate_stream(x, n, temperature=0):
+        ids.append(nxt)
+        first = first if first is not None else time.perf_counter() - t0
+    return torch.stack(ids, 1)[0], first, time.perf_counter() - t0
+
+
 @torch.no_grad()
 def main():
     import transformers
     t0 = time.time()
     ours, hf = build()
+    formats = {"fp32": ours}
+    for w in weights:
+        if w == "bf16" and not cpu_has_bf16():
+            print("weights bf16: skipped (no native bf16 on this CPU)")
+            continue
+        formats[w] = apply_weights(copy.deepcopy(ours), w)
     print(f"model: {ours.get_num_params() / 1e6:.0f}M parameters (random GPT-2 small weights, n_positions "
-          f"{n_positions}), built in {time.time() - t0:.1f}s")
-    print(f"machine: {device_name('cpu')}, torch {torch.__version__}, transformers {transformers.__version__}")
-    methods = {
-        "cache": lambda x, n: ours.generate(x, n, temperature=0)[0, x.size(1):],
+          f"{n_positions}), built in {time.time() - t0:.1f}s; weights timed: {', '.join(formats)}")
+    print(f"machine: {device_name('cpu')}, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"bf16 CPU: {cpu_has_bf16()}")
+    others = {
         "transformers": lambda x, n: hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                                  pad_token_id=EOT_ID)[0, x.size(1):],
         "no_cache": lambda x, n: ours.generate(x, n, temperature=0, use_cache=False)[0, x.size(1):],
     }
     warm = torch.randint(0, VOCAB_SIZE, (1, 16))
-    for f in methods.values():  # first calls allocate and pick kernels
+    for f in others.values():  # first calls allocate and pick kernels
         f(warm, 4)
-    rows = []
+    for m in formats.values():
+        stream_timed(m, warm, 4)
+    bandwidth = 0.0
+    rows, fmt_rows = [], []
     g = torch.Generator().manual_seed(seed)
     for T in contexts:
         x = torch.randint(0, VOCAB_SIZE, (1, T), generator=g)
-        best = {k: float("inf") for k in methods}
+        best = {k: float("inf") for k in list(others) + ["cache"]}
+        prefill = {k: float("inf") for k in formats}
+        decode = {k: float("inf") for k in formats}
         outs = {}
         for r in range(repeats):
-            for name, f in methods.items():
+            bandwidth = max(bandwidth, measure_copy_bandwidth(repeats=1))  # the same minute's load as the runs
+            for name, f in others.items():
                 if name == "no_cache" and r >= repeats_no_cache:
                     continue
                 t = time.perf_counter()
                 outs[name] = f(x, new_tokens)
                 best[name] = min(best[name], time.perf_counter() - t)
-        same = all(torch.equal(outs["cache"], o) for o in outs.values())
+            for w, m in formats.items():
+                outs[w], first, total = stream_timed(m, x, new_tokens)
+                prefill[w], decode[w] = min(prefill[w], first), min(decode[w], total - first)
+                if w == "fp32":
+                    best["cache"] = min(best["cache"], total)
+        outs["cache"] = outs["fp32"]
+        same = all(torch.equal(outs["cache"], outs[k]) for k in list(others) + ["cache"])
         tps = {k: new_tokens / v for k, v in best.items()}
         rows.append((T, tps, same))
         print(f"  context {T}: " + ", ".join(f"{k} {v:.1f} tok/s" for k, v in tps.items())
               + f", same tokens: {'yes' if same else 'NO'}", flush=True)
+        for w, m in formats.items():
+            kv = 2 * n_layer * (T + new_tokens / 2) * n_embd * 4  # the fp32 KV cache read per token, mean context
+            fmt_rows.append((T, w, prefill[w], (new_tokens - 1) / decode[w], weight_bytes_per_token(m), kv,
+                             int((outs[w] == outs["fp32"]).sum())))
 
     print()
     print("| context | new tokens | KV cache tok/s | transformers tok/s | no cache tok/s | cache / transformers "
@@ -98,6 +147,97 @@ def main():
     print(f"\ngoal cache >= transformers: {'met' if ok else 'NOT met'}")
     if long:
         print(f"goal cache >= 5x no cache at 1024: {'met' if all(t['cache'] >= 5 * t['no_cache'] for t in long) else 'NOT met'}")
+    print_formats(fmt_rows, bandwidth)
+    if quality:
+        quality_table(list(formats))
+
+
+def print_formats(fmt_rows, bandwidth):
+    print(f"\nweight formats, batch 1, KV cache; memory copy bandwidth measured in this run (best of "
+          f"{repeats * len(contexts)}, read + write): {bandwidth / 1e9:.1f} GB/s")
+    print("| context | weights | prefill s | decode tok/s | decode vs fp32 | MB read per token (weights + KV) "
+          "| GB/s read | of copy bandwidth | tokens equal to fp32 |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    base = {T: tps for T, w, _, tps, _, _, _ in fmt_rows if w == "fp32"}
+    for T, w, pre, tps, wbytes, kv, equal in fmt_rows:
+        read = (wbytes + kv) * tps
+        print(f"| {T} | {w} | {pre:.2f} | {tps:.1f} | {tps / base[T]:.2f}x | {wbytes / 1e6:.0f} + {kv / 1e6:.0f} | "
+              f"{read / 1e9:.1f} | {read / bandwidth:.0%} | {equal}/{new_tokens} |")
+    for T in contexts:
+        bf = [tps for t, w, _, tps, _, _, _ in fmt_rows if t == T and w == "bf16"]
+        if bf:
+            print(f"goal bf16 decode >= 1.8x fp32 at context {T}: {'met' if bf[0] >= 1.8 * base[T] else 'NOT met'} "
+                  f"({bf[0] / base[T]:.2f}x)")
+
+
+def train_small():
+    """A 4-layer, 256-wide GPT trained briefly on the Python documentation (offline_sources), and
+    held-out token ids: every 10th document is validation."""
+    from nanophi.offline_sources import doc_sections, module_docstrings
+    from nanophi.tokenizer import encode
+    docs = [rec["text"] for _, rec in doc_sections(subdirs=("tutorial", "howto"))]
+    docs = docs or [rec["text"] for _, rec in module_docstrings()]  # Python's docs not installed
+    train_ids, val_ids = [], []
+    for i, text in enumerate(docs):
+        (val_ids if i % 10 == 0 else train_ids).extend(encode(text) + [EOT_ID])
+    train_ids, val_ids = torch.tensor(train_ids), torch.tensor(val_ids)
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=64, vocab_size=VOCAB_SIZE, n_layer=4, n_head=4, n_embd=256))
+    opt = model.configure_optimizers(0.1, 2e-3, (0.9, 0.95), "cpu")
+    t0 = time.time()
+    with torch.enable_grad():
+        for it in range(quality_iters):
+            for group in opt.param_groups:  # linear warm-up, then constant
+                group["lr"] = 2e-3 * min(1.0, (it + 1) / 30)
+            i = torch.randint(len(train_ids) - 65, (8,)).unsqueeze(1) + torch.arange(65)
+            batch = train_ids[i]
+            _, loss = model(batch[:, :-1], batch[:, 1:])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    print(f"quality model: 4 layers x 256 trained {quality_iters} steps (batch 8 x 64) on {len(train_ids):,} tokens "
+          f"of the Python docs in {time.time() - t0:.0f}s, last training loss {loss.item():.2f}")
+    return model.eval(), val_ids
+
+
+def quality_table(names):
+    """Validation loss, next-token agreement and greedy continuations of each format vs fp32."""
+    if quality_init_from:
+        from nanophi.checkpoint import load_model
+        from nanophi.offline_sources import doc_sections
+        from nanophi.tokenizer import encode
+        model, source = load_model(quality_init_from)
+        val_ids = torch.tensor([t for _, rec in list(doc_sections(subdirs=("tutorial",)))[::10]
+                                for t in encode(rec["text"]) + [EOT_ID]])
+        print(f"quality model: {source}, validation text: every 10th section of the Python tutorial")
+    else:
+        model, val_ids = train_small()
+    T = min(model.config.block_size, 128)
+    n = min(64, (len(val_ids) - 1) // T)
+    x, y = val_ids[:n * T].view(n, T), val_ids[1:n * T + 1].view(n, T)
+    starts = torch.linspace(0, len(val_ids) - 65, quality_prompts).long()
+    prompts = [val_ids[s:s + 32].unsqueeze(0) for s in starts]
+    results = {}
+    for w in names:
+        m = model if w == "fp32" else apply_weights(copy.deepcopy(model), w)
+        loss = sum(m(x[i:i + 8], y[i:i + 8], reduction="sum")[1].item() for i in range(0, n, 8)) / y.numel()
+        top1 = torch.cat([m(x[i:i + 8])[0].argmax(-1) for i in range(0, n, 8)])
+        greedy = [m.generate(p, 32, temperature=0)[0, 32:] for p in prompts]
+        results[w] = (loss, top1, greedy)
+    print(f"\nquality of each format vs fp32: validation loss over {y.numel():,} tokens, next-token argmax "
+          f"agreement at the same positions, {quality_prompts} greedy continuations of 32 tokens")
+    print("| weights | val loss | delta vs fp32 | next-token agreement | identical continuations "
+          "| mean tokens before the first difference |")
+    print("|---|---:|---:|---:|---:|---:|")
+    base_loss, base_top1, base_greedy = results["fp32"]
+    for w, (loss, top1, greedy) in results.items():
+        prefix = [int((a != b).nonzero()[0]) if (a != b).any() else len(a) for a, b in zip(greedy, base_greedy)]
+        print(f"| {w} | {loss:.4f} | {loss - base_loss:+.4f} | {(top1 == base_top1).float().mean().item():.2%} | "
+              f"{sum(p == 32 for p in prefix)}/{len(prefix)} | {sum(prefix) / len(prefix):.1f} |")
+    for w, (loss, _, _) in results.items():
+        if w != "fp32":
+            print(f"goal {w} validation loss within 0.02 of fp32: {'met' if abs(loss - base_loss) <= 0.02 else 'NOT met'}")
 
 
 if __name__ == "__main__":

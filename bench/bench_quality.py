@@ -110,7 +110,7 @@ def bench_generation(work):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(os.path.join(work, "serve.log"), "w")
-    srv = subprocess.Popen([sys.executable, "serve.py", f"--out_dir={ckpt}", f"--port={port}", "--max_active=8",
+    srv = subprocess.Popen([sys.executable, "serve.py", f"--out_dir={ckpt}", f"--port={port}", "--max_batch=8",
                             "--access_log=False"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(300):

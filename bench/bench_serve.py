@@ -1,15 +1,17 @@
 """
-Load test of serve.py on loopback: many concurrent streaming clients against a real server.
+Serving benchmark on loopback, side by side in one run against one real serve.py process:
 
-    python bench/bench_serve.py                         # 50 clients, a random 6-layer 384-wide GPT-2
+    python bench/bench_serve.py                       # a random GPT-2 124M, 8 and 50 streams, a 10-turn chat
     python bench/bench_serve.py --init_from=out/best.pt --clients=20 --max_tokens=64
 
-First every client's request is run alone, one after another (the reference text per seed and
-the single-client speed); then all clients stream at once, for each server setting in
-active_list (max_active=1: strictly one request at a time; 4: four interleaved). Every client
-must finish with [DONE] and receive exactly its own reference text (its own prompt and seed):
-none failed, none mixed. Prints latency percentiles (time to first token, total), throughput
-and /health's response time under load, and writes the table to out_md.
+1. one at a time: each client's request alone, in turn (its reference text and the single-stream speed);
+2. `streams` (8) clients at once: throughput against one at a time (goal >= 4x), time to first token;
+3. `clients` (50) clients at once: every one must end with [DONE] and receive exactly its own
+   reference text (its prompt and seed): none failed, none mixed;
+4. `chat_repeats` chats of `chat_turns` turns (each request sends the whole conversation): median time
+   to first token of the last turn against the first (goal within 1.5x: the server reuses the
+   conversation's cache and prefills only the new turn).
+Prints one table; exits 1 if a client failed or got another client's text.
 """
 import asyncio
 import json
@@ -29,12 +31,14 @@ sys.path.insert(0, _ROOT)
 
 # -----------------------------------------------------------------------------
 init_from = ""  # '' = a random model of the size below; else anything serve.py takes
-n_layer, n_head, n_embd, block_size = 6, 6, 384, 256
-clients = 50
+n_layer, n_head, n_embd, block_size = 12, 12, 768, 1024  # GPT-2 124M
+streams = 8  # the throughput comparison: this many clients at once against one at a time
+clients = 50  # the load check
 max_tokens = 32
-active_list = [1, 4]  # serve.py --max_active values to compare
-time_limit = 600.0  # seconds for the whole concurrent phase of one setting: the test is bounded
-out_md = "/tmp/readme_parts/serve.md"
+max_batch = 8  # serve.py --max_batch
+chat_turns = 10
+chat_repeats = 3  # conversations: the medians of their first-token times are compared
+time_limit = 900.0  # seconds for one concurrent phase: the benchmark is bounded
 # -----------------------------------------------------------------------------
 
 
@@ -54,13 +58,14 @@ def random_model_dir(tmp):
     return ["--init_from=resume", f"--out_dir={tmp}"]
 
 
-def start_server(model_args, active, log):
+def start_server(model_args, log):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "serve.py", f"--port={port}", f"--max_active={active}",
-                             "--access_log=False", f"--max_tokens_cap={max(max_tokens, 1024)}", *model_args],
+    proc = subprocess.Popen([sys.executable, "serve.py", f"--port={port}", f"--max_batch={max_batch}",
+                             "--access_log=False", f"--max_tokens_cap={max(max_tokens, 1024)}",
+                             f"--max_queue={clients + 10}", *model_args],
                             cwd=_ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    for _ in range(1500):
         if proc.poll() is not None:
             raise SystemExit(f"serve.py exited with {proc.returncode}; see {log.name}")
         try:
@@ -70,7 +75,7 @@ def start_server(model_args, active, log):
             pass
         time.sleep(0.2)
     proc.kill()
-    raise SystemExit("serve.py did not start in 120 s")
+    raise SystemExit("serve.py did not start in 300 s")
 
 
 def request(i):
@@ -79,7 +84,7 @@ def request(i):
 
 
 def reference(url):
-    """Each client's request alone, in turn: its expected text and the single-client timing."""
+    """Each client's request alone, in turn: its expected text and its time."""
     texts, times = [], []
     with httpx.Client(timeout=300) as c:
         for i in range(clients):
@@ -91,11 +96,11 @@ def reference(url):
     return texts, times
 
 
-async def stream_client(c, url, i):
+async def stream_client(c, url, path, body, i=None):
+    """One streaming request: time to first token (first text or finish), total time, text."""
     t0 = time.perf_counter()
-    first, text, done, finish = None, "", False, None
-    async with c.stream("POST", url + "/v1/completions", json={**request(i), "stream": True,
-                                                                "stream_options": {"include_usage": True}}) as r:
+    first, text, done = None, "", False
+    async with c.stream("POST", url + path, json={**body, "stream": True}) as r:
         if r.status_code != 200:
             return {"i": i, "error": f"HTTP {r.status_code}"}
         async for line in r.aiter_lines():
@@ -108,34 +113,47 @@ async def stream_client(c, url, i):
             if "error" in ev:
                 return {"i": i, "error": ev["error"]["message"]}
             for ch in ev["choices"]:
-                if ch["text"] and first is None:
+                piece = ch["delta"].get("content") if "delta" in ch else ch["text"]
+                if first is None and (piece or ch["finish_reason"]):
                     first = time.perf_counter() - t0
-                text += ch["text"]
-                finish = ch["finish_reason"] or finish
-    return {"i": i, "ttft": first, "total": time.perf_counter() - t0, "text": text, "done": done, "finish": finish}
+                text += piece or ""
+    return {"i": i, "ttft": first, "total": time.perf_counter() - t0, "text": text, "done": done}
 
 
-async def health_probe(url, stop, out):
-    async with httpx.AsyncClient(timeout=30) as c:
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            await c.get(url + "/health")
-            out.append(time.perf_counter() - t0)
-            await asyncio.sleep(0.2)
-
-
-async def load(url):
-    limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
-    probes, stop = [], asyncio.Event()
+async def concurrent(url, n):
+    limits = httpx.Limits(max_connections=n + 5, max_keepalive_connections=n + 5)
     async with httpx.AsyncClient(timeout=time_limit, limits=limits) as c:
-        probe = asyncio.create_task(health_probe(url, stop, probes))
         t0 = time.perf_counter()
-        results = await asyncio.wait_for(asyncio.gather(*(stream_client(c, url, i) for i in range(clients)),
-                                                        return_exceptions=True), time_limit)
-        wall = time.perf_counter() - t0
-        stop.set()
-        await probe
-    return results, wall, probes
+        results = await asyncio.wait_for(asyncio.gather(
+            *(stream_client(c, url, "/v1/completions", request(i), i) for i in range(n)),
+            return_exceptions=True), time_limit)
+        return results, time.perf_counter() - t0
+
+
+async def chat(url, k):
+    """Conversation k of chat_turns turns; the time to first token of each turn."""
+    msgs, ttfts = [], []
+    async with httpx.AsyncClient(timeout=time_limit) as c:
+        for t in range(chat_turns):
+            msgs.append({"role": "user", "content": f"Question {t + 1} of chat {k}: tell me about the number {t * 37 + k}."})
+            r = await stream_client(c, url, "/v1/chat/completions", {"messages": msgs, "max_tokens": max_tokens,
+                                                                     "temperature": 0, "ignore_eos": True,
+                                                                     "trim_history": True})
+            if "error" in r:
+                raise SystemExit(f"chat turn {t + 1} failed: {r['error']}")
+            ttfts.append(r["ttft"])
+            msgs.append({"role": "assistant", "content": r["text"]})
+    prompt = httpx.post(url + "/v1/chat/completions", json={"messages": msgs[:-1], "max_tokens": 1,
+                                                          "trim_history": True}, timeout=300)
+    return ttfts, prompt.json()["usage"]["prompt_tokens"]
+
+
+def chats(url):
+    """chat_repeats conversations, one after another: median first-token time of turn 1 and of the last turn."""
+    runs = [asyncio.run(chat(url, k)) for k in range(chat_repeats)]
+    first = sorted(r[0][0] for r in runs)[len(runs) // 2]
+    last = sorted(r[0][-1] for r in runs)[len(runs) // 2]
+    return first, last, max(r[1] for r in runs)
 
 
 def pct(xs, p):
@@ -149,140 +167,66 @@ def machine():
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}, " \
-           f"load average {load1:.1f} at start"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def check(results, expected):
+    """(clients that failed, clients that got a text other than their own)."""
+    bad = [r for r in results if isinstance(r, Exception) or "error" in r or not r["done"]]
+    mixed = [r for r in results if r not in bad and r["text"] != expected[r["i"]]]
+    for r in bad[:3]:
+        print("FAILED:", r)
+    for r in mixed[:3]:
+        print(f"MIXED: client {r['i']} got {r['text'][:60]!r}, expected {expected[r['i']][:60]!r}")
+    return bad, mixed
 
 
 def main():
     from configurator import configure
     configure(globals())
-    mach = machine()
     tmp = tempfile.mkdtemp(prefix="bench-serve-")
     model_args = [f"--init_from={init_from}"] if init_from else random_model_dir(tmp)
     what = init_from or f"random GPT-2, {n_layer} layers, {n_embd} wide, context {block_size}"
     log = open(os.path.join(tmp, "server.log"), "w")
-    rows, expected, seq_times, failures = [], None, None, 0
-    for active in active_list:
-        proc, url = start_server(model_args, active, log)
-        try:
-            if expected is None:
-                expected, seq_times = reference(url)
-                seq_tokens = clients * max_tokens
-                rows.append(("one at a time (reference)", "-", clients, pct(seq_times, 50), pct(seq_times, 90),
-                             pct(seq_times, 99), None, seq_tokens / sum(seq_times), sum(seq_times), None, "-"))
-            results, wall, probes = asyncio.run(load(url))
-        finally:
-            proc.terminate()
-            proc.wait(30)
-        bad = [r for r in results if isinstance(r, Exception) or "error" in r or not r["done"]]
-        mixed = [r for r in results if not isinstance(r, Exception) and "error" not in r
-                 and r["text"] != expected[r["i"]]]
-        failures += len(bad) + len(mixed)
-        for r in bad[:3]:
-            print("FAILED:", r)
-        for r in mixed[:3]:
-            print(f"MIXED: client {r['i']} got {r['text'][:60]!r}, expected {expected[r['i']][:60]!r}")
-        ok = [r for r in results if r not in bad]
-        ttft, total = [r["ttft"] for r in ok], [r["total"] for r in ok]
-        tokens = len(ok) * max_tokens
-        rows.append((f"{clients} concurrent streams", active, len(ok) - len(mixed), pct(total, 50), pct(total, 90),
-                     pct(total, 99), (pct(ttft, 50), pct(ttft, 90), pct(ttft, 99)), tokens / wall, wall,
-                     max(probes) if probes else None, f"{len(bad)} failed, {len(mixed)} mixed"))
-
-    head = ("| run | max_active | clients OK | latency p50 / p90 / p99 (s) | first token p50 / p90 / p99 (s) "
-            "| throughput (tok/s) | wall (s) | slowest /health (s) | check |\n|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for run, active, n_ok, l50, l90, l99, tt, tps, wall, hmax, check in rows:
-        ttxt = f"{tt[0]:.2f} / {tt[1]:.2f} / {tt[2]:.2f}" if tt else "-"
-        htxt = f"{hmax:.3f}" if hmax is not None else "-"
-        lines.append(f"| {run} | {active} | {n_ok}/{clients} | {l50:.2f} / {l90:.2f} / {l99:.2f} | {ttxt} "
-                     f"| {tps:.1f} | {wall:.1f} | {htxt} | {check} |")
-    table = "\n".join(lines)
-    print(f"\nmodel: {what}; {clients} clients x {max_tokens} tokens, sampling with a seed per client")
-    print(f"machine: {mach}\n")
-    print(table)
-    write_readme(table, what, mach)
+    load_start = os.getloadavg()[0]
+    proc, url = start_server(model_args, log)
+    try:
+        expected, seq_times = reference(url)
+        few, few_wall = asyncio.run(concurrent(url, streams))
+        many, many_wall = asyncio.run(concurrent(url, clients))
+        first, last, chat_prompt = chats(url)
+        reused = httpx.get(url + "/health").json()["reused_prompt_tokens"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    bad_few, mixed_few = check(few, expected[:streams])
+    bad_many, mixed_many = check(many, expected)
+    one_tps = streams * max_tokens / sum(seq_times[:streams])
+    few_ok = [r for r in few if r not in bad_few]
+    few_tps = len(few_ok) * max_tokens / few_wall
+    many_ok = [r for r in many if r not in bad_many]
+    rows = [
+        ("one at a time", f"{one_tps:.1f} tok/s", f"{pct(seq_times[:streams], 50):.2f} s per request", ""),
+        (f"{streams} concurrent streams", f"{few_tps:.1f} tok/s = {few_tps / one_tps:.2f}x one at a time",
+         f"time to first token p50 {pct([r['ttft'] for r in few_ok], 50):.2f} s, "
+         f"p90 {pct([r['ttft'] for r in few_ok], 90):.2f} s", "goal >= 4x, p50 < 2 s"),
+        (f"{clients} concurrent streams", f"{len(many_ok) * max_tokens / many_wall:.1f} tok/s",
+         f"time to first token p50 {pct([r['ttft'] for r in many_ok], 50):.2f} s; "
+         f"{len(bad_many)} failed, {len(mixed_many)} mixed", "goal 0 failed, 0 mixed"),
+        (f"chat, turn {chat_turns} vs turn 1 (median of {chat_repeats})",
+         f"first token {last:.3f} s vs {first:.3f} s = {last / first:.2f}x",
+         f"turn {chat_turns} prompt {chat_prompt} tokens; {reused} prompt tokens reused from the cache in the run",
+         "goal <= 1.5x"),
+    ]
+    print(f"\nmodel: {what}; serve.py --max_batch={max_batch}; {max_tokens} tokens per request (sampling, "
+          f"a seed per client, ignore_eos)")
+    print(f"machine: {machine()}; load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end\n")
+    print("| run | throughput | latency | goal |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    failures = len(bad_few) + len(mixed_few) + len(bad_many) + len(mixed_many)
     if failures:
         raise SystemExit(f"{failures} clients failed or got another client's text")
-
-
-def write_readme(table, what, mach):
-    md = f"""## Serving: an OpenAI-compatible API and a web chat page
-
-`serve.py` serves a trained model with FastAPI + uvicorn: `POST /v1/chat/completions`,
-`POST /v1/completions` (both with `stream: true` as server-sent events ending in `data: [DONE]`),
-`GET /v1/models`, `GET /health`, and a chat page at `/` (task tag picker, sampling controls,
-system line, streaming replies, conversation history; plain HTML/JS, works offline).
-
-```bash
-python serve.py                                    # out/best.pt (else out/ckpt.pt) on http://127.0.0.1:8000
-python serve.py --init_from=out/ckpt.pt --port=8080
-python serve.py --init_from=gpt2-medium --model_name=gpt2-medium --temperature=0.7 --top_k=50
-NANOPHI_API_KEY=secret python serve.py --host=0.0.0.0   # on a network: always with a key
-```
-
-Flags (`--key=value`, or a config file): `init_from` (`resume`, a `.pt`, a gpt2 name, a transformers
-directory), `out_dir`, `which` (best/latest), `block_size`, `device`, `dtype`, `host` (default
-127.0.0.1), `port`, `api_key` (or `NANOPHI_API_KEY`), `model_name` (the id in /v1/models), sampling
-defaults `temperature`, `top_k`, `top_p`, `repetition_penalty`, `max_tokens`, `max_tokens_cap`, `max_n`,
-`chat_style`, `system`, limits `max_request_bytes` (413 above it), `max_active`, `max_queue` (503 above it),
-and `cors_origins` (other web apps allowed to call the API from a browser; none by default).
-
-Requests follow OpenAI's shapes: `messages` (system, user, assistant; rendered in the training chat
-format by `textformat.chat`, the reply cut at `<|endoftext|>` or the next speaker marker), `prompt`
-(a string, a list of strings, or token ids), `max_tokens` / `max_completion_tokens`, `temperature`
-(0 = greedy), `top_p`, `stop` (up to 4 strings; the text ends before the stop string and is never
-streamed past it), `n`, `seed` (same seed, same text, however busy the server is), `echo`,
-`stream_options.include_usage`; `usage` token counts; `finish_reason` `stop` or `length`.
-Extra fields: `top_k`, `repetition_penalty`, `tag` (`Math`, `Code`, ... : the prompt is rendered as in
-training, e.g. `[Math] question\\nAnswer:`), `chat_style` (nanophi, plain, metharme), `system`,
-`user_name`/`bot_name`, `ignore_eos`, `trim_history` (drop the oldest turns to fit the context; the
-page sends it; the count is in the `X-NanoPhi-Dropped-Turns` header). A prompt that does not fit the
-context, `max_tokens` over the cap, invalid JSON, wrong types, an unknown model, or unsupported
-features (`logprobs`, `tools`, `frequency_penalty`, ...) get a 4xx with an OpenAI error body
-`{{"error": {{"message", "type", "param", "code"}}}}`. With an API key, every `/v1` route needs
-`Authorization: Bearer <key>` (compared in constant time); `/`, its assets and `/health` stay open.
-A client that disconnects mid-request stops its generation.
-
-```bash
-curl http://127.0.0.1:8000/v1/chat/completions -H "Content-Type: application/json" \\
-  -d '{{"model": "nanophi", "messages": [{{"role": "user", "content": "What is a prime number?"}}], "max_tokens": 100}}'
-curl -N http://127.0.0.1:8000/v1/completions -H "Content-Type: application/json" \\
-  -d '{{"prompt": "What is 12*7?", "tag": "Math", "temperature": 0, "stream": true}}'
-```
-
-```python
-from openai import OpenAI
-client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret")  # any string when no key is set
-r = client.chat.completions.create(model="nanophi", messages=[{{"role": "user", "content": "Hi!"}}],
-                                   max_tokens=100, temperature=0.7, extra_body={{"top_k": 50, "tag": "Chat"}})
-print(r.choices[0].message.content, r.usage)
-for chunk in client.chat.completions.create(model="nanophi", stream=True,
-                                            messages=[{{"role": "user", "content": "Tell me a story"}}]):
-    print(chunk.choices[0].delta.content or "", end="", flush=True)
-print(client.completions.create(model="nanophi", prompt="def fib(n):", extra_body={{"tag": "Code"}},
-                                max_tokens=64, temperature=0).choices[0].text)
-```
-
-How it runs: one worker thread owns the model (the event loop only parses, queues and streams, so
-`/health` and the page stay responsive). Up to `max_active` requests generate at once, interleaved
-one forward pass (KV cache) at a time; more wait in a FIFO queue. Each request samples with its own
-`torch.Generator`, so outputs never mix and seeded requests reproduce exactly. The prompt must fit
-the context; a reply may run past it (`model.generate_stream` then keeps the last half of the window).
-
-Load test (`python bench/bench_serve.py`): {what}; {clients} clients each streaming {max_tokens}
-tokens (`ignore_eos`, a seed per client); every client must end with `[DONE]` and get exactly the text
-the same request produced alone. Machine: {mach}.
-
-{table}
-
-First token / latency are per client from sending the request; throughput is all clients' tokens
-over the wall time; the reference row is the same requests sent one after another.
-"""
-    from nanophi.files import write_text_atomic
-    write_text_atomic(out_md, md)
-    print(f"\nwrote {out_md}")
 
 
 if __name__ == "__main__":

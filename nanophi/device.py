@@ -8,6 +8,10 @@ it can say True on a T4, where bf16 is only emulated and slow. On CPU, bf16 auto
 (dtype='bfloat16') and only where the CPU has native bf16 (avx512_bf16 / amx).
 """
 import contextlib
+import os
+import shutil
+import sys
+import time
 
 import torch
 
@@ -67,6 +71,22 @@ def autocast(device, dtype):
     return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
 
 
+# torch.compile's warm-up on a 2-core CPU (tens of seconds) is repaid by ~25% faster steps after a
+# few hundred steps of a small GPT (bench/bench_train.py --compile=True); shorter runs stay eager
+CPU_COMPILE_MIN_ITERS = 1000
+
+
+def compile_by_default(device_type, max_iters):
+    """train.py's compile=None: on with CUDA on Linux; on a Linux CPU when the run is long enough to
+    repay the warm-up and a C++ compiler (inductor's CPU backend builds C++) is installed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if device_type == "cuda":
+        return True
+    has_cxx = any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
+    return device_type == "cpu" and max_iters >= CPU_COMPILE_MIN_ITERS and has_cxx
+
+
 def peak_flops_by_name(name):
     """Peak FLOP/s for a GPU name such as 'Tesla T4' or 'NVIDIA A100-SXM4-40GB', else None."""
     for key, flops in PEAK_FLOPS:  # ordered so that 'A10G' is tried before 'A10', 'L40' before 'L4'
@@ -89,3 +109,33 @@ def device_name(device):
         import platform
         return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return str(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# this machine's limits, measured (the benchmarks print their figures beside them)
+
+def _best_seconds(fn, repeats):
+    fn()  # first call allocates and picks kernels
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def measure_matmul_flops(dtype="float32", n=2048, repeats=3, device="cpu"):
+    """FLOP/s of an n x n matmul in dtype: the compute ceiling training and prefill can reach."""
+    a = torch.randn(n, n, device=device).to(getattr(torch, dtype))
+    b = torch.randn(n, n, device=device).to(getattr(torch, dtype))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    return 2 * n ** 3 / _best_seconds(lambda: (a @ b, sync()), repeats)
+
+
+def measure_copy_bandwidth(nbytes=256 << 20, repeats=3, device="cpu"):
+    """Bytes/s moved by copying a tensor far bigger than the caches (each byte read once and written
+    once, both counted): the ceiling of batch-1 generation, which reads every weight per token."""
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    return 2 * nbytes / _best_seconds(lambda: (dst.copy_(src), sync()), repeats)

@@ -23,7 +23,7 @@ KEY = "synth-key-456"
 @pytest.fixture(scope="module")
 def servers(tiny_out_dir_1k, tmp_path_factory):
     logs = tmp_path_factory.mktemp("synth_serve_logs")
-    open_srv = Server([f"--out_dir={tiny_out_dir_1k}", "--max_active=8"], str(logs / "open.log"))
+    open_srv = Server([f"--out_dir={tiny_out_dir_1k}", "--max_batch=8"], str(logs / "open.log"))
     auth_srv = Server([f"--out_dir={tiny_out_dir_1k}"], str(logs / "auth.log"), env={"NANOPHI_API_KEY": KEY})
     try:
         yield open_srv.wait(), auth_srv.wait()

@@ -35,3 +35,22 @@ def test_auto_dtype_by_capability():
     assert auto_dtype("cuda", (8, 0)) == "bfloat16"  # A100
     assert auto_dtype("cuda", (9, 0)) == "bfloat16"  # H100
     assert auto_dtype("cpu") == "float32"
+
+
+def test_cpu_compile_only_when_the_run_repays_it():
+    import shutil
+    import sys
+    from nanophi.device import CPU_COMPILE_MIN_ITERS, compile_by_default
+    linux = sys.platform.startswith("linux")
+    assert compile_by_default("cpu", CPU_COMPILE_MIN_ITERS - 1) is False  # short runs: no warm-up to repay
+    assert compile_by_default("cpu", CPU_COMPILE_MIN_ITERS) == bool(linux and (shutil.which("g++") or shutil.which("clang++")))
+    assert compile_by_default("cuda", 1) == linux
+    assert compile_by_default("mps", 10 ** 6) is False
+
+
+def test_measured_limits_are_plausible():
+    from nanophi.device import measure_copy_bandwidth, measure_matmul_flops
+    flops = measure_matmul_flops("float32", n=256, repeats=2)
+    assert 1e8 < flops < 1e14  # a 256^3 matmul: well above 0.1 GFLOP/s, below any CPU's peak
+    bandwidth = measure_copy_bandwidth(nbytes=8 << 20, repeats=2)
+    assert 1e8 < bandwidth < 1e13

@@ -170,6 +170,33 @@ def test_loss_masking_and_reductions():
     none.backward()
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_loss_path_same_loss_and_gradients_as_cross_entropy(masked):
+    """model.CrossEntropySum (gradient in the logits' memory) against F.cross_entropy on every position."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=16, vocab_size=300, n_layer=1, n_head=2, n_embd=32))
+    x = torch.randint(0, 300, (3, 16))
+    y = torch.randint(0, 300, (3, 16))
+    if masked:
+        y[:, :5] = -1
+    _, loss = m(x, y)
+    loss.backward()
+    ours = {k: p.grad.clone() for k, p in m.named_parameters()}
+    m.zero_grad()
+    h = m.transformer
+    hidden = h.ln_f(torch.nn.Sequential(*h.h)(h.wte(x) + h.wpe(torch.arange(16))))
+    want = F.cross_entropy(m.lm_head(hidden).view(-1, 300), y.view(-1), ignore_index=-1)
+    want.backward()
+    assert torch.allclose(loss, want, atol=1e-6)
+    for k, p in m.named_parameters():
+        assert torch.allclose(ours[k], p.grad, atol=1e-6, rtol=1e-4), k
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):  # no silent second backward
+        _, again = m(x, y)
+        again.backward(retain_graph=True)
+        again.backward()
+
+
 def test_gradient_checkpointing_same_gradients():
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=16, vocab_size=100, n_layer=2, n_head=2, n_embd=16)

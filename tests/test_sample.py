@@ -12,6 +12,7 @@ from conftest import ROOT
 from nanophi.tokenizer import EOT_ID, decode, encode, get_tokenizer
 
 import sample
+from nanophi.engine import Engine
 
 ENV = dict(os.environ, PYTHONIOENCODING="utf-8")
 
@@ -60,7 +61,7 @@ def test_tag_echo_and_stream_equal_plain(tiny_out_dir, tiny_model):
     head = textformat.render_text(textformat.qa("math", "What is 12*7?"))
     assert head == "[Math] What is 12*7?\nAnswer:"
     ids = textformat.encode_prompt(textformat.qa("math", "What is 12*7?"))
-    completion, _ = sample.complete(tiny_model, ids, 30, temperature=0)
+    completion, _ = Engine(tiny_model).complete(ids, 30, temperature=0)
     assert len(completion) > 30
     assert plain.stdout == (head + completion + "\n---------------\n") * 2
     streamed = run(args + ["--stream=True"])
@@ -122,11 +123,11 @@ def test_parse_stops():
 
 def test_stop_strings_cut_completion(tiny_model):
     ids = encode("Once upon a time")
-    full, reason = sample.complete(tiny_model, ids, 30, temperature=0)
+    full, reason = Engine(tiny_model).complete(ids, 30, temperature=0)
     assert reason == "length" and len(full) > 20
     stop = full[10:14]
     first = full.find(stop)
-    text, reason = sample.complete(tiny_model, ids, 30, stops=[stop, "never-appears"], temperature=0)
+    text, reason = Engine(tiny_model).complete(ids, 30, stops=[stop, "never-appears"], temperature=0)
     assert reason == "stop"
     assert text == full[:first]
 
@@ -139,7 +140,7 @@ def test_stops_at_eot(tiny_model):
         old = tiny_model.lm_head.weight[EOT_ID].clone()
         tiny_model.lm_head.weight[EOT_ID] = 10 * tiny_model.lm_head.weight[base[2]]
     try:
-        text, reason = sample.complete(tiny_model, ids, 30, temperature=0)
+        text, reason = Engine(tiny_model).complete(ids, 30, temperature=0)
     finally:
         with torch.no_grad():
             tiny_model.lm_head.weight[EOT_ID] = old
@@ -198,7 +199,7 @@ def test_repetition_controls_prevent_repeats(tiny_model):
     assert len(set(y)) == len(y)  # no token of the context comes back
 
     # the same controls through sample.complete
-    text, _ = sample.complete(tiny_model, ids, 30, temperature=0, no_repeat_ngram_size=2)
+    text, _ = Engine(tiny_model).complete(ids, 30, temperature=0, no_repeat_ngram_size=2)
     assert text == decode(tiny_model.generate(x, 30, temperature=0, no_repeat_ngram_size=2)[0, len(ids):].tolist())
 
 
@@ -248,19 +249,36 @@ def test_chat_context_trimming(tiny_model):
     assert len(conv.turns) == 14
 
 
-def test_chat_rejects_unknown_style_and_full_budget(tiny_model):
+def test_chat_rejects_unknown_style(tiny_model):
     with pytest.raises(ValueError, match="unknown chat style 'irc'"):
         sample.Chat(tiny_model, 10, style="irc")
-    with pytest.raises(ValueError, match="leaves no room"):
-        sample.Chat(tiny_model, 128).prompt_ids("hi")
     with pytest.raises(ValueError, match="needs a path"):
         sample.read_start("FILE:")
+
+
+@pytest.mark.slow
+def test_chat_fits_its_reply_budget_to_the_context(tiny_out_dir, tiny_model, capsys):
+    # the README's piped chat on a checkpoint whose context equals max_new_tokens (issue 12)
+    conv = sample.Chat(tiny_model, 128)  # block_size 128
+    assert conv.max_new_tokens == 64 and "replies get at most 64 tokens" in capsys.readouterr().err
+    ids, _ = conv.prompt_ids("hi")
+    assert len(ids) + conv.max_new_tokens <= 128
+    r = run([f"--out_dir={tiny_out_dir}", "--chat=True", "--max_new_tokens=256", "--temperature=0"],
+            stdin="hello\n")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 1 and "at most 64 tokens" in r.stderr
+
+
+def test_chat_with_stdin_closed_is_a_clear_error(tiny_out_dir):
+    r = subprocess.run(f"{sys.executable} sample.py --out_dir={tiny_out_dir} --chat=True <&-", shell=True,
+                       capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
+    assert r.returncode == 2 and "stdin, which is closed" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_chat_reply_cut_at_speaker_marker(tiny_model):
     conv = sample.Chat(tiny_model, max_new_tokens=30, sampling=dict(temperature=0))
     ids, _ = conv.prompt_ids("hello")
-    full, _ = sample.complete(tiny_model, ids, 30, temperature=0)
+    full, _ = Engine(tiny_model).complete(ids, 30, temperature=0)
     # pretend the model starts a new speaker turn: a stop string found in its greedy output
     marker = full[8:12]
     conv.stops.append(marker)
@@ -326,3 +344,60 @@ def test_chat_loop_stream_prints_what_is_kept(tiny_model):
     lines = outs[0].splitlines()
     assert len(lines) == 3  # one line per message (the blank line is ignored), even the undone one
     assert lines[0] == turns[0][1][1] and lines[2] == turns[0][3][1]  # printed == kept in the history
+
+
+@pytest.mark.slow
+def test_chat_at_a_terminal_has_line_editing_and_history(tiny_out_dir, tmp_path):
+    # a real pseudo-terminal: Up recalls the last message and Left edits it (readline), rather than
+    # sending the escape sequence ^[[A as the message
+    import pty
+    import select
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "sample.py", f"--out_dir={tiny_out_dir}", "--chat=True",
+                          "--max_new_tokens=4", "--temperature=0"], stdin=slave, stdout=slave,
+                         stderr=subprocess.PIPE, cwd=ROOT, env={**ENV, "TERM": "xterm"})
+    os.close(slave)
+    seen = b""
+
+    def until(needle, count):
+        nonlocal seen
+        while seen.count(needle) < count:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, f"no {needle!r} from the chat; got {seen[-300:]!r}"
+            seen += os.read(master, 4096)
+
+    saved = tmp_path / "chat.json"
+    try:
+        until(b"> ", 1)
+        os.write(master, b"hello\r")
+        until(b"> ", 2)
+        os.write(master, b"\x1b[A\r")  # Up, Enter: the same message again
+        until(b"> ", 3)
+        os.write(master, b"\x1b[A\x1b[D\x1b[DX\r")  # Up, Left, Left, type X: 'helXlo'
+        until(b"> ", 4)
+        os.write(master, f"/save {saved}\r".encode())
+        until(b"> ", 5)
+        os.write(master, b"\x04")  # Ctrl-D: end of input
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        os.close(master)
+    assert p.returncode == 0, p.stderr.read().decode()
+    users = [t["content"] for t in json.loads(saved.read_text())["turns"] if t["role"] == "user"]
+    assert users == ["hello", "hello", "helXlo"]
+
+
+def test_chat_keeps_the_cache_between_turns(tiny_model):
+    conv = sample.Chat(tiny_model, 8, sampling=dict(temperature=0))
+    fresh = sample.Chat(tiny_model, 8, sampling=dict(temperature=0))
+    for i, msg in enumerate(["hello there", "and how are you?", "tell me more"]):
+        ids, _ = conv.prompt_ids(msg)
+        before = conv.engine.reused
+        reply, _ = conv.reply(msg)
+        if i:  # the previous turn's prompt is not computed again: only the new turn is prefilled
+            assert conv.engine.reused - before >= last
+        last = len(ids)
+        fresh.turns = conv.turns[:-2]
+        fresh.engine = sample.Engine(tiny_model, max_batch=1)  # no cache: the same reply
+        assert fresh.reply(msg)[0] == reply

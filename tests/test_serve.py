@@ -71,7 +71,7 @@ class Server:
 def servers(tiny_out_dir, tiny_hf_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serve_logs")
     a = Server([f"--out_dir={tiny_out_dir}", "--max_tokens_cap=20000", "--max_request_bytes=100000",
-                "--max_active=2", "--cors_origins=http://app.example"], str(logs / "open.log"))
+                "--max_batch=2", "--cors_origins=http://app.example"], str(logs / "open.log"))
     b = Server([f"--init_from={tiny_hf_dir}", "--model_name=tiny-hf"], str(logs / "auth.log"),
                env={"NANOPHI_API_KEY": KEY})
     try:
@@ -160,8 +160,8 @@ def test_textstream_holds_back_stop_prefixes_and_split_characters():
 
 
 def test_a_full_queue_answers_503(local_model):
-    from serve import APIError, Engine
-    engine = Engine(local_model, "cpu", "float32", max_active=1, max_queue=0)
+    from serve import APIError, Worker
+    engine = Worker(local_model, "cpu", "float32", max_batch=1, max_queue=0)
     with pytest.raises(APIError) as e:
         engine.submit(object())
     assert e.value.status == 503 and e.value.body()["error"]["code"] == "server_busy"
@@ -447,6 +447,47 @@ def test_bad_requests_leave_the_server_healthy(srv):
     assert h["status"] == "ok" and h["errors"] == 0
     assert post(srv, "/v1/completions", {"prompt": "still alive", "max_tokens": 2}).status_code == 200
     assert "Traceback" not in open(srv.log_path).read()
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(auth_srv):
+    from serve import APIError, parse_json
+    deep = b"[" * 100_000 + b"]" * 100_000  # 200 KB: under the default 1 MB limit
+    with pytest.raises(APIError) as e:
+        parse_json(deep)
+    assert e.value.status == 400 and "nested too deeply" in e.value.message
+    for body in (deep, b'{"messages": ' + deep + b"}"):
+        r = httpx.post(auth_srv.url + "/v1/chat/completions", content=body, timeout=30,
+                       headers={"content-type": "application/json", "Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", r.text
+    assert auth_srv.health()["errors"] == 0
+
+
+# ------------------------------------------------------------------ batching and cache reuse
+
+def test_concurrent_requests_decode_together_and_each_gets_its_greedy_text(srv, local_model):
+    prompts = ["Hi", "The history of science is long and", "Once upon a time in a land far away, there lived",
+               "x", "Numbers: 1 2 3 4 5 6 7 8 9 10 11 12"]
+    want = [decode(greedy_ids(local_model, get_tokenizer().encode_ordinary(p), 24)) for p in prompts]
+    before = wait_idle(srv)
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        futs = [pool.submit(post, srv, "/v1/completions", {"prompt": p, "max_tokens": 24, "temperature": 0})
+                for p in prompts]
+        got = [f.result().json()["choices"][0]["text"] for f in futs]
+    assert got == want
+    after = wait_idle(srv)
+    tokens, steps = after["generated_tokens"] - before["generated_tokens"], after["steps"] - before["steps"]
+    assert steps < tokens  # rows shared forward passes (this server decodes 2 at a time)
+
+
+def test_a_continued_conversation_reuses_its_cache(srv, local_model):
+    msgs = [{"role": "user", "content": "Tell me about the moon and the stars."}]
+    r1 = post(srv, "/v1/chat/completions", {"messages": msgs, "max_tokens": 12, "temperature": 0}).json()
+    before = wait_idle(srv)["reused_prompt_tokens"]
+    msgs += [r1["choices"][0]["message"], {"role": "user", "content": "And the sun?"}]
+    r2 = post(srv, "/v1/chat/completions", {"messages": msgs, "max_tokens": 12, "temperature": 0}).json()
+    assert wait_idle(srv)["reused_prompt_tokens"] - before >= r1["usage"]["prompt_tokens"]
+    prompt = textformat.encode_prompt(textformat.chat([(m["role"], m["content"]) for m in msgs]))
+    assert r2["choices"][0]["message"]["content"] == textformat.cut_reply(decode(greedy_ids(local_model, prompt, 12)))
 
 
 # ------------------------------------------------------------------ auth

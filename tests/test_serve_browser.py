@@ -15,8 +15,9 @@ from test_serve import Server
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 KEY = "page-key-42"
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)),
-                                reason="needs Debian's chromium and chromium-driver (setup.sh installs them)")
+pytestmark = [pytest.mark.slow,  # a real browser and server: tens of seconds
+              pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)),
+                                 reason="needs Debian's chromium and chromium-driver (setup.sh installs them)")]
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,38 @@ def test_chat_page_in_a_real_browser(page_server, browser, tmp_path):
     send(d, "New topic")
     _, body = last_request(d)
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
+
+
+def in_view(driver, elem_id):
+    """The element is displayed and wholly inside the window (no scrolling needed to see it)."""
+    return driver.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight && r.right <= window.innerWidth;",
+        elem_id)
+
+
+def test_page_on_a_390px_phone_screen(page_server, browser):
+    from selenium.webdriver.common.by import By
+    d = browser
+    d.set_window_size(390, 844)
+    try:
+        d.get(page_server.url + "/")
+        wait(d, lambda d: "nanophi" in d.find_element(By.ID, "status").text)
+        assert d.execute_script("return window.innerWidth") <= 400
+        # settings start folded, one tap away; the input box is on screen either way
+        assert not d.find_element(By.ID, "temperature").is_displayed()
+        assert in_view(d, "input") and in_view(d, "send")
+        d.find_element(By.CSS_SELECTOR, "#settings-panel > summary").click()
+        assert d.find_element(By.ID, "temperature").is_displayed()
+        assert in_view(d, "input")
+        d.find_element(By.ID, "api_key").send_keys(KEY)
+        set_value(d, "max_tokens", 30)
+        set_value(d, "temperature", 0)
+        d.find_element(By.CSS_SELECTOR, "#settings-panel > summary").click()  # fold them again
+        for i in range(8):  # a conversation longer than the screen
+            send(d, f"Message number {i} with a few words in it")
+        assert d.execute_script("const h = document.getElementById('history'); return h.scrollHeight > h.clientHeight")
+        assert in_view(d, "input") and in_view(d, "send")
+        assert d.execute_script("return document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+    finally:
+        d.set_window_size(1200, 800)

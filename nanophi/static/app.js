@@ -168,6 +168,8 @@ function tagChanged() {
 }
 
 async function init() {
+  // a phone's screen is for the conversation: settings start folded (tap "Settings" to open them)
+  if (window.matchMedia("(max-width: 720px)").matches) $("settings-panel").open = false;
   for (const id of ["temperature", "top_p", "repetition_penalty"]) showValue(id);
   $("tag").addEventListener("change", tagChanged);
   tagChanged();

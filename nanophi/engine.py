@@ -1,0 +1,269 @@
+"""
+The generation loop that sample.py, eval.py and serve.py all drive.
+
+A Row is one sequence to generate: prompt ids, sampling settings, its own torch.Generator, stop
+ids and stop strings. Rows join an Engine at any time; each Engine.step() prefills waiting prompts
+(in chunks, a bounded number of tokens per step, so a long prompt never stalls the others) and then
+advances every decoding row by one token in ONE forward pass over a shared KV cache in which each
+row has its own length (continuous batching). step() returns events (row, text delta, finish
+reason); text is decoded with textformat.TextStream (UTF-8 safe, cut before stop strings).
+
+The cache is a fixed pool of slots (max_batch decoding at once, plus cache_slots more): a finished
+row's slot keeps its keys and values, and a new prompt that starts with the same tokens (the next
+turn of a chat) takes that slot over and prefills only what is new. The least recently used slot
+is reused first, so memory stays bounded by the pool.
+
+Sampling of a row depends only on its own logits and generator, so a seeded row gives the same text
+however many other rows share its batch.
+"""
+import random
+from collections import namedtuple
+
+import torch
+
+from model import KVCache
+from nanophi.textformat import TextStream
+from nanophi.tokenizer import EOT_ID
+
+Event = namedtuple("Event", "row text finish")  # finish: None, 'eot' (a stop id), 'stop' (a stop string), 'length'
+
+
+def row_generator(seed, index=0, device="cpu"):
+    """A torch.Generator for row `index` of a request seeded `seed` (None: a random seed); row 0 uses
+    the seed itself, so a request with n=1 and one with n=3 agree on their first row."""
+    if seed is None:
+        seed = random.getrandbits(63)
+    return torch.Generator(device=device).manual_seed((seed + index * 0x9E3779B97F4A7C15) % (1 << 64))
+
+
+class Row:
+    """One sequence to generate. After it finishes: .text, .finish, .n_tokens (generated, stop id included)."""
+
+    def __init__(self, prompt, max_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
+                 no_repeat_ngram_size=0, stops=(), stop_ids=(EOT_ID,), strip=False, generator=None, key=None):
+        if not prompt:
+            raise ValueError("a row needs at least one prompt token")
+        self.prompt, self.max_tokens, self.key = list(prompt), max_tokens, key
+        self.sampling = dict(temperature=temperature, top_k=top_k or None,
+                             top_p=top_p if top_p is not None and top_p < 1 else None,
+                             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+        self.stop_ids = list(stop_ids)
+        self.generator = generator
+        self.stream = TextStream(stops, strip=strip, ignore_eos=EOT_ID not in self.stop_ids)
+        self.seen = list(prompt)  # prompt + generated ids: what the repetition controls look at
+        self.todo = []  # ids still to feed to the model (the prompt, then each new token)
+        self.slot = None
+        self.n_tokens = 0
+        self.finish = None
+
+    @property
+    def text(self):
+        return self.stream.text
+
+
+def common_prefix(a, b):
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Engine:
+    """Continuous batching over one model. Not thread-safe: one thread adds rows and calls step()."""
+
+    def __init__(self, model, max_batch=8, prefill_chunk=256, cache_slots=4):
+        self.model = model
+        self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
+        self.n_slots = max_batch + cache_slots
+        self.block = model.config.block_size
+        self.cache = None  # allocated on first use
+        self.slot_ids = [[] for _ in range(self.n_slots)]  # the token ids whose keys/values each slot holds
+        self.slot_row = [None] * self.n_slots  # the row generating in each slot
+        self.slot_used = [-1] * self.n_slots  # step of last use: least recently used slots go first
+        self.slot_prompt = [0] * self.n_slots  # prompt length of the slot's last row (a continuation extends it)
+        self.waiting, self.rows = [], []  # rows without a slot yet, rows with one (in arrival order)
+        self.steps = self.tokens = self.reused = 0  # counters: steps, tokens generated, prompt tokens reused
+
+    # ------------------------------------------------------------------ rows in and out
+
+    def add(self, row):
+        self.waiting.append(row)
+
+    def cancel(self, row):
+        """Drop a row (its client left); its slot keeps what was computed for later reuse."""
+        if row in self.waiting:
+            self.waiting.remove(row)
+        elif row in self.rows:
+            self._release(row)
+
+    @property
+    def busy(self):
+        return bool(self.waiting or self.rows)
+
+    def run(self, rows):
+        """Add rows and step until they have all finished; yields their events."""
+        rows = list(rows)
+        for r in rows:
+            self.add(r)
+        mine = set(map(id, rows))
+        while any(r.finish is None for r in rows):
+            for ev in self.step():
+                if id(ev.row) in mine:
+                    yield ev
+
+    def complete(self, prompt, max_tokens, on_text=None, **row_args):
+        """One completion: (text, finish). on_text(piece) gets the text as it comes."""
+        row = Row(prompt, max_tokens, **row_args)
+        for ev in self.run([row]):
+            if ev.text and on_text:
+                on_text(ev.text)
+        return row.text, row.finish
+
+    def _admit(self):
+        while self.waiting and len(self.rows) < self.max_batch:
+            row = self.waiting[0]
+            free = [s for s in range(self.n_slots) if self.slot_row[s] is None]
+            # a slot whose ids this prompt continues (the same conversation, one turn on) is taken over;
+            # otherwise the least recently used one (a prefix shared with others is copied by _borrow)
+            shared = {s: common_prefix(self.slot_ids[s], row.prompt) for s in free}
+            ours = [s for s in free if 0 < self.slot_prompt[s] <= shared[s]]
+            slot = max(ours, key=shared.get) if ours else min(free, key=lambda s: self.slot_used[s])
+            self.waiting.pop(0)
+            row.slot = slot
+            self.slot_row[slot] = row
+            self.rows.append(row)
+            self._start(row)
+
+    def _start(self, row):
+        """Point the row at its slot: reuse the slot's matching prefix, feed the rest of the prompt."""
+        prompt = row.prompt
+        if len(prompt) > self.block:  # as model.generate_stream: keep the end of an over-long prompt
+            prompt = prompt[-(self.block // 2):]
+        self._alloc()
+        s = row.slot
+        self.slot_prompt[s] = len(prompt)
+        n = min(common_prefix(self.slot_ids[s], prompt), len(prompt) - 1)  # feed at least one token
+        self._set_len(s, prompt[:n])
+        self.reused += n
+        row.todo = prompt[n:]
+
+    def _release(self, row):
+        self.rows.remove(row)
+        self.slot_row[row.slot] = None
+        self.slot_used[row.slot] = self.steps
+
+    def _alloc(self):
+        if self.cache is None:
+            p = next(self.model.parameters())
+            self.cache = KVCache(self.model.config, self.n_slots, self.block, p.device, p.dtype, zeros=True)
+
+    def _set_len(self, slot, ids):
+        self.slot_ids[slot] = list(ids)
+        self.cache.lens[slot] = len(ids)
+
+    def _borrow(self, row):
+        """Before a prompt's first chunk: copy a longer matching prefix from another slot (the other
+        choices of an n > 1 request, or another chat with the same system line)."""
+        s = row.slot
+        have = len(self.slot_ids[s])
+        prompt = self.slot_ids[s] + row.todo
+        best, n = None, have
+        for o in range(self.n_slots):
+            k = min(common_prefix(self.slot_ids[o], prompt), len(prompt) - 1)
+            if o != s and k > n:
+                best, n = o, k
+        if best is None:
+            return
+        self.cache.k[:, s, :, have:n] = self.cache.k[:, best, :, have:n]
+        self.cache.v[:, s, :, have:n] = self.cache.v[:, best, :, have:n]
+        self._set_len(s, prompt[:n])
+        self.reused += n - have
+        row.todo = prompt[n:]
+
+    # ------------------------------------------------------------------ one step
+
+    @torch.no_grad()
+    def step(self):
+        """Prefill chunks of waiting prompts, then one decoding forward pass for all other rows."""
+        self._admit()
+        self.steps += 1
+        events = []
+        decoding = sorted((r for r in self.rows if len(r.todo) == 1), key=lambda r: r.slot)
+        budget = self.prefill_chunk
+        for row in [r for r in self.rows if len(r.todo) > 1]:
+            if budget <= 0:
+                break
+            if row.n_tokens == 0:
+                self._borrow(row)
+            chunk = row.todo[:budget]
+            budget -= len(chunk)
+            logits = self._forward([row], [chunk])
+            if len(row.todo) == 0:
+                events += self._sample([row], logits)
+        if decoding:
+            events += self._sample(decoding, self._forward(decoding, [r.todo for r in decoding]))
+        return events
+
+    def _forward(self, rows, chunks):
+        """Feed each row its chunk (equal lengths); logits (B, vocab) of each row's last position."""
+        T = len(chunks[0])
+        dev = self.cache.k.device
+        idx = torch.tensor([c[:T] for c in chunks], dtype=torch.long, device=dev)
+        logits, _ = self.model(idx, kv_cache=self.cache, rows=[r.slot for r in rows], last_only=True)
+        for r in rows:
+            self.slot_ids[r.slot] += r.todo[:T]
+            r.todo = r.todo[T:]
+        return logits[:, -1, :]
+
+    def _draw(self, rows, logits):
+        """Next ids of rows, rows with the same settings sampled together (each with its own generator)."""
+        nxt = [None] * len(rows)
+        groups = {}
+        for i, row in enumerate(rows):
+            if row.sampling["repetition_penalty"] != 1.0 or row.sampling["no_repeat_ngram_size"]:
+                key = i  # the repetition controls read each row's own context: alone
+            else:
+                key = (tuple(sorted(row.sampling.items())), tuple(row.stop_ids))
+            groups.setdefault(key, []).append(i)
+        for key, idx in groups.items():
+            first = rows[idx[0]]
+            seen = None if isinstance(key, tuple) else torch.tensor([first.seen], dtype=torch.long,
+                                                                    device=logits.device)
+            stop = torch.tensor(first.stop_ids, dtype=torch.long, device=logits.device)
+            got = self.model._sample_next(logits[idx], seen, generator=[rows[i].generator for i in idx], stop=stop,
+                                          **first.sampling)
+            for i, t in zip(idx, got.tolist()):
+                nxt[i] = t
+        return nxt
+
+    def _sample(self, rows, logits):
+        events = []
+        for row, nxt in zip(rows, self._draw(rows, logits)):
+            row.seen.append(nxt)
+            row.n_tokens += 1
+            self.tokens += 1
+            if nxt in row.stop_ids:
+                text = row.stream.close()
+                row.finish = "stop" if row.stream.finish == "stop" else "eot"
+            else:
+                text = row.stream.add(nxt)
+                if row.stream.finish:
+                    row.finish = row.stream.finish
+                elif row.n_tokens >= row.max_tokens:
+                    text += row.stream.close()
+                    row.finish = row.stream.finish
+            if row.finish:
+                self._release(row)
+            else:
+                self._feed(row, nxt)
+            events.append(Event(row, text, row.finish))
+        return events
+
+    def _feed(self, row, token):
+        """The next token to feed; past the context, start over from the last half of the window."""
+        row.todo = [token]
+        if self.cache.lens[row.slot].item() + 1 > self.block:
+            self._set_len(row.slot, [])
+            row.todo = row.seen[-(self.block // 2):]

@@ -1,0 +1,119 @@
+"""
+Weight formats for generation and evaluation, applied to a loaded model: one definition for
+sample.py, serve.py, eval.py and the benchmarks.
+
+  fp32  as trained.
+  bf16  the Linear layers' weights in bfloat16 (half the bytes each generated token reads),
+        activations, LayerNorm, attention and the residual stream stay in the model's dtype.
+        CPUs with native bf16 (avx512_bf16 / amx) only; on CUDA the whole model is cast.
+  int8  PyTorch's dynamic quantization of the Linear layers (torch.ao.quantization.quantize_dynamic,
+        int8 weights per output channel, activations quantized on the fly). CPU only.
+  auto  bf16 on a CPU when dtype resolves to bfloat16 (autocast would otherwise recast every fp32
+        weight at every token); fp32 otherwise, i.e. the dtype setting alone decides as before.
+
+Batch-1 generation on a CPU is bound by reading the weights, so fewer bytes per weight is speed.
+bench/bench_generate.py measures the speed and the quality cost (validation loss, greedy agreement).
+"""
+import warnings
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from nanophi.device import cpu_has_bf16
+
+WEIGHTS = ("auto", "fp32", "bf16", "int8")
+
+
+def resolve_weights(weights, device, dtype="float32"):
+    """The format name for this device and dtype; a ValueError before any model is loaded."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
+    dev = torch.device(device).type
+    if weights == "auto":
+        return "bf16" if dev == "cpu" and dtype == "bfloat16" and cpu_has_bf16() else "fp32"
+    if weights == "int8" and dev != "cpu":
+        raise ValueError(f"weights=int8 (PyTorch's dynamic quantization) runs on CPU only, not {dev}; "
+                         "use weights=bf16 or fp32")
+    if weights == "bf16" and dev == "cpu" and not cpu_has_bf16():
+        raise ValueError("weights=bf16: this CPU has no native bf16 (avx512_bf16/amx), where bf16 is emulated and "
+                         "slower than fp32; use weights=int8 or fp32")
+    if weights == "bf16" and dev == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        raise ValueError(f"weights=bf16 on {torch.cuda.get_device_name(device)} is emulated and slow; use fp32 "
+                         "(with dtype=float16 autocast)")
+    return weights
+
+
+class BF16Linear(nn.Module):
+    """An nn.Linear's weights in bf16 for inference. On CPU the weight is prepacked once into
+    oneDNN's blocked layout: a plain bf16 weight is repacked inside every matmul call, which at
+    batch 1 costs as much as the bytes saved (measured: no faster than fp32)."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().to(torch.bfloat16)
+        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+        self.packed = weight.device.type == "cpu" and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        # a plain attribute, not a Parameter: an opaque oneDNN tensor has no place in a state_dict
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, 1) if self.packed else weight
+
+    def forward(self, x):
+        xb = x.to(torch.bfloat16)
+        if self.packed:
+            y = torch.ops.mkldnn._linear_pointwise(xb, self.weight, self.bias, "none", [], "")
+        else:
+            y = F.linear(xb, self.weight, self.bias)
+        return y.to(x.dtype)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed={self.packed}"
+
+
+def _replace_linears(module, make):
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, make(child))
+        else:
+            _replace_linears(child, make)
+
+
+@torch.no_grad()
+def apply_weights(model, weights):
+    """Put a loaded model (eval mode, on its device) into a resolved format (resolve_weights), in
+    place; returns it. The result is for inference only. GPT-2 ties lm_head to wte: the converted
+    lm_head gets its own copy of the weight, and wte stays fp32 for the embedding lookup."""
+    if weights == "fp32":
+        return model
+    device = next(model.parameters()).device
+    if weights == "bf16" and device.type != "cpu":
+        return model.to(torch.bfloat16)
+    if weights == "bf16":
+        _replace_linears(model, BF16Linear)
+        return model
+    if weights == "int8":
+        with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(
+                model, {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    raise ValueError(f"apply_weights: unresolved weights {weights!r} (call resolve_weights first)")
+
+
+def weight_bytes_per_token(model):
+    """Bytes of weights one generated token reads at batch 1: every Linear (lm_head included) and
+    one row of each embedding; the KV cache is counted apart (it grows with the context)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            total += m.weight.numel() * m.weight.element_size() + (m.bias.numel() * m.bias.element_size() if m.bias is not None else 0)
+        elif isinstance(m, BF16Linear):
+            total += m.in_features * m.out_features * 2 + (m.out_features * 2 if m.bias is not None else 0)
+        elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
+            w = m.weight()
+            total += w.numel() * w.element_size() + m.out_features * 4 * 2  # int8 + per-channel scale/zero point
+            total += m.out_features * 4 if m.bias() is not None else 0
+        elif isinstance(m, nn.LayerNorm) or type(m).__name__ == "LayerNorm":
+            total += sum(p.numel() * p.element_size() for p in m.parameters())
+        elif isinstance(m, nn.Embedding):
+            total += m.weight.size(1) * m.weight.element_size()
+    return total

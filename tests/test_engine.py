@@ -1,0 +1,107 @@
+"""nanophi/engine.py: continuous batching and prefix reuse give each row exactly its text alone (fp32)."""
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from nanophi.engine import Engine, Row, row_generator
+from nanophi.tokenizer import EOT_ID, decode, encode
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=128, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)).eval()
+
+
+PROMPTS = [encode("Hello world"), encode("The quick brown fox jumps over the lazy dog"), encode("a"),
+           encode("word " * 110)]  # the last runs past the context (128) while generating
+
+
+def alone(model, prompt, n, **kw):
+    return Engine(model, max_batch=1).complete(prompt, n, **kw)
+
+
+def test_greedy_rows_batched_equal_each_alone_and_model_generate(model):
+    want = [alone(model, p, 40, temperature=0) for p in PROMPTS]
+    for p, (text, finish) in zip(PROMPTS, want):
+        ids = model.generate(torch.tensor([p]), 40, temperature=0, stop_ids=[EOT_ID])[0, len(p):].tolist()
+        assert text == decode(ids[:ids.index(EOT_ID)] if EOT_ID in ids else ids)
+    # all at once, prompts of different lengths, prefilled in small chunks (several steps each)
+    engine = Engine(model, max_batch=4, prefill_chunk=16)
+    rows = [Row(p, 40, temperature=0) for p in PROMPTS]
+    list(engine.run(rows))
+    assert [(r.text, r.finish) for r in rows] == want
+
+
+def test_rows_joining_and_leaving_between_steps_keep_their_text(model):
+    want = [alone(model, p, n, temperature=1.0, top_k=50, generator=row_generator(100 + i))
+            for i, (p, n) in enumerate(zip(PROMPTS, (5, 30, 12, 20)))]
+    engine = Engine(model, max_batch=2, prefill_chunk=8)  # fewer slots than rows: some wait
+    rows = [Row(p, n, temperature=1.0, top_k=50, generator=row_generator(100 + i))
+            for i, (p, n) in enumerate(zip(PROMPTS, (5, 30, 12, 20)))]
+    engine.add(rows[0])
+    engine.step()
+    engine.step()
+    for r in rows[1:]:  # join while row 0 decodes
+        engine.add(r)
+    steps = 0
+    while any(r.finish is None for r in rows):
+        engine.step()
+        steps += 1
+        assert len(engine.rows) <= 2
+    assert [(r.text, r.finish) for r in rows] == want
+    assert steps < sum(r.n_tokens for r in rows)  # rows really shared forward passes
+
+
+def test_a_continued_prompt_reuses_the_cache(model):
+    engine = Engine(model, max_batch=1, cache_slots=1)
+    first = PROMPTS[1]
+    text, _ = engine.complete(first, 10, temperature=0)
+    follow = first + encode(text) + encode(" and then")
+    reused = engine.reused
+    got = engine.complete(follow, 10, temperature=0)
+    assert engine.reused - reused >= len(first)  # at least the first prompt was not computed again
+    assert got == alone(model, follow, 10, temperature=0)
+    # n rows of one prompt: the later ones copy the first one's prefill
+    engine = Engine(model, max_batch=3, cache_slots=0)
+    rows = [Row(follow, 6, temperature=1.0, generator=row_generator(7, j)) for j in range(3)]
+    list(engine.run(rows))
+    assert engine.reused >= 2 * (len(follow) - 1)
+    assert [r.text for r in rows] == [alone(model, follow, 6, temperature=1.0, generator=row_generator(7, j))[0]
+                                      for j in range(3)]
+
+
+def test_memory_is_bounded_least_recently_used_slot_goes(model):
+    engine = Engine(model, max_batch=1, cache_slots=1)  # two slots in all
+    a, b, c = encode("alpha beta gamma delta"), encode("one two three four"), encode("red green blue")
+    for p in (a, b, c):
+        engine.complete(p, 3, temperature=0)
+    assert engine.cache.k.size(1) == 2
+    reused = engine.reused
+    engine.complete(c + encode(" x"), 3, temperature=0)  # c's slot was kept
+    assert engine.reused - reused == len(c)
+    reused = engine.reused
+    engine.complete(a + encode(" x"), 3, temperature=0)  # a's was dropped for c
+    assert engine.reused == reused
+
+
+def test_stop_strings_and_finish_reasons(model):
+    text, finish = alone(model, PROMPTS[0], 30, temperature=0)
+    assert finish == "length" and len(text) > 20
+    stop = text[10:14]
+    assert alone(model, PROMPTS[0], 30, temperature=0, stops=[stop]) == (text[:text.find(stop)], "stop")
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        Row([], 5)
+
+
+def test_conversations_sharing_a_system_line_do_not_evict_each_other(model):
+    engine = Engine(model, max_batch=1, cache_slots=2)
+    system = encode("[Chat]\n[System]: You are a patient tutor who answers in one short sentence.")
+    a, b = system + encode("\n[Human]: What is a prime?"), system + encode("\n[Human]: Why is the sky blue?")
+    ta, _ = engine.complete(a, 5, temperature=0)
+    reused = engine.reused
+    engine.complete(b, 5, temperature=0)
+    assert len(system) <= engine.reused - reused < len(b) - 1  # b copied the common system line ...
+    reused = engine.reused
+    engine.complete(a + encode(ta) + encode("\n[Human]: more"), 5, temperature=0)
+    assert engine.reused - reused >= len(a)  # ... and did not take a's slot
