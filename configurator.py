@@ -186,6 +186,20 @@ def configure(g, argv=None, checks=None, sources=None):
         sys.exit(2)
 
 
+def run_main(main, argv, errors=()):
+    """Run a script's main(argv) that reads its settings with configure(g, argv): a ConfigError ends it
+    like configure does on the command line (`config error: ...`, exit 2); each (exception class,
+    exit status) in errors ends it with one `error: ...` line and that status."""
+    try:
+        main(argv)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except tuple(cls for cls, _ in errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(next(status for cls, status in errors if isinstance(e, cls)))
+
+
 def _configure(g, argv, checks, sources):
     checks = g.get("CHECKS", {}) if checks is None else checks
     sources = {} if sources is None else sources

@@ -21,7 +21,7 @@ import random
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-from configurator import ConfigError, configure  # noqa: E402
+from configurator import ConfigError, configure, run_main  # noqa: E402
 from nanophi import quality  # noqa: E402
 from nanophi.dataprep import DataError  # noqa: E402
 from nanophi.files import write_text_atomic  # noqa: E402
@@ -129,14 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:  # the same line as every script's bad settings (configurator)
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except EndpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, sys.argv[1:], errors=[(DataError, 2), (EndpointError, 1)])
