@@ -200,6 +200,9 @@ def enter_namespaces(job):
     return program_uid
 
 
+MAX_PROCESSES = 256  # processes the nobody user may have at once (all running samples together)
+
+
 def drop_privileges(program_uid):
     """In the program's process (PID 1 of its namespace): a /proc of its own, then no capabilities
     for good, and (when the runner is root) the nobody user: it cannot remount, mount, trace, or use
@@ -217,6 +220,8 @@ def drop_privileges(program_uid):
         os.setgroups([])
         os.setgid(program_uid)
         os.setuid(program_uid)  # from root to another user: every capability goes with it
+        import resource  # a fork bomb stops at MAX_PROCESSES (counted for nobody across all samples)
+        resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
         return
 
     class Header(ctypes.Structure):

@@ -324,6 +324,18 @@ def test_nothing_outlives_a_sample(tmp_path):
     assert os.listdir(tmp_path) == ["guard"]
 
 
+@pytest.mark.skipif(LEVEL != "namespaces", reason="the process limit applies where samples run as nobody (root)")
+def test_fork_bomb_is_capped():
+    """A sample that forks without end gets EAGAIN at the nobody user's process limit, and its
+    children end with it (its own PID namespace)."""
+    from nanophi.sandbox_runner import MAX_PROCESSES
+    code = ("import posix, time\nn = 0\ntry:\n    for _ in range(2000):\n        if posix.fork() == 0:\n"
+            "            time.sleep(30)\n            posix._exit(0)\n        n += 1\nexcept BlockingIOError:\n    pass\n"
+            f"assert n < {MAX_PROCESSES}, n\n")
+    r = sandbox.run(code, timeout=20, isolation="namespaces")
+    assert r["status"] == "passed", r
+
+
 @pytest.mark.parametrize("isolation", ["auto", "guard"])
 def test_one_sample_misbehaving_is_its_own_result(problems, isolation):
     """A sample that deletes everything in its directory and renames it gets its own status (its
