@@ -542,6 +542,172 @@ def source_records(src, cfg, unavailable):
         unavailable[src.name] = e.reason
 
 
+class Tally:
+    """What happened to the records of one task: counters, and the first bad records as examples.
+    bad() stops the run on bad input unless --skip_bad counts and skips it."""
+
+    def __init__(self, skip_bad):
+        self.skip_bad = skip_bad
+        self.counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped", "quality_kept",
+                                      "quality_dropped", "drop_list", "routed")}
+        self.per_source = {}  # source name -> {"read", "documents"}
+        self.unavailable = {}  # source name -> the one line saying why it was skipped (--skip_unavailable)
+        self.skipped_examples = []
+
+    def bad(self, where, err):
+        msg = str(err) if str(err).startswith(where) else f"{where}: {err}"
+        if not self.skip_bad:
+            raise DataError(msg + " (use --skip_bad=True to count and skip bad records)")
+        self.counts["skipped"] += 1
+        if len(self.skipped_examples) < 5:
+            self.skipped_examples.append(msg)
+
+
+class Filters:
+    """The checks a rendered document must pass, in order: exact dedup, the decontamination drop list,
+    n-gram decontamination, the quality classifier, near dedup. drop() names the counter of the first
+    check that drops the document (None: keep it)."""
+
+    def __init__(self, cfg, eval_texts, counts):
+        from nanophi.decontam import read_drop_list
+        from nanophi.quality import prepare_filter
+        self.cfg, self.counts = cfg, counts
+        self.quality_of = prepare_filter(cfg.quality_model, cfg.min_quality)
+        self.drop_keys = read_drop_list(cfg.decontam_drop) if cfg.decontam_drop else set()
+        self.decon = Decontaminator(humaneval=cfg.decontaminate, eval_texts=eval_texts if cfg.decontaminate else ())
+        self.near = NearDedup(cfg.near_threshold, max_docs=cfg.near_dedup_max) if cfg.near_dedup else None
+        self.seen = set()
+
+    def drop(self, norm, examples):
+        if self.cfg.dedup:
+            h = dedup_key(norm)
+            if h in self.seen:
+                return "exact"
+            self.seen.add(h)
+        if self.drop_keys and doc_hash(norm) in self.drop_keys:
+            return "drop_list"
+        hit = self.decon.hit(norm)
+        if hit:
+            return hit
+        if self.quality_of is not None:
+            if self.quality_of(examples) < self.cfg.min_quality:
+                return "quality_dropped"
+            self.counts["quality_kept"] += 1
+        if self.near is not None and self.near.is_dup(norm):
+            return "near"
+        return None
+
+
+class SplitSink:
+    """Tokenizes batches of kept documents (in threads) and writes them to the train and val writers
+    in the staging folder. The train document with the smallest split hash is held back, so that
+    finish() can give it to val if val would otherwise be empty."""
+
+    def __init__(self, staging, cfg, tally, bar):
+        self.writers = {s: SplitWriter(staging, s) for s in SPLITS}
+        self.tally, self.bar, self.t0 = tally, bar, time.time()
+        self.held = None
+        self.pool = ThreadPoolExecutor(cfg.num_threads) if cfg.num_threads > 1 else None
+
+    def write(self, split, item):
+        _, name, where, docs = item
+        for ids, mask in docs:
+            write_document(self.writers[split], ids, mask, where)
+        self.tally.per_source[name]["documents"] += len(docs)
+
+    def flush(self, batch):
+        jobs = [ex for *_, exs in batch for ex in exs]
+        encode = self.pool.map if self.pool else map
+        encoded = iter(encode(textformat.encode_example, jobs))
+        for split, u, name, where, exs in batch:
+            item = (u, name, where, [next(encoded) for _ in exs])
+            if split == "train" and (self.held is None or u < self.held[0]):
+                self.held, item = item, self.held  # hold this one back, write the one held before (also train)
+                if item is None:
+                    continue
+            self.write(split, item)
+        n_tokens = self.writers["train"].n_tokens + self.writers["val"].n_tokens
+        self.bar.set_postfix_str(f"{n_tokens:,} tok, {n_tokens / max(time.time() - self.t0, 1e-9):,.0f} tok/s",
+                                 refresh=False)
+
+    def finish(self, task):
+        """Write the held-back document, check both splits got documents, commit the writers."""
+        train, val, counts = self.writers["train"], self.writers["val"], self.tally.counts
+        if self.held is not None:  # to val only if val got nothing
+            if val.n_docs == 0 and train.n_docs == 0:
+                raise DataError(f"task {task}: only one document survived dedup/decontamination "
+                                f"({counts['read']} read); a train and a val split need at least two")
+            self.write("val" if val.n_docs == 0 else "train", self.held)
+        if train.n_docs == 0:
+            raise DataError(f"task {task}: no documents left ({counts['read']} read, {counts['skipped']} skipped, "
+                            f"{counts['exact']} exact and {counts['near']} near duplicates, "
+                            f"{counts['humaneval'] + counts['eval_items']} decontaminated, {counts['routed']} routed to other tasks)")
+        for w in self.writers.values():
+            w.commit()
+
+    def abort(self):
+        for w in self.writers.values():
+            w.abort()
+
+    def close(self):
+        if self.pool:
+            self.pool.shutdown()
+
+
+def render_record(src, where, rec, cfg):
+    """A record's examples and their size in characters. Raises Routed (the row belongs to another
+    task) or FieldError/DataError (bad input)."""
+    try:
+        examples = src.schema.render(rec)
+    except (Routed, FieldError, DataError):
+        raise
+    except ValueError as e:  # textformat's own checks (a turn's role, content type)
+        raise FieldError("turns", str(e)) from None
+    if not examples:
+        raise FieldError("*", "record renders to no example")
+    size = sum(len(p) for ex in examples for p, _ in ex if isinstance(p, str))
+    if size > cfg.max_record_mb * 1e6:  # hub and parquet records (files are checked as read)
+        raise too_big(where, size, cfg.max_record_mb)
+    return examples, size
+
+
+def read_source(src, cfg, filters, sink, tally, bar):
+    """Stream one source through rendering and the filters into the sink, in batches."""
+    counts = tally.counts
+    tally.per_source[src.name] = {"read": 0, "documents": 0}
+    n_read, batch, batch_chars = 0, [], 0
+    for where, rec in source_records(src, cfg, tally.unavailable):
+        n_read += 1
+        counts["read"] += 1
+        bar.update(1)
+        if isinstance(rec, Exception):  # a reader's bad line, yielded so --skip_bad can go on
+            tally.bad(where, rec)
+            continue
+        try:
+            examples, size = render_record(src, where, rec, cfg)
+        except Routed:
+            counts["routed"] += 1
+            continue
+        except (FieldError, DataError) as e:
+            tally.bad(where, e)
+            continue
+        norm = normalise(textformat.render_text(examples[0]))
+        reason = filters.drop(norm, examples)
+        if reason:
+            counts[reason] += 1
+            continue
+        split, u = split_of(norm, cfg.seed, cfg.val_fraction)
+        batch.append((split, u, src.name, where, examples))
+        batch_chars += size
+        if len(batch) >= cfg.batch_size or batch_chars >= BATCH_CHARS:
+            sink.flush(batch)
+            batch, batch_chars = [], 0
+    sink.flush(batch)
+    tally.per_source[src.name]["read"] = n_read
+    if n_read == 0 and src.name not in tally.unavailable:
+        raise DataError(f"{src.name}: empty source (no records)")
+
+
 def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None, eval_items=None):
     """
     Stream the sources into <out_dir>/<task>/{train,val}*.bin and meta.json (and eval.jsonl from
@@ -551,146 +717,47 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
     """
     t0 = time.time()
     task_dir = os.path.join(cfg.out_dir, task)
-    from nanophi.quality import prepare_filter
-    quality_of = prepare_filter(cfg.quality_model, cfg.min_quality)
-    from nanophi.decontam import read_drop_list
-    drop_keys = read_drop_list(cfg.decontam_drop) if cfg.decontam_drop else set()
     if eval_items is not None:
         eval_texts = list(eval_texts) + [it["question"] for it in eval_items]
-    decon = Decontaminator(humaneval=cfg.decontaminate, eval_texts=eval_texts if cfg.decontaminate else ())
-    near = NearDedup(cfg.near_threshold, max_docs=cfg.near_dedup_max) if cfg.near_dedup else None
-    seen = set()
-    counts = {k: 0 for k in ("read", "exact", "near", "humaneval", "eval_items", "skipped", "quality_kept",
-                             "quality_dropped", "drop_list", "routed")}
-    unavailable = {}  # source name -> the one line saying why it was skipped (--skip_unavailable)
-    per_source = {}
-    skipped_examples = []
+    tally = Tally(cfg.skip_bad)
+    filters = Filters(cfg, eval_texts, tally.counts)
     staging = new_staging(task_dir)  # every file of this run goes here; publish() makes them current at once
-    writers = {s: SplitWriter(staging, s) for s in SPLITS}
-    held = None  # the train document with the smallest split hash: goes to val if val would be empty
-    pool = ThreadPoolExecutor(cfg.num_threads) if cfg.num_threads > 1 else None
     bar = _progress(cfg, task)
-
-    def bad(where, err):
-        msg = str(err) if str(err).startswith(where) else f"{where}: {err}"
-        if not cfg.skip_bad:
-            raise DataError(msg + " (use --skip_bad=True to count and skip bad records)")
-        counts["skipped"] += 1
-        if len(skipped_examples) < 5:
-            skipped_examples.append(msg)
-
-    def flush(batch):
-        nonlocal held
-        jobs = [ex for *_, exs in batch for ex in exs]
-        encoded = iter(pool.map(textformat.encode_example, jobs) if pool else map(textformat.encode_example, jobs))
-        for split, u, name, where, exs in batch:
-            item = (u, name, where, [next(encoded) for _ in exs])
-            if split == "train" and (held is None or u < held[0]):
-                held, item = item, held  # hold this one back, write the one held before (also train)
-                if item is None:
-                    continue
-            _, name, where, docs = item
-            for ids, mask in docs:
-                write_document(writers[split], ids, mask, where)
-            per_source[name]["documents"] += len(docs)
-        bar.set_postfix_str(f"{writers['train'].n_tokens + writers['val'].n_tokens:,} tok, "
-                            f"{(writers['train'].n_tokens + writers['val'].n_tokens) / max(time.time() - t0, 1e-9):,.0f} tok/s",
-                            refresh=False)
-
+    sink = SplitSink(staging, cfg, tally, bar)
     try:
         if eval_items is not None:
             write_eval(staging, eval_items)
         for src in sources:
-            per_source[src.name] = {"read": 0, "documents": 0}
-            n_read, batch, batch_chars = 0, [], 0
-            for where, rec in source_records(src, cfg, unavailable):
-                n_read += 1
-                counts["read"] += 1
-                bar.update(1)
-                if isinstance(rec, Exception):
-                    bad(where, rec)
-                    continue
-                try:
-                    examples = src.schema.render(rec)
-                    if not examples:
-                        raise FieldError("*", "record renders to no example")
-                    size = sum(len(p) for ex in examples for p, _ in ex if isinstance(p, str))
-                    if size > cfg.max_record_mb * 1e6:  # hub and parquet records (files are checked as read)
-                        raise too_big(where, size, cfg.max_record_mb)
-                except Routed:
-                    counts["routed"] += 1
-                    continue
-                except (FieldError, DataError) as e:
-                    bad(where, e)
-                    continue
-                except ValueError as e:  # textformat's own checks (a turn's role, content type)
-                    bad(where, FieldError("turns", str(e)))
-                    continue
-                norm = normalise(textformat.render_text(examples[0]))
-                if cfg.dedup:
-                    h = dedup_key(norm)
-                    if h in seen:
-                        counts["exact"] += 1
-                        continue
-                    seen.add(h)
-                if drop_keys and doc_hash(norm) in drop_keys:
-                    counts["drop_list"] += 1
-                    continue
-                hit = decon.hit(norm)
-                if hit:
-                    counts[hit] += 1
-                    continue
-                if quality_of is not None:
-                    keep = quality_of(examples) >= cfg.min_quality
-                    counts["quality_kept" if keep else "quality_dropped"] += 1
-                    if not keep:
-                        continue
-                if near is not None and near.is_dup(norm):
-                    counts["near"] += 1
-                    continue
-                split, u = split_of(norm, cfg.seed, cfg.val_fraction)
-                batch.append((split, u, src.name, where, examples))
-                batch_chars += size
-                if len(batch) >= cfg.batch_size or batch_chars >= BATCH_CHARS:
-                    flush(batch)
-                    batch, batch_chars = [], 0
-            flush(batch)
-            per_source[src.name]["read"] = n_read
-            if n_read == 0 and src.name not in unavailable:
-                raise DataError(f"{src.name}: empty source (no records)")
-        if held is not None:  # the held-back train document; to val only if val got nothing
-            _, name, where, docs = held
-            split = "val" if writers["val"].n_docs == 0 and writers["train"].n_docs > 0 else "train"
-            if writers["val"].n_docs == 0 and writers["train"].n_docs == 0:
-                raise DataError(f"task {task}: only one document survived dedup/decontamination "
-                                f"({counts['read']} read); a train and a val split need at least two")
-            for ids, mask in docs:
-                write_document(writers[split], ids, mask, where)
-            per_source[name]["documents"] += len(docs)
-        if writers["train"].n_docs == 0:
-            raise DataError(f"task {task}: no documents left ({counts['read']} read, {counts['skipped']} skipped, "
-                            f"{counts['exact']} exact and {counts['near']} near duplicates, "
-                            f"{counts['humaneval'] + counts['eval_items']} decontaminated, {counts['routed']} routed to other tasks)")
-        for w in writers.values():
-            w.commit()
+            read_source(src, cfg, filters, sink, tally, bar)
+        sink.finish(task)
     except BaseException:
-        for w in writers.values():
-            w.abort()
+        sink.abort()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
         bar.close()
-        if pool:
-            pool.shutdown()
-    seconds = time.time() - t0
+        sink.close()
+    meta = build_meta(task, render_task or task, cfg, tally, filters, sink.writers, time.time() - t0)
+    meta.update(meta_extra or {})
+    try:
+        write_json_atomic(os.path.join(staging, "meta.json"), meta)
+        publish(task_dir, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return meta
+
+
+def build_meta(task, render_task, cfg, tally, filters, writers, seconds):
+    """meta.json: what went in, what was dropped and why, the splits' sizes, the settings that matter."""
+    counts = tally.counts
     splits = {s: {"documents": w.n_docs, "tokens": w.n_tokens, "trained_tokens": w.n_trained} for s, w in writers.items()}
     total_tokens = sum(s["tokens"] for s in splits.values())
-    render_task = render_task or task
-    meta = {
+    return {
         "task": task,
         "tag": textformat.TAGS[render_task],
-        "sources": {name: s["documents"] for name, s in per_source.items()},
-        "records_read": {name: s["read"] for name, s in per_source.items()},
+        "sources": {name: s["documents"] for name, s in tally.per_source.items()},
+        "records_read": {name: s["read"] for name, s in tally.per_source.items()},
         "splits": splits,
         "tokenizer": "gpt2",
         "eot_id": EOT_ID,
@@ -702,27 +769,20 @@ def prepare(task, sources, cfg, eval_texts=(), render_task=None, meta_extra=None
                   "near_threshold": cfg.near_threshold if cfg.near_dedup else None,
                   "normalisation": "NFKC, lower case, whitespace collapsed; near: MinHash of word 5-grams"},
         "decontamination": {"humaneval": counts["humaneval"], "eval_items": counts["eval_items"],
-                            "ngram": NGRAM, "humaneval_problems": decon.n_humaneval, "eval_item_count": decon.n_eval,
+                            "ngram": NGRAM, "humaneval_problems": filters.decon.n_humaneval,
+                            "eval_item_count": filters.decon.n_eval,
                             "drop_list": cfg.decontam_drop or None, "drop_list_dropped": counts["drop_list"]},
         "quality": {"model": cfg.quality_model, "min_quality": cfg.min_quality, "kept": counts["quality_kept"],
-                    "dropped": counts["quality_dropped"]} if quality_of is not None else None,
+                    "dropped": counts["quality_dropped"]} if filters.quality_of is not None else None,
         "skipped": counts["skipped"],
         "routed_to_other_tasks": counts["routed"],
-        "unavailable": unavailable,
-        "skipped_examples": skipped_examples,
+        "unavailable": tally.unavailable,
+        "skipped_examples": tally.skipped_examples,
         "records": counts["read"],
         "elapsed_s": round(seconds, 2),
         "docs_per_s": round(counts["read"] / max(seconds, 1e-9), 1),
         "tokens_per_s": round(total_tokens / max(seconds, 1e-9), 1),
     }
-    meta.update(meta_extra or {})
-    try:
-        write_json_atomic(os.path.join(staging, "meta.json"), meta)
-        publish(task_dir, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -758,7 +818,6 @@ def run(task, schemas, offline, argv=None, render_task=None, eval_items=None, me
     extra = dict(meta_extra or {})
     if hasattr(cfg, "styles"):
         extra["styles"] = list(cfg.styles)
-    eval_texts = ()
     if eval_items is not None:
         if getattr(cfg, "eval_seed", None) == cfg.seed:
             raise DataError("eval_seed must differ from seed (held-out items come from another seed)")
