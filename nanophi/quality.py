@@ -78,14 +78,20 @@ def doc_key(examples):
     return dataprep.doc_hash(dataprep.normalise(textformat.render_text(examples[0])))
 
 
-def text_file(path):
-    """(where, text) of a JSONL file with a "text" field; errors name file:line."""
+def text_records(path):
+    """(where, record, text) of a JSONL file whose records carry a non-empty "text"; errors name file:line."""
     for where, rec in dataprep.read_jsonl(path):
         if isinstance(rec, Exception):
             raise rec
         t = rec.get("text")
         if not isinstance(t, str) or not t.strip():
             raise DataError(f"{where}: field 'text' missing or not a non-empty string")
+        yield where, rec, t
+
+
+def text_file(path):
+    """(where, text) of a JSONL file with a "text" field; errors name file:line."""
+    for where, _, t in text_records(path):
         yield where, t
 
 
@@ -200,12 +206,7 @@ def read_labels(path, threshold=3):
     if not os.path.isfile(path):
         raise DataError(f"labels={path}: no such file")
     texts, labels = [], []
-    for where, rec in dataprep.read_jsonl(path):
-        if isinstance(rec, Exception):
-            raise rec
-        t = rec.get("text")
-        if not isinstance(t, str) or not t.strip():
-            raise DataError(f"{where}: field 'text' missing or not a non-empty string")
+    for where, rec, t in text_records(path):
         if "label" in rec:
             lab = rec["label"]
             if lab not in (0, 1):  # True/False count as 1/0
