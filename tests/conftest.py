@@ -20,6 +20,19 @@ def make_hf_dir(path, n_layer=2, n_head=2, n_embd=64, n_positions=128, seed=0):
     return path
 
 
+def split_texts(out_dir, task):
+    """All prepared documents of a task, both splits, as (text, trained text)."""
+    from nanophi.datafiles import TaskSplit
+    from nanophi.tokenizer import decode
+    rows = []
+    for split in ("train", "val"):
+        s = TaskSplit(str(out_dir), task, split)
+        for i in range(s.n_docs):
+            ids, mask = s.document(i)
+            rows.append((decode(ids), decode(ids[mask == 1])))
+    return rows
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_dir(tmp_path_factory):
     """A tiny GPT-2 (2 layers, 64 wide) in transformers' format, shared by the whole session."""

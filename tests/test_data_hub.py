@@ -14,25 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import split_texts as texts
 from nanophi import dataprep
-from nanophi.datafiles import TaskSplit
-from nanophi.tokenizer import decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(task, out, mirror, *args):
     return dataprep.load_prepare(task).main([f"--out_dir={out}", "--progress=False", f"--hub_root={mirror}", *args])
-
-
-def texts(out, task):
-    rows = []
-    for split in ("train", "val"):
-        s = TaskSplit(str(out), task, split)
-        for i in range(s.n_docs):
-            ids, mask = s.document(i)
-            rows.append((decode(ids), decode(ids[mask == 1])))
-    return rows
 
 
 def put(mirror, repo, files, write):

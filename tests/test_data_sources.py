@@ -6,11 +6,10 @@ import sys
 
 import pytest
 
+from conftest import split_texts as texts
 from nanophi import dataprep
 from nanophi import offline_sources
 from nanophi import textformat
-from nanophi.datafiles import TaskSplit
-from nanophi.tokenizer import decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -22,17 +21,6 @@ def load(task):
 
 def run(task, tmp_path, *args):
     return load(task).main([f"--out_dir={tmp_path}", "--progress=False", *args])
-
-
-def texts(tmp_path, task):
-    """All documents of both splits as (text, trained text)."""
-    out = []
-    for split in ("train", "val"):
-        s = TaskSplit(str(tmp_path), task, split)
-        for i in range(s.n_docs):
-            ids, mask = s.document(i)
-            out.append((decode(ids), decode(ids[mask == 1])))
-    return out
 
 
 @pytest.mark.parametrize("task,fixture,schema,expect", [
