@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from nanophi import gemv
 from nanophi.device import cpu_has_bf16
 
 WEIGHTS = ("auto", "fp32", "bf16", "int8")
@@ -45,29 +46,39 @@ def resolve_weights(weights, device, dtype="float32"):
 
 
 class BF16Linear(nn.Module):
-    """An nn.Linear's weights in bf16 for inference. On CPU the weight is prepacked once into
-    oneDNN's blocked layout: a plain bf16 weight is repacked inside every matmul call, which at
-    batch 1 costs as much as the bytes saved (measured: no faster than fp32)."""
+    """An nn.Linear's weights in bf16 for inference. On CPU, 1-2 rows of x (batch-1 decoding) go
+    through nanophi/gemv.py's kernel, which streams the plain bf16 weight at memory speed with fp32
+    activations; more rows (prefill, batched decoding) through a second copy prepacked once into
+    oneDNN's blocked layout (a plain bf16 weight is repacked inside every oneDNN call, which at
+    batch 1 costs as much as the bytes saved)."""
+
+    GEMV_MAX_ROWS = 2  # at 4 rows oneDNN's packed matmul is already faster (bench/bench_generate.py)
 
     def __init__(self, linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().to(torch.bfloat16)
+        # plain attributes, not Parameters: an opaque oneDNN tensor has no place in a state_dict
+        self.weight = linear.weight.detach().to(torch.bfloat16).contiguous()
         self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
-        self.packed = weight.device.type == "cpu" and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-        # a plain attribute, not a Parameter: an opaque oneDNN tensor has no place in a state_dict
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, 1) if self.packed else weight
+        on_cpu = self.weight.device.type == "cpu"
+        self.gemv = gemv.kernel() if on_cpu else None
+        self.bias_fp32 = None if linear.bias is None else linear.bias.detach().float()
+        self.packed = on_cpu and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1) if self.packed else None
 
     def forward(self, x):
+        if self.gemv is not None and x.numel() <= self.GEMV_MAX_ROWS * self.in_features:
+            return self.gemv(x, self.weight, self.bias_fp32).to(x.dtype)
         xb = x.to(torch.bfloat16)
         if self.packed:
-            y = torch.ops.mkldnn._linear_pointwise(xb, self.weight, self.bias, "none", [], "")
+            y = torch.ops.mkldnn._linear_pointwise(xb, self.packed_weight, self.bias, "none", [], "")
         else:
             y = F.linear(xb, self.weight, self.bias)
         return y.to(x.dtype)
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed={self.packed}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"gemv={self.gemv is not None}, packed={self.packed}")
 
 
 def _replace_linears(module, make):
@@ -107,7 +118,8 @@ def weight_bytes_per_token(model):
         if isinstance(m, nn.Linear):
             total += m.weight.numel() * m.weight.element_size() + (m.bias.numel() * m.bias.element_size() if m.bias is not None else 0)
         elif isinstance(m, BF16Linear):
-            total += m.in_features * m.out_features * 2 + (m.out_features * 2 if m.bias is not None else 0)
+            bias = m.bias_fp32 if m.gemv is not None else m.bias  # what a batch-1 token reads
+            total += m.in_features * m.out_features * 2 + (bias.numel() * bias.element_size() if bias is not None else 0)
         elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
             w = m.weight()
             total += w.numel() * w.element_size() + m.out_features * 4 * 2  # int8 + per-channel scale/zero point

@@ -1,0 +1,164 @@
+// y = x @ w.T + b for a few rows of x (fp32) and a plain row-major bf16 weight w [N, K].
+// Built by nanophi/gemv.py (torch.utils.cpp_extension.load); why it exists is said there.
+//
+// bf16 is the top half of an fp32, so widening a weight is a 16-bit shift: every product and sum is
+// done in fp32 with the fp32 activations. Each thread takes a band of output rows (torch's own
+// thread pool, at::parallel_for) and streams its rows of w once for all rows of x.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define NANOPHI_X86 1
+#endif
+
+namespace {
+
+inline float bf16_to_float(uint16_t v) {
+  uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Output rows [n0, n1) for x rows [0, M): the portable version.
+void rows_scalar(const float* x, int64_t M, const uint16_t* w, const float* b, float* y,
+                 int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint16_t* wn = w + n * K;
+      const float* xm = x + m * K;
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += xm[k] * bf16_to_float(wn[k]);
+      y[m * N + n] = s + (b ? b[n] : 0.f);
+    }
+  }
+}
+
+#ifdef NANOPHI_X86
+__attribute__((target("avx512f"))) inline __m512 load_bf16(const uint16_t* p) {
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// R output rows at once, MR rows of x, two 16-wide steps per iteration: R * MR * 2 independent
+// fma chains keep both FMA ports busy while the weight stream is the only memory traffic.
+template <int R, int MR>
+__attribute__((target("avx512f"))) void rows_avx512(const float* x, const uint16_t* w, const float* b,
+                                                    float* y, int64_t K, int64_t N, int64_t n) {
+  __m512 acc[MR][R][2];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
+  int64_t k = 0;
+  // The R rows are one contiguous block; each step consumes R * 64 bytes of it and asks for the
+  // same share of the next block, so the memory stream runs a whole block ahead of the FMAs.
+  const char* ahead = reinterpret_cast<const char*>(w + (n + R) * K);
+  for (; k + 32 <= K; k += 32, ahead += R * 64) {
+    for (int r = 0; r < R; ++r) _mm_prefetch(ahead + r * 64, _MM_HINT_T1);
+    __m512 w0[R], w1[R];
+    for (int r = 0; r < R; ++r) {
+      w0[r] = load_bf16(w + (n + r) * K + k);
+      w1[r] = load_bf16(w + (n + r) * K + k + 16);
+    }
+    for (int m = 0; m < MR; ++m) {
+      __m512 x0 = _mm512_loadu_ps(x + m * K + k), x1 = _mm512_loadu_ps(x + m * K + k + 16);
+      for (int r = 0; r < R; ++r) {
+        acc[m][r][0] = _mm512_fmadd_ps(w0[r], x0, acc[m][r][0]);
+        acc[m][r][1] = _mm512_fmadd_ps(w1[r], x1, acc[m][r][1]);
+      }
+    }
+  }
+  for (; k + 16 <= K; k += 16) {
+    for (int m = 0; m < MR; ++m) {
+      __m512 x0 = _mm512_loadu_ps(x + m * K + k);
+      for (int r = 0; r < R; ++r)
+        acc[m][r][0] = _mm512_fmadd_ps(load_bf16(w + (n + r) * K + k), x0, acc[m][r][0]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < R; ++r) {
+      float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][r][0], acc[m][r][1]));
+      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * bf16_to_float(w[(n + r) * K + kk]);  // K % 16
+      y[m * N + n + r] = s + (b ? b[n + r] : 0.f);
+    }
+}
+
+template <int MR>
+__attribute__((target("avx512f"))) void band_avx512(const float* x, const uint16_t* w, const float* b,
+                                                    float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) rows_avx512<4, MR>(x, w, b, y, K, N, n);
+  for (; n < n1; ++n) rows_avx512<1, MR>(x, w, b, y, K, N, n);
+}
+#endif
+
+bool cpu_has_avx512() {
+#ifdef NANOPHI_X86
+  return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.device().is_cpu(),
+              "gemv_bf16: weight must be a contiguous 2-d bf16 CPU tensor");
+  const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(x.size(-1) == K, "gemv_bf16: x has ", x.size(-1), " features, the weight ", K);
+  at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    b = bias->to(at::kFloat).contiguous();
+    TORCH_CHECK(b.numel() == N, "gemv_bf16: bias has ", b.numel(), " values, the weight ", N, " rows");
+  }
+  const int64_t M = x2.size(0);
+  at::Tensor y2 = at::empty({M, N}, x2.options());
+  const float* xp = x2.data_ptr<float>();
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yp = y2.data_ptr<float>();
+  const bool fast = cpu_has_avx512();
+  // bands of 16 rows; small weights (under ~64K values) stay on one thread, where waking the other costs more
+  const int64_t band = 16, nbands = (N + band - 1) / band;
+  const int64_t grain = std::max<int64_t>(1, 65536 / (band * K));
+  at::parallel_for(0, nbands, grain, [&](int64_t begin, int64_t end) {
+    const int64_t n0 = begin * band, n1 = std::min(N, end * band);
+    for (int64_t m = 0; m < M; m += 2) {  // pairs of x rows share one pass over the weight band
+      const int64_t mr = std::min<int64_t>(2, M - m);
+      const float* xm = xp + m * K;
+      float* ym = yp + m * N;
+#ifdef NANOPHI_X86
+      if (fast) {
+        if (mr == 2) band_avx512<2>(xm, wp, bp, ym, K, N, n0, n1);
+        else band_avx512<1>(xm, wp, bp, ym, K, N, n0, n1);
+        continue;
+      }
+#endif
+      rows_scalar(xm, mr, wp, bp, ym, K, N, n0, n1);
+    }
+  });
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return y2.view(shape);
+}
+
+// shapes only, for torch.compile's tracing (sample.py --compile compiles the MLPs)
+at::Tensor gemv_bf16_meta(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  auto shape = x.sizes().vec();
+  shape.back() = w.size(0);
+  return at::empty(shape, x.options().dtype(at::kFloat));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(nanophi, m) {
+  m.def("gemv_bf16(Tensor x, Tensor w, Tensor? bias) -> Tensor");
+  m.def("gemv_has_avx512() -> bool", cpu_has_avx512);
+}
+
+TORCH_LIBRARY_IMPL(nanophi, CPU, m) { m.impl("gemv_bf16", gemv_bf16); }
+TORCH_LIBRARY_IMPL(nanophi, Meta, m) { m.impl("gemv_bf16", gemv_bf16_meta); }
