@@ -4,6 +4,8 @@
 #    Colab ships its own CUDA torch, which is left alone)
 #  - the Python requirements
 #  - GPT-2's tokenizer ranks file, fetched with pip from openai-whisper's sdist (never committed)
+#  - the bf16 gemv kernel (nanophi/gemv.py), compiled once into torch's extension cache so that the
+#    first bf16 generation does not pay the ~15 s build; where it cannot build, a warning and oneDNN
 #  - Debian packages when root with apt: python3.11-doc (offline textbook corpus), chromium and
 #    chromium-driver (the web page's browser test)
 set -euo pipefail
@@ -15,6 +17,7 @@ if ! $PY -c "import torch" 2>/dev/null; then
 fi
 $PY -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 | grep -v -e "ignored: it is neither" -e "Running pip as the 'root'" || true
 $PY -m nanophi.tokenizer --setup 2>&1 | grep -v "ignored: it is neither" || true
+$PY -m nanophi.gemv || true
 need=()
 for pkg in python3.11-doc chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
