@@ -110,10 +110,11 @@ def gemv_op():
     return op
 
 
-# odd sizes reach every path: 4-row blocks and single leftover rows, 32- and 16-wide steps and the
-# scalar K tail, bands split between threads (N = 4099), pairs of x rows and a leftover one (M = 3)
+# odd sizes reach every path: pairs of weight rows and a leftover one, 32- and 16-wide steps and the
+# scalar K tail (53 = 32 + 16 + 5), bands split between threads (N = 4099), pairs of x rows and a
+# leftover one (M = 3)
 @pytest.mark.parametrize("shape,K,N,bias", [
-    ((1, 37), 37, 53, True), ((2, 771), 771, 130, True), ((1, 48), 48, 5, False), ((3, 100), 100, 7, True),
+    ((1, 53), 53, 37, True), ((2, 771), 771, 130, True), ((1, 48), 48, 5, False), ((3, 100), 100, 7, True),
     ((2, 1, 67), 67, 9, False), ((1, 2, 67), 67, 9, True), ((1, 64), 64, 4099, True), ((2, 16), 16, 1, True)])
 def test_gemv_equals_fp32_linear(gemv_op, shape, K, N, bias):
     g = torch.Generator().manual_seed(K * N)

@@ -45,54 +45,64 @@ __attribute__((target("avx512f"))) inline __m512 load_bf16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// R output rows at once, MR rows of x, two 16-wide steps per iteration: R * MR * 2 independent
-// fma chains keep both FMA ports busy while the weight stream is the only memory traffic.
+// Each thread streams its share of w as two sequential streams (the rows of its first and second
+// half, in pairs): two streams per core and software prefetches 8 KB ahead of each reach the
+// bandwidth of MKL's fp32 gemv (Sapphire Rapids); with one stream the hardware prefetchers alone
+// reach ~70%, with the prefetches ~93%.
+constexpr int64_t kPrefetchBytes = 8192;
+
+// A block of 32 bf16 is 16 lanes of 32 bits: the even elements are the low halves (widened by a
+// shift), the odd ones the high halves (widened by masking the low half off); xs holds x in that
+// order. Two cheap ops per 32 weights instead of a shuffle and a shift per 16.
 template <int R, int MR>
-__attribute__((target("avx512f"))) void rows_avx512(const float* x, const uint16_t* w, const float* b,
-                                                    float* y, int64_t K, int64_t N, int64_t n) {
+__attribute__((target("avx512f"))) void rows_avx512(const float* x, const float* xs, const uint16_t* const* wr,
+                                                    const float* b, float* y, int64_t K, int64_t N,
+                                                    const int64_t* nr) {
+  const __m512i high = _mm512_set1_epi32(int32_t(0xFFFF0000u));
   __m512 acc[MR][R][2];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < R; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
   int64_t k = 0;
-  // The R rows are one contiguous block; each step consumes R * 64 bytes of it and asks for the
-  // same share of the next block, so the memory stream runs a whole block ahead of the FMAs.
-  const char* ahead = reinterpret_cast<const char*>(w + (n + R) * K);
-  for (; k + 32 <= K; k += 32, ahead += R * 64) {
-    for (int r = 0; r < R; ++r) _mm_prefetch(ahead + r * 64, _MM_HINT_T1);
-    __m512 w0[R], w1[R];
+  for (; k + 32 <= K; k += 32) {
+    __m512 even[R], odd[R];
     for (int r = 0; r < R; ++r) {
-      w0[r] = load_bf16(w + (n + r) * K + k);
-      w1[r] = load_bf16(w + (n + r) * K + k + 16);
+      _mm_prefetch(reinterpret_cast<const char*>(wr[r] + k) + kPrefetchBytes, _MM_HINT_T1);  // never faults
+      __m512i v = _mm512_loadu_si512(wr[r] + k);
+      even[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      odd[r] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
     }
     for (int m = 0; m < MR; ++m) {
-      __m512 x0 = _mm512_loadu_ps(x + m * K + k), x1 = _mm512_loadu_ps(x + m * K + k + 16);
+      __m512 xe = _mm512_loadu_ps(xs + m * K + k), xo = _mm512_loadu_ps(xs + m * K + k + 16);
       for (int r = 0; r < R; ++r) {
-        acc[m][r][0] = _mm512_fmadd_ps(w0[r], x0, acc[m][r][0]);
-        acc[m][r][1] = _mm512_fmadd_ps(w1[r], x1, acc[m][r][1]);
+        acc[m][r][0] = _mm512_fmadd_ps(even[r], xe, acc[m][r][0]);
+        acc[m][r][1] = _mm512_fmadd_ps(odd[r], xo, acc[m][r][1]);
       }
     }
   }
-  for (; k + 16 <= K; k += 16) {
+  for (; k + 16 <= K; k += 16)
     for (int m = 0; m < MR; ++m) {
-      __m512 x0 = _mm512_loadu_ps(x + m * K + k);
-      for (int r = 0; r < R; ++r)
-        acc[m][r][0] = _mm512_fmadd_ps(load_bf16(w + (n + r) * K + k), x0, acc[m][r][0]);
+      __m512 xv = _mm512_loadu_ps(x + m * K + k);
+      for (int r = 0; r < R; ++r) acc[m][r][0] = _mm512_fmadd_ps(load_bf16(wr[r] + k), xv, acc[m][r][0]);
     }
-  }
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < R; ++r) {
       float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][r][0], acc[m][r][1]));
-      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * bf16_to_float(w[(n + r) * K + kk]);  // K % 16
-      y[m * N + n + r] = s + (b ? b[n + r] : 0.f);
+      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * bf16_to_float(wr[r][kk]);  // K % 16
+      y[m * N + nr[r]] = s + (b ? b[nr[r]] : 0.f);
     }
 }
 
 template <int MR>
-__attribute__((target("avx512f"))) void band_avx512(const float* x, const uint16_t* w, const float* b,
-                                                    float* y, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows_avx512<4, MR>(x, w, b, y, K, N, n);
-  for (; n < n1; ++n) rows_avx512<1, MR>(x, w, b, y, K, N, n);
+__attribute__((target("avx512f"))) void band_avx512(const float* x, const float* xs, const uint16_t* w,
+                                                    const float* b, float* y, int64_t K, int64_t N,
+                                                    int64_t n0, int64_t n1) {
+  const int64_t half = (n1 - n0 + 1) / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t nr[2] = {n0 + i, n0 + half + i};
+    const uint16_t* wr[2] = {w + nr[0] * K, w + nr[1] * K};
+    if (nr[1] < n1) rows_avx512<2, MR>(x, xs, wr, b, y, K, N, nr);
+    else rows_avx512<1, MR>(x, xs, wr, b, y, K, N, nr);
+  }
 }
 #endif
 
@@ -122,6 +132,16 @@ at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, const c10::option
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y2.data_ptr<float>();
   const bool fast = cpu_has_avx512();
+  at::Tensor xs2 = at::empty_like(x2);  // x reordered for the fast loop (rows_avx512)
+  float* xsp = xs2.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = xp + m * K;
+    float* xsm = xsp + m * K;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32)
+      for (int i = 0; i < 16; ++i) xsm[k + i] = xm[k + 2 * i], xsm[k + 16 + i] = xm[k + 2 * i + 1];
+    for (; k < K; ++k) xsm[k] = xm[k];
+  }
   // bands of 16 rows; small weights (under ~64K values) stay on one thread, where waking the other costs more
   const int64_t band = 16, nbands = (N + band - 1) / band;
   const int64_t grain = std::max<int64_t>(1, 65536 / (band * K));
@@ -133,8 +153,8 @@ at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, const c10::option
       float* ym = yp + m * N;
 #ifdef NANOPHI_X86
       if (fast) {
-        if (mr == 2) band_avx512<2>(xm, wp, bp, ym, K, N, n0, n1);
-        else band_avx512<1>(xm, wp, bp, ym, K, N, n0, n1);
+        if (mr == 2) band_avx512<2>(xm, xsp + m * K, wp, bp, ym, K, N, n0, n1);
+        else band_avx512<1>(xm, xsp + m * K, wp, bp, ym, K, N, n0, n1);
         continue;
       }
 #endif
