@@ -148,6 +148,7 @@ def main():
     if long:
         print(f"goal cache >= 5x no cache at 1024: {'met' if all(t['cache'] >= 5 * t['no_cache'] for t in long) else 'NOT met'}")
     print_formats(fmt_rows, bandwidth)
+    print_linear_split(formats, fmt_rows)
     if quality:
         quality_table(list(formats))
 
@@ -168,6 +169,32 @@ def print_formats(fmt_rows, bandwidth):
         if bf:
             print(f"goal bf16 decode >= 1.8x fp32 at context {T}: {'met' if bf[0] >= 1.8 * base[T] else 'NOT met'} "
                   f"({bf[0] / base[T]:.2f}x)")
+
+
+def linear_ms(model):
+    """Best time of the model's Linear layers (lm_head included) at one row each, in model order: the
+    weight-reading part of a batch-1 decoding step (the layers are far larger than the caches)."""
+    layers = [m for m in model.modules() if hasattr(m, "in_features")]
+    xs = {n: torch.randn(1, 1, n) for n in {m.in_features for m in layers}}
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for m in layers:
+            m(xs[m.in_features])
+        best = min(best, time.perf_counter() - t)
+    return best * 1e3
+
+
+def print_linear_split(formats, fmt_rows):
+    """A decoding step split into its Linear layers (timed alone) and the rest (attention, LayerNorm,
+    sampling, Python), which no weight format speeds up."""
+    ms = {w: linear_ms(m) for w, m in formats.items()}
+    print("\nthe decoding step split: Linear layers timed alone at one row, the rest = step - Linear")
+    print("| context | weights | Linear ms | Linear GB/s | Linear vs fp32 | rest of the step ms |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for T, w, _, tps, wbytes, _, _ in fmt_rows:
+        print(f"| {T} | {w} | {ms[w]:.1f} | {wbytes / ms[w] / 1e6:.1f} | {ms['fp32'] / ms[w]:.2f}x | "
+              f"{1e3 / tps - ms[w]:.1f} |")
 
 
 def train_small():

@@ -1,7 +1,8 @@
-// y = x @ w.T + b for a few rows of x (fp32) and a plain row-major bf16 weight w [N, K].
+// y = x @ w.T + b for a few rows of x (fp32) and a plain row-major bf16 weight w [N, K], on x86-64
+// with AVX-512F (checked at run time: nanophi/gemv.py uses the op only where gemv_has_avx512()).
 // Built by nanophi/gemv.py (torch.utils.cpp_extension.load); why it exists is said there.
 //
-// bf16 is the top half of an fp32, so widening a weight is a 16-bit shift: every product and sum is
+// bf16 is the top half of an fp32, so widening a weight is a shift or a mask: every product and sum is
 // done in fp32 with the fp32 activations. Each thread takes a band of output rows (torch's own
 // thread pool, at::parallel_for) and streams its rows of w once for all rows of x.
 #include <ATen/ATen.h>
@@ -11,10 +12,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
-#define NANOPHI_X86 1
-#endif
 
 namespace {
 
@@ -25,21 +23,6 @@ inline float bf16_to_float(uint16_t v) {
   return f;
 }
 
-// Output rows [n0, n1) for x rows [0, M): the portable version.
-void rows_scalar(const float* x, int64_t M, const uint16_t* w, const float* b, float* y,
-                 int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t n = n0; n < n1; ++n) {
-      const uint16_t* wn = w + n * K;
-      const float* xm = x + m * K;
-      float s = 0.f;
-      for (int64_t k = 0; k < K; ++k) s += xm[k] * bf16_to_float(wn[k]);
-      y[m * N + n] = s + (b ? b[n] : 0.f);
-    }
-  }
-}
-
-#ifdef NANOPHI_X86
 __attribute__((target("avx512f"))) inline __m512 load_bf16(const uint16_t* p) {
   __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -104,20 +87,14 @@ __attribute__((target("avx512f"))) void band_avx512(const float* x, const float*
     else rows_avx512<1, MR>(x, xs, wr, b, y, K, N, nr);
   }
 }
-#endif
 
-bool cpu_has_avx512() {
-#ifdef NANOPHI_X86
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
+bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f"); }
 
 at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.device().is_cpu(),
               "gemv_bf16: weight must be a contiguous 2-d bf16 CPU tensor");
   const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(cpu_has_avx512(), "gemv_bf16: this CPU has no AVX-512F");
   TORCH_CHECK(x.size(-1) == K, "gemv_bf16: x has ", x.size(-1), " features, the weight ", K);
   at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
   at::Tensor b;
@@ -131,7 +108,6 @@ at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, const c10::option
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y2.data_ptr<float>();
-  const bool fast = cpu_has_avx512();
   at::Tensor xs2 = at::empty_like(x2);  // x reordered for the fast loop (rows_avx512)
   float* xsp = xs2.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m) {
@@ -149,16 +125,8 @@ at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, const c10::option
     const int64_t n0 = begin * band, n1 = std::min(N, end * band);
     for (int64_t m = 0; m < M; m += 2) {  // pairs of x rows share one pass over the weight band
       const int64_t mr = std::min<int64_t>(2, M - m);
-      const float* xm = xp + m * K;
-      float* ym = yp + m * N;
-#ifdef NANOPHI_X86
-      if (fast) {
-        if (mr == 2) band_avx512<2>(xm, xsp + m * K, wp, bp, ym, K, N, n0, n1);
-        else band_avx512<1>(xm, xsp + m * K, wp, bp, ym, K, N, n0, n1);
-        continue;
-      }
-#endif
-      rows_scalar(xm, mr, wp, bp, ym, K, N, n0, n1);
+      if (mr == 2) band_avx512<2>(xp + m * K, xsp + m * K, wp, bp, yp + m * N, K, N, n0, n1);
+      else band_avx512<1>(xp + m * K, xsp + m * K, wp, bp, yp + m * N, K, N, n0, n1);
     }
   });
   auto shape = x.sizes().vec();
