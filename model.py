@@ -246,7 +246,8 @@ class GPT(nn.Module):
         no counted target gives loss 0, never NaN. With kv_cache, idx continues the cached positions
         of the cache's rows `rows` (default 0..B-1), each at its own length.
         last_only (no targets): logits (B, 1, vocab) of the last position only, as generation needs
-        (the vocab projection of every prompt position is a large share of a long prefill).
+        (the vocab projection of every prompt position is a large share of a long prefill); or a (B,)
+        tensor of each row's last position (rows of different lengths padded at the end).
         """
         device = idx.device
         b, t = idx.size()
@@ -268,7 +269,11 @@ class GPT(nn.Module):
             cache.advance()
         x = self.transformer.ln_f(x)
         if targets is None:
-            return self.lm_head(x[:, -1:, :] if last_only else x), None
+            if isinstance(last_only, torch.Tensor):
+                x = x[torch.arange(b, device=device), last_only].unsqueeze(1)
+            elif last_only:
+                x = x[:, -1:, :]
+            return self.lm_head(x), None
         # the vocab projection only where there is a target: in SFT most positions are masked
         # prompt tokens, and this projection (n_embd x 50304) is the largest matmul of a small GPT
         targets = targets.reshape(-1)
