@@ -133,3 +133,16 @@ def test_short_prompts_arriving_together_share_one_prefill_pass(model):
     finally:
         hook.remove()
     assert sorted(calls) == [torch.Size([1, 2]), torch.Size([1, 60])]
+
+
+def test_rows_scattered_over_the_cache_attend_each_to_their_own_keys(model):
+    engine = Engine(model, max_batch=3, cache_slots=3)
+    a, b, c = encode("alpha beta gamma delta"), encode("one two three four"), encode("red green blue")
+    for p in (a, b, c):  # slots 0, 1, 2
+        engine.complete(p, 3, temperature=0)
+    follow = b + encode(engine.complete(b, 3, temperature=0)[0]) + encode(" five six")
+    prompts = [follow, encode("The quick brown fox"), encode("a b c d e f g h")]
+    rows = [Row(p, 12, temperature=0) for p in prompts]
+    list(engine.run(rows))
+    assert sorted(r.slot for r in rows) == [1, 3, 4]  # the continued conversation kept its slot
+    assert [(r.text, r.finish) for r in rows] == [alone(model, p, 12, temperature=0) for p in prompts]
