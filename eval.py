@@ -566,7 +566,7 @@ def main(argv=None):
             label = init if init != "resume" else short_path(source)
             log(f"evaluating {label} ({model.get_num_params() / 1e6:.1f}M params) on {device_name(dev)}, {ptdtype}, "
                 f"{weight_format} weights")
-            model = apply_weights(model, weight_format)
+            model = apply_weights(model, weight_format, batch=cfg["batch_size"])
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", role)
             m, c, d = evaluate(model, cfg, loss_tasks, qa_tasks, probs, autocast_ctx, label, f"{stem}_{slug}")
             report["models"].append({"label": label, "role": role, "init_from": init, "source": source,

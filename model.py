@@ -101,44 +101,56 @@ class KVCache:
 
 
 class CacheBatch:
-    """The rows of a KVCache that one forward pass extends by T positions each."""
+    """The rows of a KVCache that one forward pass extends by T positions each, and how they attend."""
 
     def __init__(self, cache, rows, T, device):
         self.cache, self.T = cache, T
         self.rows = list(rows)
-        lens = cache.lens[self.rows].tolist()
-        self.end = max(lens) + T  # keys read: 0..end-1
+        self.lens = cache.lens[self.rows].tolist()
+        self.end = max(self.lens) + T  # keys read: 0..end-1
         if self.end > cache.max_len:
             raise ValueError(f"sequence of length {self.end} exceeds the cache's {cache.max_len} positions")
-        contiguous = self.rows == list(range(self.rows[0], self.rows[0] + len(self.rows)))
-        # a slice is a view; other row sets are gathered (a copy of their keys and values)
-        self.sel = slice(self.rows[0], self.rows[-1] + 1) if contiguous else torch.tensor(self.rows, device=device)
-        self.past = lens[0] if len(set(lens)) == 1 else None  # rows of equal length: no per-row mask
-        self.lens = torch.tensor(lens, device=device)
-        self.positions = self.lens[:, None] + torch.arange(T, device=device)  # (B, T)
-        self.mask, self.causal = None, False
-        if self.past is None:  # query t of row b sees keys up to its own position
+        # rows in consecutive slots attend as one batch (a view of the cache); rows scattered over the
+        # cache (the engine keeps finished conversations' slots for reuse) attend one by one, each to a
+        # view of its own keys: gathering them into a batch would copy every row's keys at every layer
+        self.contiguous = self.rows == list(range(self.rows[0], self.rows[0] + len(self.rows)))
+        self.past = self.lens[0] if len(set(self.lens)) == 1 else None  # rows of equal length: no per-row mask
+        lens = torch.tensor(self.lens, device=device)
+        self.positions = lens[:, None] + torch.arange(T, device=device)  # (B, T)
+        self.mask = None
+        if self.contiguous and self.past is None:  # query t of row b sees keys up to its own position
             self.mask = (torch.arange(self.end, device=device) <= self.positions[:, :, None]).unsqueeze(1)
-        elif T > 1 and self.past == 0:
-            self.causal = True
-        elif T > 1:  # a chunk appended to a filled cache: query i sees keys up to past + i
-            self.mask = torch.ones(T, self.past + T, dtype=torch.bool, device=device).tril(diagonal=self.past)
+        elif self.contiguous:
+            self.mask = self._chunk_mask(self.past, device)
 
-    def update(self, layer, k, v):
-        """Write this step's keys and values (B, nh, T, hs); return all of the rows' (B, nh, end, hs)."""
+    def _chunk_mask(self, past, device):
+        """T queries after `past` cached positions: None (one query sees all, or a causal prompt) or a mask."""
+        if self.T == 1 or past == 0:
+            return None
+        return torch.ones(self.T, past + self.T, dtype=torch.bool, device=device).tril(diagonal=past)
+
+    def attend(self, layer, q, k, v):
+        """Write this step's keys and values (B, nh, T, hs) into the cache; the attention output (B, nh, T, hs)."""
         ks, vs = self.cache.k[layer], self.cache.v[layer]
-        if self.past is not None:
-            ks[self.sel, :, self.past:self.past + self.T] = k
-            vs[self.sel, :, self.past:self.past + self.T] = v
-        elif self.T == 1:
-            rows = torch.tensor(self.rows, device=k.device)
-            ks[rows, :, self.lens] = k[:, :, 0]
-            vs[rows, :, self.lens] = v[:, :, 0]
+        if self.contiguous and self.past is not None:
+            sel = slice(self.rows[0], self.rows[-1] + 1)
+            ks[sel, :, self.past:self.past + self.T] = k
+            vs[sel, :, self.past:self.past + self.T] = v
         else:
-            for i, (r, p) in enumerate(zip(self.rows, self.lens.tolist())):
+            for i, (r, p) in enumerate(zip(self.rows, self.lens)):
                 ks[r, :, p:p + self.T] = k[i]
                 vs[r, :, p:p + self.T] = v[i]
-        return ks[self.sel, :, :self.end], vs[self.sel, :, :self.end]
+        if self.contiguous:
+            sel = slice(self.rows[0], self.rows[-1] + 1)
+            causal = self.mask is None and self.T > 1
+            return F.scaled_dot_product_attention(q, ks[sel, :, :self.end], vs[sel, :, :self.end],
+                                                  attn_mask=self.mask, is_causal=causal)
+        out = []
+        for i, (r, p) in enumerate(zip(self.rows, self.lens)):
+            mask = self._chunk_mask(p, q.device)
+            out.append(F.scaled_dot_product_attention(q[i:i + 1], ks[r:r + 1, :, :p + self.T], vs[r:r + 1, :, :p + self.T],
+                                                      attn_mask=mask, is_causal=mask is None and self.T > 1))
+        return torch.cat(out)
 
     def advance(self):
         self.cache.lens[self.rows] += self.T
@@ -163,9 +175,8 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         dropout_p = self.dropout if self.training else 0.0
-        if kv_cache is not None:  # generation: a CacheBatch knows its rows' lengths and their mask
-            k, v = kv_cache.update(self.layer_idx, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=kv_cache.mask, is_causal=kv_cache.causal)
+        if kv_cache is not None:  # generation: a CacheBatch knows its rows' lengths and how they attend
+            y = kv_cache.attend(self.layer_idx, q, k, v)
         elif T == 1:  # one new token attends to everything before it
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         else:
@@ -246,7 +257,8 @@ class GPT(nn.Module):
         no counted target gives loss 0, never NaN. With kv_cache, idx continues the cached positions
         of the cache's rows `rows` (default 0..B-1), each at its own length.
         last_only (no targets): logits (B, 1, vocab) of the last position only, as generation needs
-        (the vocab projection of every prompt position is a large share of a long prefill).
+        (the vocab projection of every prompt position is a large share of a long prefill); or a (B,)
+        tensor of each row's last position (rows of different lengths padded at the end).
         """
         device = idx.device
         b, t = idx.size()
@@ -268,7 +280,11 @@ class GPT(nn.Module):
             cache.advance()
         x = self.transformer.ln_f(x)
         if targets is None:
-            return self.lm_head(x[:, -1:, :] if last_only else x), None
+            if isinstance(last_only, torch.Tensor):
+                x = x[torch.arange(b, device=device), last_only].unsqueeze(1)
+            elif last_only:
+                x = x[:, -1:, :]
+            return self.lm_head(x), None
         # the vocab projection only where there is a target: in SFT most positions are masked
         # prompt tokens, and this projection (n_embd x 50304) is the largest matmul of a small GPT
         targets = targets.reshape(-1)

@@ -317,6 +317,7 @@ class Job:
         self.events = asyncio.Queue()
         self.cancel = threading.Event()
         self.rows, self.left = [], 0  # its engine rows (one per prompt and choice), rows not finished
+        self.held = []  # deltas of a whole (not streamed) answer, handed over with its next other event
         self.t0 = time.perf_counter()
 
     @property
@@ -330,7 +331,13 @@ class Job:
               f"{n} tokens in {seconds:.2f}s ({n / max(seconds, 1e-9):.1f} tok/s)", flush=True)
 
     def emit(self, *event):
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        """Hand an event to the event loop (from the worker thread). Each hand-over wakes the loop, which
+        takes a core from the model's threads for a moment: a whole answer's deltas wait for its end."""
+        if event[0] == "delta" and not self.params["stream"]:
+            self.held.append(event)
+            return
+        events, self.held = self.held + [event], []
+        self.loop.call_soon_threadsafe(lambda: [self.events.put_nowait(e) for e in events])
 
 
 def job_rows(job, device):
@@ -702,7 +709,7 @@ def main():
         sys.exit(f"serve.py: {e}")
     print(f"serving {source} as '{cfg['model_name']}' on {dev} ({ptdtype}, {weight_format} weights), context "
           f"{model.config.block_size}, {model.get_num_params() / 1e6:.1f}M parameters")
-    model = apply_weights(model, weight_format)
+    model = apply_weights(model, weight_format, batch=cfg["max_batch"])
     if cfg["host"] not in ("127.0.0.1", "localhost", "::1") and not cfg["api_key"]:
         print(f"WARNING: listening on {cfg['host']} without an api_key: anyone who can reach it can use it")
     worker = Worker(model, dev, ptdtype, cfg["max_batch"], cfg["max_queue"], cfg["prefill_chunk"], cfg["cache_slots"])

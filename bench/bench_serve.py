@@ -28,6 +28,7 @@ import torch
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
+from nanophi.device import measure_copy_bandwidth  # noqa: E402
 
 # -----------------------------------------------------------------------------
 init_from = ""  # '' = a random model of the size below; else anything serve.py takes
@@ -36,6 +37,7 @@ streams = 8  # the throughput comparison: this many clients at once against one 
 clients = 50  # the load check
 max_tokens = 32
 max_batch = 8  # serve.py --max_batch
+weights = "auto"  # serve.py --weights: fp32 | bf16 | int8 | auto
 chat_turns = 10
 chat_repeats = 3  # conversations: the medians of their first-token times are compared
 time_limit = 900.0  # seconds for one concurrent phase: the benchmark is bounded
@@ -49,20 +51,31 @@ def free_port():
 
 
 def random_model_dir(tmp):
+    """A random model's checkpoint for serve.py; (its arguments, weight bytes one token reads)."""
     from dataclasses import asdict
     from nanophi.checkpoint import save_checkpoint
+    from nanophi.weights import weight_bytes_per_token
     from model import GPT, GPTConfig
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
-    save_checkpoint(os.path.join(tmp, "ckpt.pt"), {"model": GPT(cfg).state_dict(), "model_args": asdict(cfg)})
-    return ["--init_from=resume", f"--out_dir={tmp}"]
+    model = GPT(cfg)
+    save_checkpoint(os.path.join(tmp, "ckpt.pt"), {"model": model.state_dict(), "model_args": asdict(cfg)})
+    return ["--init_from=resume", f"--out_dir={tmp}"], weight_bytes_per_token(model)
+
+
+def served_model(tmp):
+    if not init_from:
+        return random_model_dir(tmp)
+    from nanophi.checkpoint import load_model
+    from nanophi.weights import weight_bytes_per_token
+    return [f"--init_from={init_from}"], weight_bytes_per_token(load_model(init_from)[0])
 
 
 def start_server(model_args, log):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "serve.py", f"--port={port}", f"--max_batch={max_batch}",
                              "--access_log=False", f"--max_tokens_cap={max(max_tokens, 1024)}",
-                             f"--max_queue={clients + 10}", *model_args],
+                             f"--max_queue={clients + 10}", f"--weights={weights}", *model_args],
                             cwd=_ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1500):
@@ -185,7 +198,8 @@ def main():
     from configurator import configure
     configure(globals())
     tmp = tempfile.mkdtemp(prefix="bench-serve-")
-    model_args = [f"--init_from={init_from}"] if init_from else random_model_dir(tmp)
+    model_args, weight_bytes = served_model(tmp)
+    bandwidth = measure_copy_bandwidth()  # the limit of batch-1 generation, before the server loads the cores
     what = init_from or f"random GPT-2, {n_layer} layers, {n_embd} wide, context {block_size}"
     log = open(os.path.join(tmp, "server.log"), "w")
     load_start = os.getloadavg()[0]
@@ -218,12 +232,16 @@ def main():
          f"turn {chat_turns} prompt {chat_prompt} tokens; {reused} prompt tokens reused from the cache in the run",
          "goal <= 1.5x"),
     ]
-    print(f"\nmodel: {what}; serve.py --max_batch={max_batch}; {max_tokens} tokens per request (sampling, "
+    print(f"\nmodel: {what}; serve.py --max_batch={max_batch} --weights={weights}; {max_tokens} tokens per request (sampling, "
           f"a seed per client, ignore_eos)")
     print(f"machine: {machine()}; load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end\n")
     print("| run | throughput | latency | goal |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print(f"\nlimit: memory copy bandwidth {bandwidth / 1e9:.1f} GB/s (measured in this run). One at a time, each "
+          f"token reads {weight_bytes / 1e6:.0f} MB of fp32 weights (fewer in bf16/int8): {one_tps:.1f} tok/s, whole requests (prompt, "
+          f"HTTP) included, is {one_tps * weight_bytes / 1e9:.1f} GB/s = {one_tps * weight_bytes / bandwidth:.0%} of it; "
+          "batching reads the weights once per step for all streams")
     failures = len(bad_few) + len(mixed_few) + len(bad_many) + len(mixed_many)
     if failures:
         raise SystemExit(f"{failures} clients failed or got another client's text")

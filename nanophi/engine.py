@@ -186,35 +186,72 @@ class Engine:
 
     @torch.no_grad()
     def step(self):
-        """Prefill chunks of waiting prompts, then one decoding forward pass for all other rows."""
+        """Prefill chunks of waiting prompts (batched), then one decoding forward pass for all other rows."""
         self._admit()
         self.steps += 1
         events = []
         decoding = sorted((r for r in self.rows if len(r.todo) == 1), key=lambda r: r.slot)
-        budget = self.prefill_chunk
+        for group in self._prefill_groups():
+            rows = [r for r, _ in group]
+            logits = self._forward(rows, [c for _, c in group])
+            done = [i for i, r in enumerate(rows) if not r.todo]  # whole prompt in: its first token
+            if done:
+                events += self._sample([rows[i] for i in done], logits[done])
+        if decoding:
+            events += self._sample(decoding, self._forward(decoding, [r.todo for r in decoding]))
+        return events
+
+    def _prefill_groups(self):
+        """This step's prompt chunks (prefill_chunk tokens in all), in batches of rows: one forward pass
+        per batch, shorter chunks padded to the longest while the padding stays small (16 tokens or a
+        quarter of the real ones): a few short prompts arriving together cost one pass over the
+        weights, not one each, and a short one never doubles the work of a long one."""
+        budget, chunks = self.prefill_chunk, []
         for row in [r for r in self.rows if len(r.todo) > 1]:
             if budget <= 0:
                 break
             if row.n_tokens == 0:
                 self._borrow(row)
+                if self._wait_for(row, chunks):
+                    continue
             chunk = row.todo[:budget]
             budget -= len(chunk)
-            logits = self._forward([row], [chunk])
-            if len(row.todo) == 0:
-                events += self._sample([row], logits)
-        if decoding:
-            events += self._sample(decoding, self._forward(decoding, [r.todo for r in decoding]))
-        return events
+            chunks.append((row, chunk))
+        groups = []
+        for row, chunk in sorted(chunks, key=lambda rc: len(rc[1])):
+            group = groups[-1] + [(row, chunk)] if groups else None
+            T = len(chunk)  # the longest so far (sorted)
+            real = sum(len(c) for _, c in group) if group else 0
+            if group and T * len(group) - real <= max(16, real // 4) \
+                    and all(len(self.slot_ids[r.slot]) + T <= self.block for r, _ in group):
+                groups[-1] = group
+            else:
+                groups.append([(row, chunk)])
+        return groups
+
+    def _wait_for(self, row, chunks):
+        """Whether most of the row's prompt is being computed this step for another row (the other
+        choices of an n > 1 request): then it waits one step and copies that (_borrow)."""
+        have = len(self.slot_ids[row.slot])
+        prompt = self.slot_ids[row.slot] + row.todo
+        return any(common_prefix(self.slot_ids[r.slot] + c, prompt) - have >= len(row.todo) // 2
+                   for r, c in chunks)
 
     def _forward(self, rows, chunks):
-        """Feed each row its chunk (equal lengths); logits (B, vocab) of each row's last position."""
-        T = len(chunks[0])
+        """Feed each row its chunk in one forward pass, shorter chunks padded at the end (the padding's
+        keys and values land past the row's length, which the next tokens overwrite); logits (B, vocab)
+        at each row's last real position."""
+        T = max(map(len, chunks))
         dev = self.cache.k.device
-        idx = torch.tensor([c[:T] for c in chunks], dtype=torch.long, device=dev)
-        logits, _ = self.model(idx, kv_cache=self.cache, rows=[r.slot for r in rows], last_only=True)
-        for r in rows:
-            self.slot_ids[r.slot] += r.todo[:T]
-            r.todo = r.todo[T:]
+        idx = torch.tensor([c + [0] * (T - len(c)) for c in chunks], dtype=torch.long, device=dev)
+        ragged = any(len(c) < T for c in chunks)
+        last = torch.tensor([len(c) - 1 for c in chunks], device=dev) if ragged else True
+        logits, _ = self.model(idx, kv_cache=self.cache, rows=[r.slot for r in rows], last_only=last)
+        for r, c in zip(rows, chunks):
+            self.slot_ids[r.slot] += c
+            r.todo = r.todo[len(c):]
+            if ragged:
+                self.cache.lens[r.slot] = len(self.slot_ids[r.slot])
         return logits[:, -1, :]
 
     def _draw(self, rows, logits):

@@ -105,3 +105,44 @@ def test_conversations_sharing_a_system_line_do_not_evict_each_other(model):
     reused = engine.reused
     engine.complete(a + encode(ta) + encode("\n[Human]: more"), 5, temperature=0)
     assert engine.reused - reused >= len(a)  # ... and did not take a's slot
+
+
+def test_short_prompts_arriving_together_share_one_prefill_pass(model):
+    calls = []
+    hook = model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
+    try:
+        engine = Engine(model, max_batch=4)
+        prompts = PROMPTS[:2] + [encode("one two three")]  # 2, 9 and 3 tokens
+        rows = [Row(p, 5, temperature=0) for p in prompts]
+        for r in rows:
+            engine.add(r)
+        engine.step()
+        assert [r.n_tokens for r in rows] == [1, 1, 1]  # every prompt in, its first token drawn ...
+        assert calls == [torch.Size([3, 9])]  # ... in one forward pass, the shorter prompts padded
+        list(engine.run(rows))
+    finally:
+        hook.remove()
+    assert [(r.text, r.finish) for r in rows] == [alone(model, p, 5, temperature=0) for p in prompts]
+    # padding that would outweigh the real tokens: the long prompt gets a pass of its own
+    engine, calls[:] = Engine(model, max_batch=4), []
+    hook = model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
+    try:
+        engine.add(Row(PROMPTS[0], 2, temperature=0))
+        engine.add(Row(PROMPTS[3][:60], 2, temperature=0))
+        engine.step()
+    finally:
+        hook.remove()
+    assert sorted(calls) == [torch.Size([1, 2]), torch.Size([1, 60])]
+
+
+def test_rows_scattered_over_the_cache_attend_each_to_their_own_keys(model):
+    engine = Engine(model, max_batch=3, cache_slots=3)
+    a, b, c = encode("alpha beta gamma delta"), encode("one two three four"), encode("red green blue")
+    for p in (a, b, c):  # slots 0, 1, 2
+        engine.complete(p, 3, temperature=0)
+    follow = b + encode(engine.complete(b, 3, temperature=0)[0]) + encode(" five six")
+    prompts = [follow, encode("The quick brown fox"), encode("a b c d e f g h")]
+    rows = [Row(p, 12, temperature=0) for p in prompts]
+    list(engine.run(rows))
+    assert sorted(r.slot for r in rows) == [1, 3, 4]  # the continued conversation kept its slot
+    assert [(r.text, r.finish) for r in rows] == [alone(model, p, 12, temperature=0) for p in prompts]

@@ -14,7 +14,8 @@ from torch.nn import functional as F
 from conftest import ROOT
 from nanophi.device import cpu_has_bf16
 from nanophi import gemv
-from nanophi.weights import BF16Linear, apply_weights, resolve_weights, weight_bytes_per_token
+from nanophi.weights import (BF16Linear, PackedLinear, apply_weights, can_pack, resolve_weights,
+                             weight_bytes_per_token)
 
 FORMATS = ["int8"] + (["bf16"] if cpu_has_bf16() else [])
 
@@ -155,3 +156,24 @@ def test_bf16_linear_without_the_kernel():
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "True", "torch.Size([2,", "3,", "48])"]
     assert "bf16 gemv kernel unavailable (NANOPHI_GEMV=0)" in r.stderr
+
+
+@pytest.mark.skipif(not can_pack("cpu"), reason="this torch has no oneDNN")
+def test_fp32_packed_for_batches_equals_plain(tiny_model):
+    model = apply_weights(copy.deepcopy(tiny_model), "fp32", batch=8)
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert len(packed) == 4 * tiny_model.config.n_layer + 1
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied, the same Parameter
+    assert model.state_dict().keys() == tiny_model.state_dict().keys()
+    assert weight_bytes_per_token(model) == weight_bytes_per_token(tiny_model)
+    torch.manual_seed(0)
+    for shape in [(1, 1), (1, 2), (3, 1), (8, 1), (2, 37)]:  # plain weight up to 2 rows, the packed copy above
+        x = torch.randint(0, 50257, shape)
+        with torch.no_grad():
+            want, got = tiny_model(x)[0], model(x)[0]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    layer = packed[0]
+    x = torch.randn(8, layer.in_features, requires_grad=True)
+    layer(x).sum().backward()  # with gradients on, the plain weight (the packed copy has no autograd)
+    assert layer.weight.grad is not None
+    assert apply_weights(copy.deepcopy(tiny_model), "fp32", batch=2).lm_head.__class__ is torch.nn.Linear
