@@ -5,7 +5,8 @@ sample.py, serve.py, eval.py and the benchmarks.
   fp32  as trained.
   bf16  the Linear layers' weights in bfloat16 (half the bytes each generated token reads),
         activations, LayerNorm, attention and the residual stream stay in the model's dtype.
-        CPUs with native bf16 (avx512_bf16 / amx) only; on CUDA the whole model is cast.
+        CPUs with native bf16 (avx512_bf16 / amx) only; on CUDA the whole model is cast. On CPU
+        1-2 rows go through nanophi/gemv.py's kernel, more through oneDNN (BF16Linear).
   int8  PyTorch's dynamic quantization of the Linear layers (torch.ao.quantization.quantize_dynamic,
         int8 weights per output channel, activations quantized on the fly). CPU only.
   auto  bf16 on a CPU when dtype resolves to bfloat16 (autocast would otherwise recast every fp32
