@@ -33,7 +33,10 @@ def _build():
         return f"needs x86-64 Linux or macOS, not {sys.platform} {platform.machine()}"
     from torch.utils.cpp_extension import load
     try:
-        load("nanophi_gemv_bf16", [SOURCE], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+        # at::parallel_for is a header template: built without OpenMP it would run on one thread
+        # (libgomp.so.1 then resolves to the copy torch has already loaded, one thread pool)
+        load("nanophi_gemv_bf16", [SOURCE], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+             is_python_module=False, verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the reason in one line
         return f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''})"
     if not torch.ops.nanophi.gemv_has_avx512():
