@@ -15,6 +15,9 @@ Weight formats (nanophi/weights.py): the cache path again with bf16 and int8 wei
 fp32 and with a large tensor copy, the memory bandwidth this machine has in the same minute. Batch-1
 decoding reads every weight once per token, so weight bytes per token x decode tok/s is the bandwidth
 it uses; prefill (the prompt, compute-bound) is timed apart. Goal: bf16 decoding >= 1.8x fp32.
+Batched decoding (batch_rows): 1, 2, 4 and 8 rows stepping together in nanophi/engine.py, as serve.py
+runs them, in fp32 (plain weights and packed for the batch), bf16 and int8: what serving's
+continuous batching gets from one pass over the weights per step.
 Quality (quality=True): validation loss and greedy agreement of each format against fp32, on a
 model that has learnt something: quality_init_from, or by default a small GPT trained here for
 quality_iters steps on the Python documentation (random weights give near-uniform logits, where
@@ -30,6 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure  # noqa: E402
 from nanophi.device import cpu_has_bf16, device_name, measure_copy_bandwidth  # noqa: E402
+from nanophi.engine import Engine, Row  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from nanophi.tokenizer import EOT_ID, VOCAB_SIZE  # noqa: E402
 from nanophi.weights import apply_weights, weight_bytes_per_token  # noqa: E402
@@ -44,6 +48,7 @@ n_positions = 2048  # room for a 1024 prompt plus new tokens
 threads = 0  # torch threads (0 = torch's default)
 seed = 0
 weights = ["bf16", "int8"]  # formats timed beside fp32 (bf16 only on CPUs with native bf16)
+batch_rows = [1, 2, 4, 8]  # rows decoding together in the batched table ([] = skip it)
 quality = True  # validation loss and greedy agreement of each format against fp32
 quality_init_from = ""  # a checkpoint as sample.py's init_from; '' = a small GPT trained here
 quality_iters = 200  # training steps of that small GPT (4 layers x 256, batch 8 x 64)
@@ -149,6 +154,8 @@ def main():
         print(f"goal cache >= 5x no cache at 1024: {'met' if all(t['cache'] >= 5 * t['no_cache'] for t in long) else 'NOT met'}")
     print_formats(fmt_rows, bandwidth)
     print_linear_split(formats, fmt_rows)
+    if batch_rows:
+        batch_table(ours)
     if quality:
         quality_table(list(formats))
 
@@ -195,6 +202,44 @@ def print_linear_split(formats, fmt_rows):
     for T, w, _, tps, wbytes, _, _ in fmt_rows:
         print(f"| {T} | {w} | {ms[w]:.1f} | {wbytes / ms[w] / 1e6:.1f} | {ms['fp32'] / ms[w]:.2f}x | "
               f"{1e3 / tps - ms[w]:.1f} |")
+
+
+def decode_rate(model, n, prompts):
+    """Decoding tok/s of n rows stepping together in nanophi/engine.py (their prefill is not timed)."""
+    engine = Engine(model, max_batch=max(batch_rows), cache_slots=0)
+    rows = [Row(p, new_tokens, temperature=0, stop_ids=()) for p in prompts[:n]]
+    for r in rows:
+        engine.add(r)
+    while any(len(r.todo) > 1 or r.slot is None for r in rows):
+        engine.step()
+    t0, k0 = time.perf_counter(), engine.tokens
+    while engine.busy:
+        engine.step()
+    return (engine.tokens - k0) / (time.perf_counter() - t0)
+
+
+def batch_table(model):
+    most = max(batch_rows)
+    formats = {"fp32": model, f"fp32 packed for {most} (serve.py)": apply_weights(copy.deepcopy(model), "fp32", batch=most)}
+    if cpu_has_bf16() and "bf16" in weights:
+        formats[f"bf16 packed for {most}"] = apply_weights(copy.deepcopy(model), "bf16", batch=most)
+    if "int8" in weights:
+        formats["int8"] = apply_weights(copy.deepcopy(model), "int8")
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, VOCAB_SIZE, (16 + 3 * i,), generator=g).tolist() for i in range(most)]
+    best = {(w, n): 0.0 for w in formats for n in batch_rows}
+    for _ in range(max(1, repeats // 2)):  # interleaved, best of: load from other processes hurts all alike
+        for n in batch_rows:
+            for w, m in formats.items():
+                best[w, n] = max(best[w, n], decode_rate(m, n, prompts))
+    base = best["fp32", batch_rows[0]]
+    print(f"\nbatched decoding (nanophi/engine.py, as serve.py steps its rows): tok/s of all rows together, "
+          f"greedy, prompts of 16-{16 + 3 * (most - 1)} tokens, best of {max(1, repeats // 2)}; "
+          f"in brackets: x fp32 at {batch_rows[0]} row(s)")
+    print("| weights | " + " | ".join(f"{n} row{'s' if n > 1 else ''}" for n in batch_rows) + " |")
+    print("|---|" + "---:|" * len(batch_rows))
+    for w in formats:
+        print(f"| {w} | " + " | ".join(f"{best[w, n]:.1f} ({best[w, n] / base:.2f}x)" for n in batch_rows) + " |")
 
 
 def train_small():
