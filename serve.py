@@ -710,6 +710,9 @@ def main():
     print(f"serving {source} as '{cfg['model_name']}' on {dev} ({ptdtype}, {weight_format} weights), context "
           f"{model.config.block_size}, {model.get_num_params() / 1e6:.1f}M parameters")
     model = apply_weights(model, weight_format, batch=cfg["max_batch"])
+    if weight_format in ("int8", "bf16") and cfg["max_batch"] > 1:
+        print(f"note: with {weight_format} weights a row's numbers depend on the rows sharing its step, so a seeded "
+              "request's text can change with the load (fp32 keeps it)")
     if cfg["host"] not in ("127.0.0.1", "localhost", "::1") and not cfg["api_key"]:
         print(f"WARNING: listening on {cfg['host']} without an api_key: anyone who can reach it can use it")
     worker = Worker(model, dev, ptdtype, cfg["max_batch"], cfg["max_queue"], cfg["prefill_chunk"], cfg["cache_slots"])
