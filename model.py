@@ -113,14 +113,17 @@ class CacheBatch:
         # rows in consecutive slots attend as one batch (a view of the cache); rows scattered over the
         # cache (the engine keeps finished conversations' slots for reuse) attend one by one, each to a
         # view of its own keys: gathering them into a batch would copy every row's keys at every layer
-        self.contiguous = self.rows == list(range(self.rows[0], self.rows[0] + len(self.rows)))
+        contiguous = self.rows == list(range(self.rows[0], self.rows[0] + len(self.rows)))
+        self.sel = slice(self.rows[0], self.rows[-1] + 1) if contiguous else None
         self.past = self.lens[0] if len(set(self.lens)) == 1 else None  # rows of equal length: no per-row mask
         lens = torch.tensor(self.lens, device=device)
         self.positions = lens[:, None] + torch.arange(T, device=device)  # (B, T)
-        self.mask = None
-        if self.contiguous and self.past is None:  # query t of row b sees keys up to its own position
+        self.mask, self.row_masks = None, None
+        if not contiguous:  # each row's own mask, built once for every layer
+            self.row_masks = [self._chunk_mask(p, device) for p in self.lens]
+        elif self.past is None:  # query t of row b sees keys up to its own position
             self.mask = (torch.arange(self.end, device=device) <= self.positions[:, :, None]).unsqueeze(1)
-        elif self.contiguous:
+        else:
             self.mask = self._chunk_mask(self.past, device)
 
     def _chunk_mask(self, past, device):
@@ -132,22 +135,18 @@ class CacheBatch:
     def attend(self, layer, q, k, v):
         """Write this step's keys and values (B, nh, T, hs) into the cache; the attention output (B, nh, T, hs)."""
         ks, vs = self.cache.k[layer], self.cache.v[layer]
-        if self.contiguous and self.past is not None:
-            sel = slice(self.rows[0], self.rows[-1] + 1)
-            ks[sel, :, self.past:self.past + self.T] = k
-            vs[sel, :, self.past:self.past + self.T] = v
+        if self.sel is not None and self.past is not None:
+            ks[self.sel, :, self.past:self.past + self.T] = k
+            vs[self.sel, :, self.past:self.past + self.T] = v
         else:
             for i, (r, p) in enumerate(zip(self.rows, self.lens)):
                 ks[r, :, p:p + self.T] = k[i]
                 vs[r, :, p:p + self.T] = v[i]
-        if self.contiguous:
-            sel = slice(self.rows[0], self.rows[-1] + 1)
-            causal = self.mask is None and self.T > 1
-            return F.scaled_dot_product_attention(q, ks[sel, :, :self.end], vs[sel, :, :self.end],
-                                                  attn_mask=self.mask, is_causal=causal)
+        if self.sel is not None:
+            return F.scaled_dot_product_attention(q, ks[self.sel, :, :self.end], vs[self.sel, :, :self.end],
+                                                  attn_mask=self.mask, is_causal=self.mask is None and self.T > 1)
         out = []
-        for i, (r, p) in enumerate(zip(self.rows, self.lens)):
-            mask = self._chunk_mask(p, q.device)
+        for i, (r, p, mask) in enumerate(zip(self.rows, self.lens, self.row_masks)):
             out.append(F.scaled_dot_product_attention(q[i:i + 1], ks[r:r + 1, :, :p + self.T], vs[r:r + 1, :, :p + self.T],
                                                       attn_mask=mask, is_causal=mask is None and self.T > 1))
         return torch.cat(out)

@@ -50,6 +50,9 @@ def resolve_weights(weights, device, dtype="float32"):
     return weights
 
 
+SMALL_ROWS = 2  # up to this many rows of x a Linear reads its plain weight (fp32) or the gemv (bf16)
+
+
 def can_pack(device):
     return torch.device(device).type == "cpu" and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") \
         and torch.backends.mkldnn.is_available()
@@ -68,7 +71,7 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch)
 
     def forward(self, x):
-        if x.numel() <= 2 * self.in_features or torch.is_grad_enabled():
+        if x.numel() <= SMALL_ROWS * self.in_features or torch.is_grad_enabled():
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
@@ -83,8 +86,6 @@ class BF16Linear(nn.Module):
     oneDNN's blocked layout (a plain bf16 weight is repacked inside every oneDNN call, which at
     batch 1 costs as much as the bytes saved)."""
 
-    GEMV_MAX_ROWS = 2  # at 4 rows oneDNN's packed matmul is already faster (bench/bench_generate.py)
-
     def __init__(self, linear, batch=1):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -98,7 +99,7 @@ class BF16Linear(nn.Module):
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch) if self.packed else None
 
     def forward(self, x):
-        if self.gemv is not None and x.numel() <= self.GEMV_MAX_ROWS * self.in_features:
+        if self.gemv is not None and x.numel() <= SMALL_ROWS * self.in_features:  # at 4 rows oneDNN is faster
             return self.gemv(x, self.weight, self.bias_fp32).to(x.dtype)
         xb = x.to(torch.bfloat16)
         if self.packed:
@@ -129,7 +130,7 @@ def apply_weights(model, weights, batch=1):
     get a copy packed for it (PackedLinear) and bf16 ones are packed for it."""
     device = next(model.parameters()).device
     if weights == "fp32":
-        if batch > 2 and can_pack(device):
+        if batch > SMALL_ROWS and can_pack(device):
             _replace_linears(model, lambda linear: PackedLinear(linear, batch))
         return model
     if weights == "bf16" and device.type != "cpu":

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from conftest import ROOT
 from nanophi.device import cpu_has_bf16
 from nanophi import gemv
-from nanophi.weights import (BF16Linear, PackedLinear, apply_weights, can_pack, resolve_weights,
+from nanophi.weights import (SMALL_ROWS, BF16Linear, PackedLinear, apply_weights, can_pack, resolve_weights,
                              weight_bytes_per_token)
 
 FORMATS = ["int8"] + (["bf16"] if cpu_has_bf16() else [])
@@ -141,7 +141,7 @@ def test_bf16_linear_close_to_fp32(rows):
     assert got.dtype == torch.float32 and got.shape == want.shape
     err = ((got - want).abs().max() / want.abs().max()).item()
     assert 0 < err < 0.02, err  # the weights really are bf16, and only rounded
-    if layer.gemv is not None and rows <= BF16Linear.GEMV_MAX_ROWS:  # batch-1 decoding takes the kernel
+    if layer.gemv is not None and rows <= SMALL_ROWS:  # batch-1 decoding takes the kernel
         assert torch.equal(got, layer.gemv(x, layer.weight, layer.bias_fp32))
 
 
