@@ -103,7 +103,68 @@ CHECKS = {  # ranges and choices, checked once every config file and --key=value
     "backend": one_of("gloo", "nccl"),
 }
 
-# ----------------------------------------------------------------------------- data
+
+
+# ----------------------------- set-up: settings, processes, the checkpoint to resume
+
+def check_settings():
+    """Checks across settings that need neither data nor a checkpoint (single ranges: CHECKS)."""
+    if block_size < 2 and init_from != "resume":
+        raise ConfigError(f"block_size must be at least 2, got {block_size}")
+    if init_from == "scratch" and n_embd % n_head:
+        raise ConfigError(f"n_head={n_head} does not divide n_embd={n_embd}: each head gets n_embd / n_head "
+                          f"dimensions; choose n_head among {[h for h in range(1, 33) if n_embd % h == 0]}")
+    if lora_rank and init_from == "scratch":
+        raise ConfigError("lora_rank > 0 adapts a pretrained model: set init_from to a gpt2 name, a transformers "
+                          "directory or a .pt checkpoint (or lora_rank=0 to train from scratch)")
+
+
+def setup_distributed():
+    """(ddp, rank, local_rank, world, device) from torchrun's environment; one process without it."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return False, 0, 0, 1, pick_device(device)
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if gradient_accumulation_steps % world:
+        raise ConfigError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
+                          f"number of processes ({world})")
+    cuda = (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda")
+    dev = f"cuda:{local_rank}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend="nccl" if cuda else backend)
+    return True, rank, local_rank, world, dev
+
+
+def load_resume_checkpoint(sources, master):
+    """out_dir's ckpt.pt, refused when the settings ask for another model than the one it holds."""
+    path = os.path.join(out_dir, ckpt_lib.LATEST)
+    try:
+        ck = ckpt_lib.load_checkpoint(path)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise ConfigError(f"init_from=resume: {e}; check --out_dir") from None
+    args = ck["model_args"]
+    for k in ("n_layer", "n_head", "n_embd", "bias"):
+        if k in sources and globals()[k] != args[k]:
+            raise ConfigError(f"{sources[k]}: {k}={globals()[k]}, but {path} holds a model with {k}={args[k]}; a "
+                              f"resumed run keeps its shape: drop the setting, or start a new run in another out_dir")
+    if lora_rank and "lora" not in ck:
+        raise ConfigError(f"lora_rank={lora_rank} ({sources.get('lora_rank', 'default')}), but {path} is a full "
+                          f"finetune, not a LoRA run; to train adapters on it start a new run: "
+                          f"--init_from={path} --lora_rank={lora_rank} --out_dir=<another folder>")
+    if "lora" in ck and "lora_rank" in sources and lora_rank != ck["lora_config"]["r"]:
+        raise ConfigError(f"{sources['lora_rank']}: lora_rank={lora_rank}, but {path} trains adapters of rank "
+                          f"{ck['lora_config']['r']}; drop the setting or start a new run in another out_dir")
+    if args["block_size"] != block_size and master:
+        print(f"resume: block_size {args['block_size']} from the checkpoint (config said {block_size})")
+    return ck
+
+
+
+# ----------------------------- data: the mixture's tasks, their windows, the batch sampler
+
+def fmt_tokens(n):
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
 
 class SplitWindows:
     """One split of one task: its window starts and how to cut rows (x, y) from them."""
@@ -135,49 +196,6 @@ class SplitWindows:
         if not self.packing:
             y[max(0, int(self.doc_end[k]) - s - 1):] = -1
         return x, y
-
-
-class Sampler:
-    """Random rows from the task mixture; its state (RNG, per-task counts) is in checkpoints."""
-
-    def __init__(self, data, weights, block_size, seed):
-        self.names = list(data)
-        self.data = data
-        w = np.array([weights[n] for n in self.names], dtype=np.float64)
-        self.p = w / w.sum()
-        self.T = block_size
-        self.rng = np.random.default_rng(seed)
-        self.targets_seen = {n: 0 for n in self.names}
-
-    def batch(self, n):
-        X = np.empty((n, self.T), dtype=np.int64)
-        Y = np.empty((n, self.T), dtype=np.int64)
-        for i, t in enumerate(self.rng.choice(len(self.names), size=n, p=self.p)):
-            X[i], Y[i] = draw(self.data[self.names[t]], self.rng)
-            self.targets_seen[self.names[t]] += int((Y[i] != -1).sum())
-        return torch.from_numpy(X), torch.from_numpy(Y)
-
-    def epochs(self):
-        return {n: self.targets_seen[n] / max(1, self.data[n].n_trained) for n in self.names}
-
-    def state(self):  # plain values only: checkpoints load with weights_only=True
-        return {"rng": json.dumps(self.rng.bit_generator.state), "targets_seen": dict(self.targets_seen)}
-
-    def load_state(self, st):
-        self.rng.bit_generator.state = json.loads(st["rng"])
-        for n, v in st["targets_seen"].items():
-            if n in self.targets_seen:
-                self.targets_seen[n] = v
-
-
-def eval_batches(data, n_batches, rows, seed, task_index, split_index):
-    """The fixed evaluation batches of one task and split (same windows at every evaluation)."""
-    out = []
-    for i in range(n_batches):
-        rng = np.random.default_rng([seed, task_index, split_index, i])
-        xs, ys = zip(*(draw(data, rng) for _ in range(rows)))
-        out.append((torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))))
-    return out
 
 
 def draw(d, rng):
@@ -221,102 +239,6 @@ def open_tasks(data_dir, tasks, block_size):
     return data, active
 
 
-# ----------------------------------------------------------------------------- memory
-
-def memory_estimate(n_params, n_trainable, cfg, batch_size, dtype, gradient_checkpointing):
-    """Bytes for weights, gradients, AdamW state and activations of one micro-batch (a rough
-    upper estimate: Korthikanti et al.'s 34*s*b*h per layer at 16 bits, fused attention)."""
-    act = 2 if dtype in ("float16", "bfloat16") else 4
-    s, b, h, L, V = cfg.block_size, batch_size, cfg.n_embd, cfg.n_layer, cfg.vocab_size
-    per_layer = 34 * s * b * h * act / 2
-    if gradient_checkpointing:  # keep each block's input, recompute one block at a time
-        layers = L * s * b * h * act + per_layer
-    else:
-        layers = L * per_layer
-    logits = s * b * V * (act + 4 + 4)  # logits, their float upcast for the loss, its gradient
-    est = {
-        "weights": n_params * 4 + (n_params * act if act == 2 else 0),  # fp32 master + autocast copies
-        "grads": n_trainable * 4,
-        "optimizer": n_trainable * 8,
-        "activations": layers + logits,
-    }
-    est["total"] = sum(est.values())
-    return est
-
-
-def device_memory(device_type):
-    if device_type == "cuda":
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    import psutil
-    return psutil.virtual_memory().available
-
-
-# ----------------------------------------------------------------------------- set-up steps
-
-def check_settings():
-    """Checks across settings that need neither data nor a checkpoint (single ranges: CHECKS)."""
-    if block_size < 2 and init_from != "resume":
-        raise ConfigError(f"block_size must be at least 2, got {block_size}")
-    if init_from == "scratch" and n_embd % n_head:
-        raise ConfigError(f"n_head={n_head} does not divide n_embd={n_embd}: each head gets n_embd / n_head "
-                          f"dimensions; choose n_head among {[h for h in range(1, 33) if n_embd % h == 0]}")
-    if lora_rank and init_from == "scratch":
-        raise ConfigError("lora_rank > 0 adapts a pretrained model: set init_from to a gpt2 name, a transformers "
-                          "directory or a .pt checkpoint (or lora_rank=0 to train from scratch)")
-
-
-def check_out_dir():
-    """out_dir exists and takes files: a read-only folder stops the run now, not at its first save."""
-    probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another --out_dir") from None
-
-
-def load_resume_checkpoint(sources, master):
-    """out_dir's ckpt.pt, refused when the settings ask for another model than the one it holds."""
-    path = os.path.join(out_dir, ckpt_lib.LATEST)
-    try:
-        ck = ckpt_lib.load_checkpoint(path)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise ConfigError(f"init_from=resume: {e}; check --out_dir") from None
-    args = ck["model_args"]
-    for k in ("n_layer", "n_head", "n_embd", "bias"):
-        if k in sources and globals()[k] != args[k]:
-            raise ConfigError(f"{sources[k]}: {k}={globals()[k]}, but {path} holds a model with {k}={args[k]}; a "
-                              f"resumed run keeps its shape: drop the setting, or start a new run in another out_dir")
-    if lora_rank and "lora" not in ck:
-        raise ConfigError(f"lora_rank={lora_rank} ({sources.get('lora_rank', 'default')}), but {path} is a full "
-                          f"finetune, not a LoRA run; to train adapters on it start a new run: "
-                          f"--init_from={path} --lora_rank={lora_rank} --out_dir=<another folder>")
-    if "lora" in ck and "lora_rank" in sources and lora_rank != ck["lora_config"]["r"]:
-        raise ConfigError(f"{sources['lora_rank']}: lora_rank={lora_rank}, but {path} trains adapters of rank "
-                          f"{ck['lora_config']['r']}; drop the setting or start a new run in another out_dir")
-    if args["block_size"] != block_size and master:
-        print(f"resume: block_size {args['block_size']} from the checkpoint (config said {block_size})")
-    return ck
-
-
-def setup_distributed():
-    """(ddp, rank, local_rank, world, device) from torchrun's environment; one process without it."""
-    if int(os.environ.get("RANK", -1)) == -1:
-        return False, 0, 0, 1, pick_device(device)
-    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    if gradient_accumulation_steps % world:
-        raise ConfigError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
-                          f"number of processes ({world})")
-    cuda = (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda")
-    dev = f"cuda:{local_rank}" if cuda else "cpu"
-    if cuda:
-        torch.cuda.set_device(dev)
-    dist.init_process_group(backend="nccl" if cuda else backend)
-    return True, rank, local_rank, world, dev
-
-
 def count_iters(train_data, tokens_per_iter, sources, master):
     """max_iters, or with epochs > 0 the iterations for that many passes over the train tokens.
     Both set: the one set last wins (--max_iters=4 after a config's epochs), said out loud."""
@@ -339,6 +261,73 @@ def count_iters(train_data, tokens_per_iter, sources, master):
         print(f"epochs={epochs}: max_iters = {n} ({fmt_tokens(total)} train tokens, "
               f"{fmt_tokens(tokens_per_iter)} per iteration)")
     return n
+
+
+def check_out_dir():
+    """out_dir exists and takes files: a read-only folder stops the run now, not at its first save."""
+    probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another --out_dir") from None
+
+
+class Sampler:
+    """Random rows from the task mixture; its state (RNG, per-task counts) is in checkpoints."""
+
+    def __init__(self, data, mixture, block_size, seed):
+        self.names = list(data)
+        self.data = data
+        w = np.array([mixture[n] for n in self.names], dtype=np.float64)
+        self.p = w / w.sum()
+        self.T = block_size
+        self.rng = np.random.default_rng(seed)
+        self.targets_seen = {n: 0 for n in self.names}
+
+    def batch(self, n):
+        X = np.empty((n, self.T), dtype=np.int64)
+        Y = np.empty((n, self.T), dtype=np.int64)
+        for i, t in enumerate(self.rng.choice(len(self.names), size=n, p=self.p)):
+            X[i], Y[i] = draw(self.data[self.names[t]], self.rng)
+            self.targets_seen[self.names[t]] += int((Y[i] != -1).sum())
+        return torch.from_numpy(X), torch.from_numpy(Y)
+
+    def epochs(self):
+        return {n: self.targets_seen[n] / max(1, self.data[n].n_trained) for n in self.names}
+
+    def state(self):  # plain values only: checkpoints load with weights_only=True
+        return {"rng": json.dumps(self.rng.bit_generator.state), "targets_seen": dict(self.targets_seen)}
+
+    def load_state(self, st):
+        self.rng.bit_generator.state = json.loads(st["rng"])
+        for n, v in st["targets_seen"].items():
+            if n in self.targets_seen:
+                self.targets_seen[n] = v
+
+
+def eval_batches(data, n_batches, rows, seed, task_index, split_index):
+    """The fixed evaluation batches of one task and split (same windows at every evaluation)."""
+    out = []
+    for i in range(n_batches):
+        rng = np.random.default_rng([seed, task_index, split_index, i])
+        xs, ys = zip(*(draw(data, rng) for _ in range(rows)))
+        out.append((torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))))
+    return out
+
+
+
+# ----------------------------- model: scratch, pretrained, LoRA or resumed; what it needs in memory
+
+def set_dropout(model, p):
+    model.config.dropout = p
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+        if isinstance(m, CausalSelfAttention):
+            m.dropout = p
 
 
 def build_model(ck, block, master):
@@ -385,6 +374,34 @@ def build_model(ck, block, master):
     return peft_model, lora_config, lora_base
 
 
+def memory_estimate(n_params, n_trainable, cfg, batch_size, dtype, gradient_checkpointing):
+    """Bytes for weights, gradients, AdamW state and activations of one micro-batch (a rough
+    upper estimate: Korthikanti et al.'s 34*s*b*h per layer at 16 bits, fused attention)."""
+    act = 2 if dtype in ("float16", "bfloat16") else 4
+    s, b, h, L, V = cfg.block_size, batch_size, cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    per_layer = 34 * s * b * h * act / 2
+    if gradient_checkpointing:  # keep each block's input, recompute one block at a time
+        layers = L * s * b * h * act + per_layer
+    else:
+        layers = L * per_layer
+    logits = s * b * V * (act + 4 + 4)  # logits, their float upcast for the loss, its gradient
+    est = {
+        "weights": n_params * 4 + (n_params * act if act == 2 else 0),  # fp32 master + autocast copies
+        "grads": n_trainable * 4,
+        "optimizer": n_trainable * 8,
+        "activations": layers + logits,
+    }
+    est["total"] = sum(est.values())
+    return est
+
+
+def device_memory(device_type):
+    if device_type == "cuda":
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    import psutil
+    return psutil.virtual_memory().available
+
+
 def report_model(run, n_params, n_trainable, device_type):
     """Parameter counts, a memory estimate against what the device has, device and dtype."""
     n_total = sum(p.numel() for p in run.raw_model.parameters())
@@ -401,6 +418,17 @@ def report_model(run, n_params, n_trainable, device_type):
         print(f"WARNING: this will likely not fit ({gib(mem['total'])} GiB needed, {gib(have)} GiB available): "
               f"lower batch_size (raise gradient_accumulation_steps to keep the batch), set "
               f"gradient_checkpointing=True, lower block_size, or use LoRA (lora_rank=8)")
+
+
+
+# ----------------------------- optimizer and training state; restoring them on resume
+
+class Run:
+    """What the training loop reads and changes: model, optimizer, sampler, counters, processes."""
+
+    def __init__(self, **kw):
+        self.iter_num, self.best_val_loss, self.best_iter, self.last_eval_iter, self.tokens_seen = 0, 1e9, -1, -1, 0
+        self.__dict__.update(kw)
 
 
 def restore_state(run, ck):
@@ -426,28 +454,87 @@ def restore_state(run, ck):
 
 def repair_saves(run, ck):
     """Finish what a kill interrupted in save(): ckpt.pt is written first, so it may say it is the
-    best while best.pt (or the adapter folders) still hold an older state. Rewrite them from it."""
+    best while best.pt (or the adapter folders) still hold an older state. The run now holds
+    exactly ck's state, so save() writes them again."""
     best_path = os.path.join(out_dir, ckpt_lib.BEST)
-    if run.lora_config:  # adapter folders are small: rewrite them rather than compare
-        lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora"), run.lora_base, run.model_args)
-    if ck.get("best_iter", -1) != ck["iter_num"]:
-        return
-    if not os.path.isfile(best_path) or ckpt_lib.peek_iter(best_path) != ck["iter_num"]:
-        ckpt_lib.save_checkpoint(best_path, {k: v for k, v in ck.items() if k != "optimizer"})
+    was_best = ck.get("best_iter", -1) == ck["iter_num"]
+    stale = was_best and (not os.path.isfile(best_path) or ckpt_lib.peek_iter(best_path) != ck["iter_num"])
+    if stale or run.lora_config:  # adapter folders are small: rewrite them rather than compare
+        save(run, best=was_best)
+    if stale:
         print(f"resume: {best_path} was older than the best state in {ckpt_lib.LATEST} (iter {ck['iter_num']}): rewritten")
-    if run.lora_config:
-        lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora_best"), run.lora_base, run.model_args)
 
 
-class Run:
-    """What the training loop reads and changes: model, optimizer, sampler, counters, processes."""
+def prepare_run(config, sources):
+    """Every set-up step in order: checks, processes, checkpoint, data, model, optimizer, state."""
+    check_settings()
+    ddp, rank, local_rank, world, dev = setup_distributed()
+    master, device_type = rank == 0, torch.device(dev).type
+    try:
+        ptdtype = pick_dtype(dtype, dev)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    ck = load_resume_checkpoint(sources, master) if init_from == "resume" else None
+    block = ck["model_args"]["block_size"] if ck is not None else block_size  # the checkpoint decides the shape
+    data, mixture = open_tasks(data_dir, tasks, block)  # all data errors before any compute
+    train_data = {t: d["train"] for t, d in data.items()}
+    tokens_per_iter = batch_size * block * gradient_accumulation_steps
+    n_iters = count_iters(train_data, tokens_per_iter, sources, master)
+    if decay_lr and warmup_iters >= n_iters and master:
+        print(f"WARNING: warmup_iters ({warmup_iters}) >= max_iters ({n_iters}): the run never leaves warmup "
+              f"and never reaches learning_rate {learning_rate}; lower warmup_iters")
+    use_compile = compile if compile is not None else compile_by_default(device_type, n_iters)
+    if compile is None and use_compile and device_type == "cpu" and master:  # a long first step: say why
+        print(f"compile: on, as max_iters {n_iters} >= {CPU_COMPILE_MIN_ITERS} repays torch.compile's warm-up on CPU "
+              "(tens of seconds before the first step); --compile=False to skip")
+    if master:
+        check_out_dir()
+        total_weight = sum(mixture.values())
+        print("tasks: " + ", ".join(f"{t} {w / total_weight:.2f} ({fmt_tokens(len(train_data[t].s))} train, "
+                                    f"{fmt_tokens(len(data[t]['val'].s))} val)" for t, w in mixture.items()))
+        print(f"tokens per iteration: {tokens_per_iter:,} = {batch_size} rows x {block} x "
+              f"{gradient_accumulation_steps} accumulation ({world} process{'es' if world > 1 else ''})")
+    torch.manual_seed(seed + rank)
+    random.seed(seed)
+    sampler = Sampler(train_data, mixture, block, seed)
 
-    def __init__(self, **kw):
-        self.iter_num, self.best_val_loss, self.best_iter, self.last_eval_iter, self.tokens_seen = 0, 1e9, -1, -1, 0
-        self.__dict__.update(kw)
+    model, lora_config, lora_base = build_model(ck, block, master)
+    gpt = model.get_base_model() if lora_config else model  # the plain GPT (modules shared with the wrapper)
+    model_args, n_params = asdict(gpt.config), gpt.get_num_params()
+    model.train()
+    model.to(dev)
+    run = Run(config=config, ddp=ddp, rank=rank, world=world, master=master, dev=dev, ptdtype=ptdtype,
+              accum_local=gradient_accumulation_steps // world, block_size=block, max_iters=n_iters,
+              tokens_per_iter=tokens_per_iter, sampler=sampler, raw_model=model, gpt=gpt, model_args=model_args,
+              n_params=n_params, lora_config=lora_config, lora_base=lora_base, autocast_ctx=autocast(dev, ptdtype),
+              peak_flops=peak_flops(dev))
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if master:
+        report_model(run, n_params, n_trainable, device_type)
+        print(f"device {device_name(dev)}, dtype {ptdtype}, compile {use_compile}")
+    run.scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == "float16" and device_type == "cuda"))
+    run.optimizer = gpt.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    if ck is not None:
+        restore_state(run, ck)
+        if master:
+            repair_saves(run, ck)
+    run.saved_iter = run.iter_num if ck is not None else -1
+    del ck
+    run.model = run.eval_model = torch.compile(model) if use_compile else model  # eval: compiled, never DDP
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        run.model = DDP(run.model, device_ids=[local_rank] if device_type == "cuda" else None)
+    # fixed evaluation batches; each process evaluates every world-th batch, sums are all-reduced
+    run.task_names = list(mixture)
+    run.task_probs = {t: w / sum(mixture.values()) for t, w in mixture.items()}
+    run.eval_batches = {(t, s): [b for i, b in enumerate(eval_batches(data[t][s], eval_iters, batch_size, seed, ti, si))
+                                 if i % world == rank]
+                        for ti, t in enumerate(run.task_names) for si, s in enumerate(("train", "val"))}
+    return run
 
 
-# ----------------------------------------------------------------------------- loop steps
+
+# ----------------------------- the loop's steps, each just above its first use
 
 def get_lr(it, n_iters):
     """Linear warmup, then cosine decay to min_lr at lr_decay_iters (default: the run's end)."""
@@ -517,6 +604,12 @@ def train_step(run):
     return lossf
 
 
+def numpy_state():
+    """np.random's global state as tensors and plain values (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+
+
 def checkpoint_state(run):
     """Everything a resume needs, as tensors and plain values (loads with weights_only=True)."""
     py = random.getstate()
@@ -537,8 +630,9 @@ def checkpoint_state(run):
 
 
 def save(run, best=False):
-    """ckpt.pt (and the LoRA adapter); with best, also best.pt without the optimizer (a third of the
-    size). ckpt.pt goes first and records best_iter: a kill before best.pt is repaired on resume."""
+    """The one writer of a run's saves: ckpt.pt (and the LoRA adapter lora/); with best, also
+    best.pt without the optimizer (a third of the size) and lora_best/. ckpt.pt goes first and
+    records best_iter: a kill before best.pt is repaired on resume (repair_saves)."""
     if best:
         run.best_iter = run.iter_num
     st = checkpoint_state(run)
@@ -653,94 +747,8 @@ def train_loop(run, stop):
         run.iter_num += 1
 
 
-# ----------------------------------------------------------------------------- main
 
-def set_dropout(model, p):
-    model.config.dropout = p
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = p
-        if isinstance(m, CausalSelfAttention):
-            m.dropout = p
-
-
-def numpy_state():
-    """np.random's global state as tensors and plain values (loadable with weights_only=True)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
-
-
-def fmt_tokens(n):
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
-
-
-def prepare_run(config, sources):
-    """Every set-up step in order: checks, processes, checkpoint, data, model, optimizer, state."""
-    check_settings()
-    ddp, rank, local_rank, world, dev = setup_distributed()
-    master, device_type = rank == 0, torch.device(dev).type
-    try:
-        ptdtype = pick_dtype(dtype, dev)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    ck = load_resume_checkpoint(sources, master) if init_from == "resume" else None
-    block = ck["model_args"]["block_size"] if ck is not None else block_size  # the checkpoint decides the shape
-    data, weights = open_tasks(data_dir, tasks, block)  # all data errors before any compute
-    train_data = {t: d["train"] for t, d in data.items()}
-    tokens_per_iter = batch_size * block * gradient_accumulation_steps
-    n_iters = count_iters(train_data, tokens_per_iter, sources, master)
-    if decay_lr and warmup_iters >= n_iters and master:
-        print(f"WARNING: warmup_iters ({warmup_iters}) >= max_iters ({n_iters}): the run never leaves warmup "
-              f"and never reaches learning_rate {learning_rate}; lower warmup_iters")
-    use_compile = compile if compile is not None else compile_by_default(device_type, n_iters)
-    if compile is None and use_compile and device_type == "cpu" and master:  # a long first step: say why
-        print(f"compile: on, as max_iters {n_iters} >= {CPU_COMPILE_MIN_ITERS} repays torch.compile's warm-up on CPU "
-              "(tens of seconds before the first step); --compile=False to skip")
-    if master:
-        check_out_dir()
-        total_weight = sum(weights.values())
-        print("tasks: " + ", ".join(f"{t} {w / total_weight:.2f} ({fmt_tokens(len(train_data[t].s))} train, "
-                                    f"{fmt_tokens(len(data[t]['val'].s))} val)" for t, w in weights.items()))
-        print(f"tokens per iteration: {tokens_per_iter:,} = {batch_size} rows x {block} x "
-              f"{gradient_accumulation_steps} accumulation ({world} process{'es' if world > 1 else ''})")
-    torch.manual_seed(seed + rank)
-    random.seed(seed)
-    sampler = Sampler(train_data, weights, block, seed)
-
-    model, lora_config, lora_base = build_model(ck, block, master)
-    gpt = model.get_base_model() if lora_config else model  # the plain GPT (modules shared with the wrapper)
-    model_args, n_params = asdict(gpt.config), gpt.get_num_params()
-    model.train()
-    model.to(dev)
-    run = Run(config=config, ddp=ddp, rank=rank, world=world, master=master, dev=dev, ptdtype=ptdtype,
-              accum_local=gradient_accumulation_steps // world, block_size=block, max_iters=n_iters,
-              tokens_per_iter=tokens_per_iter, sampler=sampler, raw_model=model, gpt=gpt, model_args=model_args,
-              n_params=n_params, lora_config=lora_config, lora_base=lora_base, autocast_ctx=autocast(dev, ptdtype),
-              peak_flops=peak_flops(dev))
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if master:
-        report_model(run, n_params, n_trainable, device_type)
-        print(f"device {device_name(dev)}, dtype {ptdtype}, compile {use_compile}")
-    run.scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == "float16" and device_type == "cuda"))
-    run.optimizer = gpt.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-    if ck is not None:
-        restore_state(run, ck)
-        if master:
-            repair_saves(run, ck)
-    run.saved_iter = run.iter_num if ck is not None else -1
-    del ck
-    run.model = run.eval_model = torch.compile(model) if use_compile else model  # eval: compiled, never DDP
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        run.model = DDP(run.model, device_ids=[local_rank] if device_type == "cuda" else None)
-    # fixed evaluation batches; each process evaluates every world-th batch, sums are all-reduced
-    run.task_names = list(weights)
-    run.task_probs = {t: w / sum(weights.values()) for t, w in weights.items()}
-    run.eval_batches = {(t, s): [b for i, b in enumerate(eval_batches(data[t][s], eval_iters, batch_size, seed, ti, si))
-                                 if i % world == rank]
-                        for ti, t in enumerate(run.task_names) for si, s in enumerate(("train", "val"))}
-    return run
-
+# ----------------------------- main
 
 def main(argv=None):
     """Train; argv as sys.argv[1:] (tests call main in-process). Returns a summary dict."""
