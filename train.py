@@ -13,6 +13,7 @@ packing=True it runs on into the following documents (no padding) and the target
 end-of-text is masked; packing=False masks everything after the first document.
 Loss, checkpoints, LoRA, DDP and the Colab costs: docs/training.md.
 """
+import hashlib
 import json
 import math
 import os
@@ -30,8 +31,8 @@ from configurator import ConfigError, at_least, between, configure, matches, one
 from model import GPT, CausalSelfAttention, GPTConfig
 from nanophi import checkpoint as ckpt_lib
 from nanophi import lora as lora_lib
-from nanophi.datafiles import TaskSplit
-from nanophi.files import WriteError
+from nanophi.datafiles import TaskSplit, prepared_dir
+from nanophi.files import WriteError, write_text_atomic
 from nanophi.device import (CPU_COMPILE_MIN_ITERS, autocast, compile_by_default, device_name, peak_flops, pick_device,
                             pick_dtype)
 from nanophi.plots import plot_losses
@@ -47,6 +48,8 @@ eval_iters = 10  # batches per task and split at each evaluation (fixed batches:
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # ckpt.pt at every evaluation; best.pt only when val improves
 init_from = "scratch"  # 'scratch' | 'resume' | gpt2 name | transformers GPT-2 dir | .pt | LoRA adapter dir
+overwrite = False  # a new (not resumed) run may replace the trained run already in out_dir
+data_changed_ok = False  # resume although the prepared data differ from the checkpoint's (re-prepared tasks)
 seed = 1337  # seeds the model init, dropout and the batch sampler
 # logging
 wandb_log = False  # log to Weights & Biases
@@ -90,6 +93,7 @@ backend = "gloo"  # DDP backend on CPU; CUDA uses nccl
 device = "auto"  # auto | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto: bf16 on sm80+, fp16 + GradScaler on older GPUs (T4), fp32 on CPU; 'bfloat16' opt-in on CPU
 compile = None  # None = on for Linux + CUDA, and on a Linux CPU from device.CPU_COMPILE_MIN_ITERS iterations; True/False to force
+LOCK = "train.lock"  # in out_dir: the pid of the run writing there
 # -----------------------------------------------------------------------------
 CHECKS = {  # ranges and choices, checked once every config file and --key=value is in
     **{k: at_least(1) for k in ("eval_interval", "log_interval", "eval_iters", "batch_size",
@@ -225,10 +229,14 @@ def open_tasks(data_dir, tasks, block_size):
                               f"{os.path.join(data_dir, t)!r}")
     data = {}
     for t in active:
-        try:
-            splits = {s: TaskSplit(data_dir, t, s) for s in ("train", "val")}
-        except FileNotFoundError as e:
-            raise ConfigError(f"missing dataset: {e}") from None
+        for attempt in range(2):  # one read of .current for both splits; again if a re-prepare's cleanup won the race
+            files = prepared_dir(os.path.join(data_dir, t))
+            try:
+                splits = {s: TaskSplit(data_dir, t, s, files) for s in ("train", "val")}
+                break
+            except FileNotFoundError as e:
+                if attempt or files == os.path.join(data_dir, t):
+                    raise ConfigError(f"missing dataset: {e}") from None
         if len(splits["train"]) < block_size + 1:
             raise ConfigError(f"block_size {block_size} is larger than task {t!r}'s whole train split "
                               f"({len(splits['train'])} tokens in {data_dir}/{t}); lower block_size or add data")
@@ -273,6 +281,113 @@ def check_out_dir():
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"out_dir {out_dir!r} is not writable ({e.strerror}); choose another --out_dir") from None
+
+
+def lock_out_dir():
+    """out_dir/train.lock holds the pid of the one run writing there; a lock left by a dead process
+    is taken over. Returns the lock's path (main removes it at the end)."""
+    path = os.path.join(out_dir, LOCK)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(open(path).read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and pid_alive(pid):
+                raise ConfigError(f"out_dir {out_dir!r} is in use by another training run (pid {pid}, {path}); "
+                                  f"wait for it, stop it, or choose another --out_dir") from None
+            print(f"{path}: taking over the lock of pid {pid or '?'}, which is no longer running")
+            os.remove(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return path
+    raise ConfigError(f"{path}: could not take the lock (another run took it just now?)")
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        pass
+    return True
+
+
+def check_new_run():
+    """A new run (scratch or pretrained) never silently replaces a trained run in out_dir."""
+    path = os.path.join(out_dir, ckpt_lib.LATEST)
+    if init_from != "resume" and os.path.isfile(path) and not overwrite:
+        raise ConfigError(f"out_dir {out_dir!r} already holds a trained run ({path}); continue it with "
+                          f"--init_from=resume, replace it with --overwrite=True, or choose another --out_dir")
+
+
+def start_log(ck):
+    """log.jsonl is one run: a new run moves an earlier run's log to log.<n>.jsonl; a resume drops
+    what an earlier attempt logged after the checkpoint (those steps run again), atomically."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.isfile(path):
+        return
+    if ck is None:
+        n = 1
+        while os.path.exists(os.path.join(out_dir, f"log.{n}.jsonl")):
+            n += 1
+        os.replace(path, os.path.join(out_dir, f"log.{n}.jsonl"))
+        print(f"{path}: the previous run's log moved to log.{n}.jsonl")
+        return
+    keep = []
+    for line in open(path):
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut by a kill mid-write
+            continue
+        if rec.get("iter", 0) < ck["iter_num"] or (rec.get("type") == "eval" and rec["iter"] == ck["iter_num"]
+                                                   and ck.get("last_eval_iter") == ck["iter_num"]):
+            keep.append(line if line.endswith("\n") else line + "\n")
+    write_text_atomic(path, "".join(keep))
+
+
+def release_lock():
+    """Remove out_dir's lock if this process holds it."""
+    path = os.path.join(out_dir, LOCK)
+    try:
+        if int(open(path).read().strip() or 0) == os.getpid():
+            os.remove(path)
+    except (OSError, ValueError):
+        pass
+
+
+def data_fingerprint(data):
+    """{task: id of its prepared set}: a hash of meta.json (written once per preparation) and the
+    splits' document offsets, so a re-prepared or edited task reads as changed."""
+    out = {}
+    for t, d in data.items():
+        h = hashlib.sha256(json.dumps(d["train"].s.meta, sort_keys=True).encode())
+        for split in ("train", "val"):  # document offsets: small, and they change with the documents
+            h.update(np.ascontiguousarray(d[split].s.docs).tobytes())
+        out[t] = h.hexdigest()[:16]
+    return out
+
+
+def check_data_fingerprint(ck, fingerprint):
+    """A resume reads the same prepared data its checkpoint trained on, unless data_changed_ok."""
+    old = ck.get("data_fingerprint")
+    if old is None:  # a checkpoint from before fingerprints: nothing to compare
+        return
+    changed = sorted(t for t in fingerprint if t in old and old[t] != fingerprint[t])
+    added, dropped = sorted(set(fingerprint) - set(old)), sorted(set(old) - set(fingerprint))
+    if not (changed or added or dropped):
+        return
+    what = "; ".join(f"{k}: {', '.join(v)}" for k, v in
+                     (("re-prepared since the checkpoint", changed), ("new tasks", added), ("tasks gone", dropped)) if v)
+    if not data_changed_ok:
+        raise ConfigError(f"init_from=resume: the data in {data_dir!r} differ from what {out_dir}/{ckpt_lib.LATEST} "
+                          f"trained on ({what}); the sampler position would mean other documents. Resume anyway "
+                          f"with --data_changed_ok=True, or start a new run in another out_dir")
+    print(f"resume: data changed ({what}); continuing as data_changed_ok=True")
 
 
 class Sampler:
@@ -477,6 +592,9 @@ def prepare_run(config, sources):
     ck = load_resume_checkpoint(sources, master) if init_from == "resume" else None
     block = ck["model_args"]["block_size"] if ck is not None else block_size  # the checkpoint decides the shape
     data, mixture = open_tasks(data_dir, tasks, block)  # all data errors before any compute
+    fingerprint = data_fingerprint(data)
+    if ck is not None:
+        check_data_fingerprint(ck, fingerprint)
     train_data = {t: d["train"] for t, d in data.items()}
     tokens_per_iter = batch_size * block * gradient_accumulation_steps
     n_iters = count_iters(train_data, tokens_per_iter, sources, master)
@@ -489,6 +607,9 @@ def prepare_run(config, sources):
               "(tens of seconds before the first step); --compile=False to skip")
     if master:
         check_out_dir()
+        lock_out_dir()
+        check_new_run()
+        start_log(ck)
         total_weight = sum(mixture.values())
         print("tasks: " + ", ".join(f"{t} {w / total_weight:.2f} ({fmt_tokens(len(train_data[t].s))} train, "
                                     f"{fmt_tokens(len(data[t]['val'].s))} val)" for t, w in mixture.items()))
@@ -507,7 +628,7 @@ def prepare_run(config, sources):
               accum_local=gradient_accumulation_steps // world, block_size=block, max_iters=n_iters,
               tokens_per_iter=tokens_per_iter, sampler=sampler, raw_model=model, gpt=gpt, model_args=model_args,
               n_params=n_params, lora_config=lora_config, lora_base=lora_base, autocast_ctx=autocast(dev, ptdtype),
-              peak_flops=peak_flops(dev))
+              peak_flops=peak_flops(dev), data_fingerprint=fingerprint)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if master:
         report_model(run, n_params, n_trainable, device_type)
@@ -592,8 +713,9 @@ def train_step(run):
     if run.ddp:
         dist.all_reduce(loss_sum)
     lossf = loss_sum.item() / n_targets
-    if not math.isfinite(lossf) and not run.scaler.is_enabled():
-        raise RuntimeError(f"iter {run.iter_num}: loss is {lossf}; lower learning_rate or use dtype=float32")
+    if not math.isfinite(lossf) and not run.scaler.is_enabled():  # fp16's scaler skips such steps itself
+        hint = "lower learning_rate" + ("" if run.ptdtype == "float32" else " or use dtype=float32")
+        raise RuntimeError(f"iter {run.iter_num}: loss is {lossf}; {hint}")
     if grad_clip:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), grad_clip)
@@ -616,6 +738,7 @@ def checkpoint_state(run):
     st = {"model_args": run.model_args, "iter_num": run.iter_num, "best_val_loss": run.best_val_loss,
           "best_iter": run.best_iter,
           "last_eval_iter": run.last_eval_iter, "tokens_seen": run.tokens_seen, "config": run.config,
+          "data_fingerprint": run.data_fingerprint,
           "optimizer": run.optimizer.state_dict(), "sampler": run.sampler.state(),
           "rng": {"torch": torch.get_rng_state(), "numpy": numpy_state(), "python": [py[0], list(py[1]), py[2]],
                   "cuda": list(torch.cuda.get_rng_state_all()) if run.dev.startswith("cuda") else []}}
@@ -754,6 +877,13 @@ def main(argv=None):
     """Train; argv as sys.argv[1:] (tests call main in-process). Returns a summary dict."""
     sources = {}  # which settings a config file or an argument set, in order
     config = configure(globals(), argv, sources=sources)
+    try:
+        return train(config, sources)
+    finally:
+        release_lock()
+
+
+def train(config, sources):
     run = prepare_run(config, sources)
     if wandb_log and run.master:
         import wandb

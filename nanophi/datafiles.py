@@ -217,10 +217,11 @@ def prepared_dir(task_dir, split="train"):
 class TaskSplit:
     """Read-only memmaps of one prepared split: .tokens, .mask, .docs (offsets), .meta."""
 
-    def __init__(self, data_dir, task, split):
+    def __init__(self, data_dir, task, split, files=None):
+        """files: the folder prepared_dir resolved (pass one for both splits: the same prepared set)."""
         self.task, self.split = task, split
         self.dir = os.path.join(data_dir, task)
-        files = prepared_dir(self.dir, split)
+        files = files or prepared_dir(self.dir, split)
         paths = split_paths(files, split)
         missing = [p for p in paths.values() if not os.path.isfile(p)]
         if missing:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from configurator import ConfigError
 from nanophi import textformat
 from conftest import ROOT
 from nanophi.checkpoint import load_checkpoint, load_model
@@ -520,3 +521,58 @@ def test_ddp_gloo_two_processes_match_one(data_dir, tmp_path):
     train_losses = [r["loss"] for r in log if r["type"] == "train"]
     assert len(train_losses) == 2  # only rank 0 logs
     assert train_losses[-1] == pytest.approx(single["loss"], rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- out_dir: one run, its data, its log
+
+def test_second_live_run_refused_and_stale_lock_taken_over(data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live pid
+    try:
+        (out / "train.lock").write_text(f"{other.pid}\n")
+        with pytest.raises(ConfigError, match=f"in use by another training run \\(pid {other.pid}"):
+            run_main(train_args(data_dir, str(out), "--max_iters=1"))
+        assert (out / "train.lock").read_text() == f"{other.pid}\n"  # the live run's lock stays
+    finally:
+        other.kill()
+        other.wait()
+    run_main(train_args(data_dir, str(out), "--max_iters=1"))  # its pid is dead now: taken over
+    assert f"taking over the lock of pid {other.pid}" in capsys.readouterr().out
+    assert not (out / "train.lock").exists()  # released at the end
+
+
+def test_new_run_refuses_a_trained_out_dir_unless_overwrite(data_dir, tmp_path):
+    out = str(tmp_path / "out")
+    run_main(train_args(data_dir, out, "--max_iters=2"))
+    with pytest.raises(ConfigError, match="already holds a trained run.*--overwrite=True"):
+        run_main(train_args(data_dir, out, "--max_iters=2"))
+    first_log = open(os.path.join(out, "log.jsonl")).read()
+    run_main(train_args(data_dir, out, "--max_iters=3", "--overwrite=True"))
+    assert open(os.path.join(out, "log.1.jsonl")).read() == first_log  # the earlier run's log kept apart
+    assert [r["iter"] for r in read_log(out) if r["type"] == "train"] == [0, 1, 2]  # a new log
+
+
+def test_resume_refuses_re_prepared_data_unless_accepted(tmp_path):
+    data = make_data(str(tmp_path / "data"))
+    out = str(tmp_path / "out")
+    run_main(train_args(data, out, "--max_iters=2"))
+    make_data(data, seed=1)  # prepared again: other documents (math keeps its offsets: only meta.json would tell)
+    with pytest.raises(ConfigError, match="differ from what .*re-prepared since the checkpoint: chat, textbook"):
+        run_main(train_args(data, out, "--max_iters=3", "--init_from=resume"))
+    r = run_main(train_args(data, out, "--max_iters=3", "--init_from=resume", "--data_changed_ok=True"))
+    assert r["iter_num"] == 3
+
+
+def test_resumed_log_has_each_iteration_once(data_dir, tmp_path):
+    """An attempt that ran past its last checkpoint (killed later): its extra entries are dropped."""
+    out = str(tmp_path / "out")
+    common = ["--eval_interval=2", "--lr_decay_iters=6"]
+    run_main(train_args(data_dir, out, "--max_iters=2", *common))
+    saved = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    run_main(train_args(data_dir, out, "--max_iters=5", *common, "--init_from=resume"))
+    torch.save(saved, os.path.join(out, "ckpt.pt"))  # as if killed after logging iters 2-4, before saving them
+    run_main(train_args(data_dir, out, "--max_iters=6", *common, "--init_from=resume"))
+    log = read_log(out)
+    assert [r["iter"] for r in log if r["type"] == "train"] == list(range(6))
+    assert [r["iter"] for r in log if r["type"] == "eval"] == [0, 2, 4, 6]
