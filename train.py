@@ -33,8 +33,8 @@ from nanophi import checkpoint as ckpt_lib
 from nanophi import lora as lora_lib
 from nanophi.datafiles import TaskSplit, prepared_dir
 from nanophi.files import WriteError, write_text_atomic
-from nanophi.device import (CPU_COMPILE_MIN_ITERS, autocast, compile_by_default, device_name, peak_flops, pick_device,
-                            pick_dtype)
+from nanophi.device import (CPU_COMPILE_MIN_ITERS, autocast, check_device, compile_by_default, device_name,
+                            peak_flops, pick_device, pick_dtype)
 from nanophi.plots import plot_losses
 from nanophi.tasks import TASK_NAMES, default_mixture
 from nanophi.tokenizer import EOT_ID
@@ -126,7 +126,10 @@ def check_settings():
 def setup_distributed():
     """(ddp, rank, local_rank, world, device) from torchrun's environment; one process without it."""
     if int(os.environ.get("RANK", -1)) == -1:
-        return False, 0, 0, 1, pick_device(device)
+        try:
+            return False, 0, 0, 1, pick_device(device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     if gradient_accumulation_steps % world:
         raise ConfigError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the "
@@ -134,6 +137,10 @@ def setup_distributed():
     cuda = (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda")
     dev = f"cuda:{local_rank}" if cuda else "cpu"
     if cuda:
+        try:
+            check_device(dev)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         torch.cuda.set_device(dev)
     dist.init_process_group(backend="nccl" if cuda else backend)
     return True, rank, local_rank, world, dev

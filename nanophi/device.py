@@ -31,7 +31,24 @@ def pick_device(device="auto"):
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
+    check_device(device)
     return device
+
+
+def check_device(device):
+    """A named device this torch cannot use is a ValueError saying why (torch's own is an AssertionError
+    from deep inside the first .to())."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = ("this torch is built without CUDA (a CPU-only wheel)" if torch.version.cuda is None
+                   else "no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES?)")
+            raise ValueError(f"device={device!r}: {why}; use device=cpu or auto")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0 .. "
+                             f"cuda:{torch.cuda.device_count() - 1})")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ValueError("device='mps': this machine or torch build has no MPS (Apple GPU); use device=cpu or auto")
 
 
 def cpu_has_bf16():

@@ -576,3 +576,10 @@ def test_resumed_log_has_each_iteration_once(data_dir, tmp_path):
     log = read_log(out)
     assert [r["iter"] for r in log if r["type"] == "train"] == list(range(6))
     assert [r["iter"] for r in log if r["type"] == "eval"] == [0, 2, 4, 6]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without a usable CUDA")
+def test_cuda_on_a_cpu_only_torch_is_a_config_error(data_dir, tmp_path):
+    err = one_line_error(run_cli(f"--data_dir={data_dir}", "--device=cuda", cwd=tmp_path))
+    assert "device='cuda': " in err and "use device=cpu or auto" in err
+    assert not os.path.exists(tmp_path / "out")
