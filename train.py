@@ -18,6 +18,8 @@ import json
 import math
 import os
 import random
+import re
+import shutil
 import signal
 import sys
 import time
@@ -46,7 +48,8 @@ eval_interval = 100  # evaluate (and save) every this many iterations, and at th
 log_interval = 1  # print and log the training loss every this many iterations
 eval_iters = 10  # batches per task and split at each evaluation (fixed batches: comparable evals)
 eval_only = False  # evaluate once and exit
-always_save_checkpoint = True  # ckpt.pt at every evaluation; best.pt only when val improves
+always_save_checkpoint = True  # ckpt.pt at every evaluation; False: only on the time cadence, a signal and the end
+save_interval_min = 0.0  # > 0: also write ckpt.pt (resumable) when this many minutes passed since the last
 init_from = "scratch"  # 'scratch' | 'resume' | gpt2 name | transformers GPT-2 dir | .pt | LoRA adapter dir
 overwrite = False  # a new (not resumed) run may replace the trained run already in out_dir
 data_changed_ok = False  # resume although the prepared data differ from the checkpoint's (re-prepared tasks)
@@ -99,7 +102,7 @@ CHECKS = {  # ranges and choices, checked once every config file and --key=value
     **{k: at_least(1) for k in ("eval_interval", "log_interval", "eval_iters", "batch_size",
                                 "gradient_accumulation_steps", "n_layer", "n_head", "n_embd")},
     **{k: at_least(0) for k in ("max_iters", "warmup_iters", "lr_decay_iters", "lora_rank", "seed")},
-    **{k: at_least(0.0) for k in ("epochs", "learning_rate", "min_lr", "weight_decay", "grad_clip", "lora_alpha")},
+    **{k: at_least(0.0) for k in ("save_interval_min", "epochs", "learning_rate", "min_lr", "weight_decay", "grad_clip", "lora_alpha")},
     **{k: between(0.0, 1.0) for k in ("dropout", "lora_dropout", "beta1", "beta2")},
     "device": matches(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N"),
     "dtype": one_of("auto", "float32", "bfloat16", "float16"),
@@ -332,6 +335,18 @@ def check_new_run():
                           f"--init_from=resume, replace it with --overwrite=True, or choose another --out_dir")
 
 
+def remove_stale_temps():
+    """Temporary files and folders (<name>.tmp-<pid>, files.temp_name) of saves killed mid-write:
+    removed when that pid is gone (a live one may be another tool writing)."""
+    for name in sorted(os.listdir(out_dir)):
+        m = re.search(r"\.[a-z]+-(\d+)$", name)
+        if not m or pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(out_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        print(f"removed {path}: left by a save that was killed (pid {m.group(1)} is gone)")
+
+
 def start_log(ck):
     """log.jsonl is one run: a new run moves an earlier run's log to log.<n>.jsonl; a resume drops
     what an earlier attempt logged after the checkpoint (those steps run again), atomically."""
@@ -553,6 +568,19 @@ class Run:
         self.__dict__.update(kw)
 
 
+def check_disk(sizes):
+    """Say what each save writes; refuse to start where the first ckpt.pt and best.pt (each written
+    beside the old one, then renamed over it) would not fit, rather than fail hours in."""
+    need = sizes["resumable"] + sizes["best"]
+    free = shutil.disk_usage(out_dir).free
+    mb = lambda b: f"{b / 1e6:,.1f} MB"
+    print(f"saves: {ckpt_lib.LATEST} {mb(sizes['resumable'])} (resumable: model, optimizer, RNG, data position), "
+          f"{ckpt_lib.BEST} {mb(sizes['best'])} (weights only); {mb(free)} free in {out_dir}")
+    if free < need:
+        raise ConfigError(f"out_dir {out_dir!r} has {mb(free)} free, but a {ckpt_lib.LATEST} and a {ckpt_lib.BEST} "
+                          f"need {mb(need)}; free space there or choose another --out_dir")
+
+
 def restore_state(run, ck):
     """Optimizer, scaler, counters, sampler and every RNG from the checkpoint: exact resume."""
     run.optimizer.load_state_dict(ck["optimizer"])
@@ -560,6 +588,10 @@ def restore_state(run, ck):
         run.scaler.load_state_dict(ck["scaler"])
     run.iter_num, run.best_val_loss, run.best_iter = ck["iter_num"], ck["best_val_loss"], ck.get("best_iter", -1)
     run.last_eval_iter, run.tokens_seen = ck.get("last_eval_iter", -1), ck.get("tokens_seen", 0)
+    best_path = os.path.join(out_dir, ckpt_lib.BEST)  # written alone when always_save_checkpoint=False
+    best_there = ckpt_lib.peek_iter(best_path, "best_val_loss") if os.path.isfile(best_path) else None
+    if best_there is not None and best_there < run.best_val_loss:
+        run.best_val_loss, run.best_iter = best_there, ckpt_lib.peek_iter(best_path)
     run.sampler.load_state(ck["sampler"])
     torch.set_rng_state(ck["rng"]["torch"])
     if run.rank:  # other ranks: their own dropout stream, still a function of the step
@@ -580,7 +612,8 @@ def repair_saves(run, ck):
     exactly ck's state, so save() writes them again."""
     best_path = os.path.join(out_dir, ckpt_lib.BEST)
     was_best = ck.get("best_iter", -1) == ck["iter_num"]
-    stale = was_best and (not os.path.isfile(best_path) or ckpt_lib.peek_iter(best_path) != ck["iter_num"])
+    there = ckpt_lib.peek_iter(best_path) if os.path.isfile(best_path) else None
+    stale = was_best and (there is None or there < ck["iter_num"])  # a newer one was saved alone later: keep it
     if stale or run.lora_config:  # adapter folders are small: rewrite them rather than compare
         save(run, best=was_best)
     if stale:
@@ -616,6 +649,7 @@ def prepare_run(config, sources):
         check_out_dir()
         lock_out_dir()
         check_new_run()
+        remove_stale_temps()
         start_log(ck)
         total_weight = sum(mixture.values())
         print("tasks: " + ", ".join(f"{t} {w / total_weight:.2f} ({fmt_tokens(len(train_data[t].s))} train, "
@@ -642,11 +676,15 @@ def prepare_run(config, sources):
         print(f"device {device_name(dev)}, dtype {ptdtype}, compile {use_compile}")
     run.scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == "float16" and device_type == "cuda"))
     run.optimizer = gpt.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    run.save_sizes = ckpt_lib.save_sizes(model, ptdtype, lora=bool(lora_config))
+    if master:
+        check_disk(run.save_sizes)
     if ck is not None:
         restore_state(run, ck)
         if master:
             repair_saves(run, ck)
     run.saved_iter = run.iter_num if ck is not None else -1
+    run.saved_time = time.time()  # the save_interval_min clock starts now
     del ck
     run.model = run.eval_model = torch.compile(model) if use_compile else model  # eval: compiled, never DDP
     if ddp:
@@ -759,21 +797,34 @@ def checkpoint_state(run):
     return st
 
 
-def save(run, best=False):
-    """The one writer of a run's saves: ckpt.pt (and the LoRA adapter lora/); with best, also
-    best.pt without the optimizer (a third of the size) and lora_best/. ckpt.pt goes first and
-    records best_iter: a kill before best.pt is repaired on resume (repair_saves)."""
+def best_state(run, st):
+    """best.pt: what sample/serve/eval need: the weights (or adapter) in the training dtype; no
+    optimizer, RNG or data position (resume reads ckpt.pt). fp16/bf16 halve it again."""
+    keep = {k: st[k] for k in ("model_args", "iter_num", "best_val_loss", "config", "lora_config", "lora_base") if k in st}
+    save_dtype = getattr(torch, run.ptdtype)
+    for k in ("model", "lora"):
+        if k in st:
+            keep[k] = {n: v.to(save_dtype) if v.is_floating_point() else v for n, v in st[k].items()}
+    return keep
+
+
+def save(run, best=False, latest=True):
+    """The one writer of a run's saves: ckpt.pt (resumable) and the LoRA adapter lora/; with best,
+    also best.pt (weights only) and lora_best/. Each file is written beside the old one and renamed
+    over it (files.atomic_file): on Drive's FUSE mount that replaces in place, no Trash fills up.
+    ckpt.pt goes first and records best_iter: a kill before best.pt is repaired on resume."""
     if best:
         run.best_iter = run.iter_num
     st = checkpoint_state(run)
-    ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.LATEST), st)
-    if run.lora_config:
-        lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora"), run.lora_base, run.model_args)
+    if latest:
+        ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.LATEST), st)
+        if run.lora_config:
+            lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora"), run.lora_base, run.model_args)
+        run.saved_iter, run.saved_time = run.iter_num, time.time()
     if best:
-        ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.BEST), {k: v for k, v in st.items() if k != "optimizer"})
+        ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.BEST), best_state(run, st))
         if run.lora_config:
             lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora_best"), run.lora_base, run.model_args)
-    run.saved_iter = run.iter_num
 
 
 def log_json(rec):
@@ -799,8 +850,9 @@ def evaluate_and_save(run):
     if improved:
         run.best_val_loss = losses["val"]["all"]
     if it > 0 and (always_save_checkpoint or improved):
-        save(run, best=improved)
-        print(f"saved {out_dir}/{ckpt_lib.LATEST}" + (f" and {ckpt_lib.BEST}" if improved else ""))
+        save(run, best=improved, latest=always_save_checkpoint)
+        print(f"saved {out_dir}/" + " and ".join(([ckpt_lib.LATEST] if always_save_checkpoint else [])
+                                                 + ([ckpt_lib.BEST] if improved else [])))
     return losses
 
 
@@ -875,6 +927,10 @@ def train_loop(run, stop):
         if run.iter_num % log_interval == 0 and run.master:
             log_step(run, lossf, lr, seconds)
         run.iter_num += 1
+        if save_interval_min and run.master and time.time() - run.saved_time >= save_interval_min * 60:
+            save(run)  # the resumable state on a clock: a preempted Colab loses at most this much
+            print(f"saved {out_dir}/{ckpt_lib.LATEST} at iter {run.iter_num} ({save_interval_min:g} min since the last)")
+            t0 = time.time()
 
 
 

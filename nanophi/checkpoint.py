@@ -7,7 +7,8 @@ sampler state, config); a LoRA run's holds 'lora' (adapter tensors), 'lora_confi
 'lora_base' instead of 'model'. Writes are atomic (files.atomic_file), so a kill mid-write
 leaves the previous checkpoint loadable.
 
-out_dir layout: ckpt.pt (latest), best.pt (lowest validation loss).
+out_dir layout: ckpt.pt (latest, resumable: model, optimizer, RNG, data position), best.pt (lowest
+validation loss: weights only, in the training dtype), train.lock, log.jsonl.
 """
 import io
 import os
@@ -64,12 +65,24 @@ def load_checkpoint(path, map_location="cpu"):
         raise RuntimeError(f"{path}: not a loadable NanoPhi checkpoint ({type(e).__name__}: {e})") from None
 
 
-def peek_iter(path):
-    """A checkpoint's iter_num without reading its tensors (memory-mapped), or None if unreadable."""
+def peek_iter(path, key="iter_num"):
+    """A checkpoint's iter_num (or another plain value) without reading its tensors (memory-mapped),
+    or None if unreadable."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iter_num")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(key)
     except Exception:
         return None
+
+
+def save_sizes(model, dtype="float32", lora=False):
+    """Bytes of one ckpt.pt (resumable: fp32 weights or the LoRA adapter, AdamW's two moments) and
+    one best.pt (weights only, in the training dtype). Reads shapes only, so a model built on
+    torch.device('meta') (nothing allocated) answers for gpt2-medium on any machine."""
+    params = {id(p): p for p in model.parameters()}.values()  # tied weights once, as torch.save stores them
+    trained = sum(p.numel() for p in params if p.requires_grad)
+    kept = trained if lora else sum(p.numel() for p in params)  # a LoRA run saves its adapter, not the base
+    width = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    return {"resumable": kept * 4 + trained * 8, "best": kept * width}
 
 
 def clean_state_dict(sd):
