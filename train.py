@@ -48,8 +48,8 @@ eval_interval = 100  # evaluate (and save) every this many iterations, and at th
 log_interval = 1  # print and log the training loss every this many iterations
 eval_iters = 10  # batches per task and split at each evaluation (fixed batches: comparable evals)
 eval_only = False  # evaluate once and exit
-always_save_checkpoint = True  # ckpt.pt at every evaluation; False: only on the time cadence, a signal and the end
-save_interval_min = 0.0  # > 0: also write ckpt.pt (resumable) when this many minutes passed since the last
+always_save_checkpoint = True  # ckpt.pt at every evaluation; False: when val improves (or the clock below)
+save_interval_min = 0.0  # > 0: ckpt.pt every this many minutes (and no longer with each new best.pt)
 init_from = "scratch"  # 'scratch' | 'resume' | gpt2 name | transformers GPT-2 dir | .pt | LoRA adapter dir
 overwrite = False  # a new (not resumed) run may replace the trained run already in out_dir
 data_changed_ok = False  # resume although the prepared data differ from the checkpoint's (re-prepared tasks)
@@ -102,7 +102,8 @@ CHECKS = {  # ranges and choices, checked once every config file and --key=value
     **{k: at_least(1) for k in ("eval_interval", "log_interval", "eval_iters", "batch_size",
                                 "gradient_accumulation_steps", "n_layer", "n_head", "n_embd")},
     **{k: at_least(0) for k in ("max_iters", "warmup_iters", "lr_decay_iters", "lora_rank", "seed")},
-    **{k: at_least(0.0) for k in ("save_interval_min", "epochs", "learning_rate", "min_lr", "weight_decay", "grad_clip", "lora_alpha")},
+    **{k: at_least(0.0) for k in ("save_interval_min", "epochs", "learning_rate", "min_lr", "weight_decay",
+                                  "grad_clip", "lora_alpha")},
     **{k: between(0.0, 1.0) for k in ("dropout", "lora_dropout", "beta1", "beta2")},
     "device": matches(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N"),
     "dtype": one_of("auto", "float32", "bfloat16", "float16"),
@@ -588,7 +589,7 @@ def restore_state(run, ck):
         run.scaler.load_state_dict(ck["scaler"])
     run.iter_num, run.best_val_loss, run.best_iter = ck["iter_num"], ck["best_val_loss"], ck.get("best_iter", -1)
     run.last_eval_iter, run.tokens_seen = ck.get("last_eval_iter", -1), ck.get("tokens_seen", 0)
-    best_path = os.path.join(out_dir, ckpt_lib.BEST)  # written alone when always_save_checkpoint=False
+    best_path = os.path.join(out_dir, ckpt_lib.BEST)  # written alone under a save_interval_min clock
     best_there = ckpt_lib.peek_iter(best_path, "best_val_loss") if os.path.isfile(best_path) else None
     if best_there is not None and best_there < run.best_val_loss:
         run.best_val_loss, run.best_iter = best_there, ckpt_lib.peek_iter(best_path)
@@ -849,9 +850,11 @@ def evaluate_and_save(run):
     improved = losses["val"]["all"] < run.best_val_loss and it > 0
     if improved:
         run.best_val_loss = losses["val"]["all"]
-    if it > 0 and (always_save_checkpoint or improved):
-        save(run, best=improved, latest=always_save_checkpoint)
-        print(f"saved {out_dir}/" + " and ".join(([ckpt_lib.LATEST] if always_save_checkpoint else [])
+    # with a save_interval_min clock, an improvement writes best.pt alone (ckpt.pt is 6x its size)
+    latest = always_save_checkpoint or (improved and not save_interval_min)
+    if it > 0 and (latest or improved):
+        save(run, best=improved, latest=latest)
+        print(f"saved {out_dir}/" + " and ".join(([ckpt_lib.LATEST] if latest else [])
                                                  + ([ckpt_lib.BEST] if improved else [])))
     return losses
 
