@@ -37,7 +37,7 @@ from nanophi.datafiles import TaskSplit, prepared_dir
 from nanophi.files import WriteError, write_text_atomic
 from nanophi.device import (CPU_COMPILE_MIN_ITERS, autocast, check_device, compile_by_default, device_name,
                             peak_flops, pick_device, pick_dtype)
-from nanophi.plots import plot_losses
+from nanophi.plots import plot_losses, read_log
 from nanophi.tasks import TASK_NAMES, default_mixture
 from nanophi.tokenizer import EOT_ID
 
@@ -361,15 +361,11 @@ def start_log(ck):
         os.replace(path, os.path.join(out_dir, f"log.{n}.jsonl"))
         print(f"{path}: the previous run's log moved to log.{n}.jsonl")
         return
-    keep = []
-    for line in open(path):
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line cut by a kill mid-write
-            continue
-        if rec.get("iter", 0) < ck["iter_num"] or (rec.get("type") == "eval" and rec["iter"] == ck["iter_num"]
-                                                   and ck.get("last_eval_iter") == ck["iter_num"]):
-            keep.append(line if line.endswith("\n") else line + "\n")
+    train_recs, eval_recs = read_log(out_dir)
+    resumed, evaluated = ck["iter_num"], ck.get("last_eval_iter") == ck["iter_num"]
+    keep = [(r["iter"], 1, r) for r in train_recs if r["iter"] < resumed]
+    keep += [(r["iter"], 0, r) for r in eval_recs if r["iter"] < resumed or (r["iter"] == resumed and evaluated)]
+    keep = [json.dumps(r) + "\n" for _, _, r in sorted(keep, key=lambda k: k[:2])]  # an eval precedes its step
     write_text_atomic(path, "".join(keep))
 
 
@@ -404,8 +400,8 @@ def check_data_fingerprint(ck, fingerprint):
     added, dropped = sorted(set(fingerprint) - set(old)), sorted(set(old) - set(fingerprint))
     if not (changed or added or dropped):
         return
-    what = "; ".join(f"{k}: {', '.join(v)}" for k, v in
-                     (("re-prepared since the checkpoint", changed), ("new tasks", added), ("tasks gone", dropped)) if v)
+    kinds = (("re-prepared since the checkpoint", changed), ("new tasks", added), ("tasks gone", dropped))
+    what = "; ".join(f"{k}: {', '.join(v)}" for k, v in kinds if v)
     if not data_changed_ok:
         raise ConfigError(f"init_from=resume: the data in {data_dir!r} differ from what {out_dir}/{ckpt_lib.LATEST} "
                           f"trained on ({what}); the sampler position would mean other documents. Resume anyway "
@@ -801,7 +797,8 @@ def checkpoint_state(run):
 def best_state(run, st):
     """best.pt: what sample/serve/eval need: the weights (or adapter) in the training dtype; no
     optimizer, RNG or data position (resume reads ckpt.pt). fp16/bf16 halve it again."""
-    keep = {k: st[k] for k in ("model_args", "iter_num", "best_val_loss", "config", "lora_config", "lora_base") if k in st}
+    plain = ("model_args", "iter_num", "best_val_loss", "config", "lora_config", "lora_base")
+    keep = {k: st[k] for k in plain if k in st}
     save_dtype = getattr(torch, run.ptdtype)
     for k in ("model", "lora"):
         if k in st:
@@ -932,7 +929,8 @@ def train_loop(run, stop):
         run.iter_num += 1
         if save_interval_min and run.master and time.time() - run.saved_time >= save_interval_min * 60:
             save(run)  # the resumable state on a clock: a preempted Colab loses at most this much
-            print(f"saved {out_dir}/{ckpt_lib.LATEST} at iter {run.iter_num} ({save_interval_min:g} min since the last)")
+            print(f"saved {out_dir}/{ckpt_lib.LATEST} at iter {run.iter_num} "
+                  f"({save_interval_min:g} min since the last)")
             t0 = time.time()
 
 

@@ -6,19 +6,22 @@ from nanophi.files import atomic_file
 
 
 def read_log(out_dir):
-    """(train records, eval records) of out_dir/log.jsonl; empty lists when there is no log."""
+    """(train records, eval records) of out_dir/log.jsonl, each in iteration order and each iteration
+    once (the later record wins: a log from before train.py trimmed resumes may repeat steps); a
+    line cut by a kill mid-write is skipped. Empty lists when there is no log."""
     path = os.path.join(out_dir, "log.jsonl")
-    train, evals = [], []
+    found = {"train": {}, "eval": {}}
     if not os.path.isfile(path):
-        return train, evals
+        return [], []
     with open(path) as f:
         for line in f:
-            rec = json.loads(line)
-            if rec["type"] == "train":
-                train.append(rec)
-            elif rec["type"] == "eval":
-                evals.append(rec)
-    return train, evals
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("type") in found and isinstance(rec.get("iter"), int):
+                found[rec["type"]][rec["iter"]] = rec
+    return [found["train"][i] for i in sorted(found["train"])], [found["eval"][i] for i in sorted(found["eval"])]
 
 
 def plot_losses(out_dir):
