@@ -728,7 +728,7 @@ def asset(path):
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
-def allowed_hosts(cfg):
+def served_hosts(cfg):
     """The Host names answered: loopback, --host unless it is a wildcard, and allowed_hosts ("*": any)."""
     names = set(LOOPBACK_NAMES) | {h.strip().lower() for h in cfg["allowed_hosts"].split(",") if h.strip()}
     if cfg["host"] not in ("0.0.0.0", "::", ""):
@@ -751,7 +751,7 @@ class GuardMiddleware:
 
     def __init__(self, app, cfg):
         self.app, self.cfg = app, cfg
-        self.hosts = allowed_hosts(cfg)
+        self.hosts = served_hosts(cfg)
         self.origins = {o.strip() for o in cfg["cors_origins"].split(",") if o.strip()}
 
     async def __call__(self, scope, receive, send):
