@@ -704,7 +704,7 @@ def test_sigterm_drains_in_flight_and_queued_streams(tiny_out_dir, tmp_path):
         s.proc.send_signal(signal.SIGTERM)
         a.join(20)
         b.join(20)
-        assert s.proc.wait(20) == 0
+        assert s.proc.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
         assert time.time() - t_term < 12, "the drain is not bounded"
         for raw in out:
             assert isinstance(raw, bytes), raw
