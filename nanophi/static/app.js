@@ -185,11 +185,11 @@ async function init() {
   });
   $("stop").addEventListener("click", () => controller && controller.abort());
   $("clear").addEventListener("click", clearAll);
-  $("api_key").addEventListener("change", loadServer);
-  await loadServer();
+  $("api_key").addEventListener("change", () => loadServer(false));  // the user's settings stay
+  await loadServer(true);
 }
 
-async function loadServer() {
+async function loadServer(fill) {
   // with a key set, /health tells its settings only to a caller sending the key
   try {
     server = await (await fetch("/health", {headers: headers()})).json();
@@ -199,10 +199,12 @@ async function loadServer() {
       $("status").textContent = "enter this server's API key";
       return;
     }
-    $("temperature").value = d.temperature; $("top_k").value = d.top_k; $("top_p").value = d.top_p;
-    $("repetition_penalty").value = d.repetition_penalty; $("max_tokens").value = d.max_tokens;
-    $("max_tokens").max = d.max_tokens_cap; $("system").value = d.system || "";
-    for (const id of ["temperature", "top_p", "repetition_penalty"]) $(id).dispatchEvent(new Event("input"));
+    if (fill) {
+      $("temperature").value = d.temperature; $("top_k").value = d.top_k; $("top_p").value = d.top_p;
+      $("repetition_penalty").value = d.repetition_penalty; $("max_tokens").value = d.max_tokens;
+      $("max_tokens").max = d.max_tokens_cap; $("system").value = d.system || "";
+      for (const id of ["temperature", "top_p", "repetition_penalty"]) $(id).dispatchEvent(new Event("input"));
+    }
     $("status").textContent = `${server.model} · ${server.device} · context ${server.context_length} tokens`;
   } catch (e) {
     $("status").textContent = "server unreachable";
