@@ -288,7 +288,8 @@ def parse_completion(body, cfg, context_len):
     # OpenAI-like caps: every prompt of the array gets n choices, and all of them count against max_n
     if len(prompts) * params["n"] > cfg["max_n"]:
         raise APIError(400, f"'prompt' has {len(prompts)} prompts x n={params['n']} = {len(prompts) * params['n']} "
-                            f"choices; this server's limit is {cfg['max_n']} per request", "prompt", "too_many_choices")
+                            f"choices; this server's limit is {cfg['max_n']} per request", "prompt",
+                       "too_many_choices")
     tag = tag_of(body, None)
     style = style_of(body, cfg)
     sys_line = field(body, "system", (str,), cfg["system"]) or None

@@ -241,8 +241,8 @@ class Engine:
         choices of an n > 1 request): then it waits one step and copies that (_borrow)."""
         have = len(self.slot_ids[row.slot])
         prompt = self.slot_ids[row.slot] + row.todo
-        return any(r.scope == row.scope and common_prefix(self.slot_ids[r.slot] + c, prompt) - have >= len(row.todo) // 2
-                   for r, c in chunks)
+        return any(r.scope == row.scope
+                   and common_prefix(self.slot_ids[r.slot] + c, prompt) - have >= len(row.todo) // 2 for r, c in chunks)
 
     def _forward(self, rows, chunks):
         """Feed each row its chunk in one forward pass, shorter chunks padded at the end (the padding's

@@ -660,8 +660,8 @@ def test_json_only_known_hosts_and_no_cross_origin_posts_without_a_key(srv):
     # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example
     r = httpx.get(srv.url + "/health", headers={"Host": "evil.example"})
     assert r.status_code == 421 and r.json()["error"]["code"] == "invalid_host"
-    assert httpx.post(srv.url + "/v1/completions", content=body, timeout=30,
-                      headers={"Host": f"evil.example:{srv.port}", "content-type": "application/json"}).status_code == 421
+    evil = {"Host": f"evil.example:{srv.port}", "content-type": "application/json"}
+    assert httpx.post(srv.url + "/v1/completions", content=body, timeout=30, headers=evil).status_code == 421
     assert httpx.get(srv.url + "/health", headers={"Host": f"localhost:{srv.port}"}).status_code == 200
     assert httpx.get(srv.url + "/health", headers={"Host": f"[::1]:{srv.port}"}).status_code == 200
     for origin, status in (("http://evil.example", 403), ("null", 403), (srv.url, 200), ("http://app.example", 200)):
