@@ -185,7 +185,7 @@ async function init() {
   });
   $("stop").addEventListener("click", () => controller && controller.abort());
   $("clear").addEventListener("click", clearAll);
-  $("api_key").addEventListener("change", () => loadServer(false));  // the user's settings stay
+  $("api_key").addEventListener("input", () => loadServer(false));  // the user's settings stay
   await loadServer(true);
 }
 
