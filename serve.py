@@ -47,7 +47,7 @@ dtype = "auto"  # float32 on CPU, bf16 on Ampere+, fp16 on older GPUs
 weights = "auto"  # fp32 | bf16 (CPUs with avx512_bf16/amx) | int8 (CPU) | auto (nanophi/weights.py)
 host = "127.0.0.1"  # loopback only; use 0.0.0.0 (with an api_key) to serve a network
 port = 8000
-api_key = ""  # or the NANOPHI_API_KEY environment variable; empty: no auth
+api_key = ""  # or the NANOPHI_API_KEY environment variable; empty: no auth; "k1,k2": one key per user
 model_name = "nanophi"  # the id in /v1/models
 # sampling defaults, for requests that do not set them
 temperature = 0.8
@@ -65,6 +65,11 @@ max_batch = 8  # sequences decoding together in one forward pass (continuous bat
 prefill_chunk = 256  # prompt tokens prefilled per step: a long prompt never stalls the others for long
 cache_slots = 8  # finished conversations whose KV cache is kept for their next turn (least recently used go)
 max_queue = 256  # waiting requests beyond this get a 503
+allowed_hosts = ""  # Host headers answered, besides loopback names and --host: "my.example,10.0.0.5" or "*"
+timeout_header = 10  # seconds a connection may take to send a request's headers, and a body's read
+timeout_keep_alive = 5  # seconds an idle keep-alive connection stays open
+limit_concurrency = 256  # open connections beyond this get a 503
+drain_timeout = 10  # on SIGTERM: seconds in-flight requests get to finish before they end with an error
 cors_origins = ""  # other web apps allowed to call the API from a browser: "https://a.example,https://b.example" or "*"
 access_log = True
 # -----------------------------------------------------------------------------
@@ -280,6 +285,11 @@ def parse_completion(body, cfg, context_len):
     else:
         raise APIError(400, "'prompt' must be a string, an array of strings, or token-id arrays", "prompt",
                        "invalid_type")
+    # OpenAI-like caps: every prompt of the array gets n choices, and all of them count against max_n
+    if len(prompts) * params["n"] > cfg["max_n"]:
+        raise APIError(400, f"'prompt' has {len(prompts)} prompts x n={params['n']} = {len(prompts) * params['n']} "
+                            f"choices; this server's limit is {cfg['max_n']} per request", "prompt",
+                       "too_many_choices")
     tag = tag_of(body, None)
     style = style_of(body, cfg)
     sys_line = field(body, "system", (str,), cfg["system"]) or None
@@ -312,8 +322,9 @@ def parse_completion(body, cfg, context_len):
 class Job:
     """One request: its prompts, settings and rows; events go back to the event loop."""
 
-    def __init__(self, prompts, params, reply, loop):
+    def __init__(self, prompts, params, reply, loop, scope=None):
         self.prompts, self.params, self.reply, self.loop = prompts, params, reply, loop
+        self.scope = scope  # the caller's API key index: cached prompts are only reused within it
         self.events = asyncio.Queue()
         self.cancel = threading.Event()
         self.rows, self.left = [], 0  # its engine rows (one per prompt and choice), rows not finished
@@ -346,7 +357,7 @@ def job_rows(job, device):
     stop_ids = () if p["ignore_eos"] else (tokenizer.EOT_ID,)
     return [Row(ids, p["max_tokens"], temperature=p["temperature"], top_k=p["top_k"], top_p=p["top_p"],
                 repetition_penalty=p["repetition_penalty"], stops=job.reply["stops"] + p["stop"],
-                strip=job.reply["strip"], stop_ids=stop_ids, key=(job, pi * n + j),
+                strip=job.reply["strip"], stop_ids=stop_ids, key=(job, pi * n + j), scope=job.scope,
                 generator=row_generator(p["seed"], pi * n + j, device))
             for pi, ids in enumerate(job.prompts) for j in range(n)]
 
@@ -363,6 +374,7 @@ class Worker:
         self.pending = queue.Queue()
         self.jobs = []  # requests in the engine
         self.stats = dict(requests=0, cancelled=0, errors=0)
+        self.deadline = None  # set by drain(): when the requests still generating are ended
         self.thread = threading.Thread(target=self._loop, name="nanophi-worker", daemon=True)
         self.thread.start()
 
@@ -371,13 +383,34 @@ class Worker:
         return len(self.jobs)
 
     def submit(self, job):
+        if self.deadline is not None:
+            raise APIError(503, "the server is shutting down", None, "server_shutting_down", "server_error")
         if self.pending.qsize() >= self.max_queue:
             raise APIError(503, f"the server is busy ({self.max_queue} requests waiting); retry later",
                            None, "server_busy", "server_error")
         self.stats["requests"] += 1
         self.pending.put(job)
 
+    def drain(self, seconds):
+        """Shutting down (from the event loop): queued requests end now, generating ones within seconds."""
+        self.deadline = time.monotonic() + seconds
+        self.pending.put(None)  # wakes an idle worker
+
+    def _end_drained(self):
+        ending = []
+        while not self.pending.empty():
+            ending.append(self.pending.get_nowait())
+        if time.monotonic() >= self.deadline:
+            ending += self.jobs
+            self.engine.cancel(*[r for j in self.jobs for r in j.rows])
+            self.jobs = []
+        for job in filter(None, ending):
+            job.emit("error", "the server is shutting down", "server_shutting_down")
+            job.log("ended (server shutting down)")
+
     def _start(self, job):
+        if job is None:  # drain()'s wake-up
+            return
         job.rows = job_rows(job, self.device)
         job.left = len(job.rows)
         for r in job.rows:
@@ -386,8 +419,11 @@ class Worker:
 
     def _take_new(self):
         """Queued requests join while their rows fit (one too big for the batch joins an idle engine)."""
-        while not self.pending.empty():
+        while not self.pending.empty() and self.deadline is None:
             job = self.pending.queue[0]  # only this thread takes from the queue
+            if job is None:
+                self.pending.get_nowait()
+                continue
             rows = len(job.prompts) * job.params["n"]
             busy = len(self.engine.rows) + len(self.engine.waiting)
             if self.jobs and busy + rows > self.max_batch:
@@ -396,8 +432,7 @@ class Worker:
 
     def _drop_cancelled(self):
         for job in [j for j in self.jobs if j.cancel.is_set()]:  # client gone: drop its generation
-            for r in job.rows:
-                self.engine.cancel(r)
+            self.engine.cancel(*job.rows)
             self.jobs.remove(job)
             self.stats["cancelled"] += 1
             job.log("cancelled (client gone)")
@@ -426,6 +461,8 @@ class Worker:
 
     def _loop(self):
         while True:
+            if self.deadline is not None:
+                self._end_drained()
             if not self.jobs:
                 self._start(self.pending.get())  # idle: wait for work
             self._take_new()
@@ -468,14 +505,27 @@ async def internal_error(request, e):  # never expected: still an OpenAI-shaped 
                                  "server_error").body(), 500)
 
 
-async def authorize(request: Request):
-    key = request.app.state.cfg["api_key"].encode()
-    if not key:
-        return
+def key_index(request):
+    """The index of the caller's API key (its cache scope), None when the server has no key, -1 when the
+    caller sent none that matches. Every key is compared, in constant time."""
+    keys = [k.strip().encode() for k in request.app.state.cfg["api_key"].split(",") if k.strip()]
+    if not keys:
+        return None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
+    token = token.strip().encode() if scheme.lower() == "bearer" else b""
+    found = -1
+    for i, k in enumerate(keys):
+        if hmac.compare_digest(token, k):
+            found = i
+    return found
+
+
+async def authorize(request: Request):
+    scope = key_index(request)
+    if scope == -1:
         raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'", None,
                        "invalid_api_key")
+    request.state.scope = scope
 
 
 def parse_json(raw):
@@ -492,15 +542,27 @@ def parse_json(raw):
 
 
 async def read_json(request):
+    # only JSON: a browser page can send text/plain cross-origin without asking (no CORS preflight)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise APIError(415, f"request body must be sent as Content-Type: application/json, got "
+                            f"{ctype or 'none'}", None, "unsupported_media_type")
     limit = request.app.state.cfg["max_request_bytes"]
     size = request.headers.get("content-length", "")
     if size.isdigit() and int(size) > limit:
         raise APIError(413, f"request body is {int(size)} bytes; the limit is {limit}", None, "request_too_large")
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise APIError(413, f"request body is over the limit of {limit} bytes", None, "request_too_large")
+
+    async def read():
+        async for chunk in request.stream():
+            raw.extend(chunk)
+            if len(raw) > limit:
+                raise APIError(413, f"request body is over the limit of {limit} bytes", None, "request_too_large")
+    try:  # a body that trickles in holds a connection: bounded like the headers
+        await asyncio.wait_for(read(), request.app.state.cfg["timeout_header"])
+    except asyncio.TimeoutError:
+        raise APIError(408, f"request body not received within {request.app.state.cfg['timeout_header']}s", None,
+                       "request_timeout") from None
     return parse_json(bytes(raw))
 
 
@@ -559,7 +621,8 @@ async def stream_chunks(request, job, kind, base, echoes):
             elif ev[0] == "finish":
                 yield sse({**base, "choices": [choice(kind, ev[1], "", ev[2])]})
             elif ev[0] == "error":
-                yield sse(APIError(500, ev[1], None, "generation_failed", "server_error").body())
+                code = ev[2] if len(ev) > 2 else "generation_failed"
+                yield sse(APIError(500, ev[1], None, code, "server_error").body())
             elif ev[0] == "done" and params["include_usage"]:
                 yield sse({**base, "choices": [], "usage": usage(prompts, ev[1])})
         yield "data: [DONE]\n\n"
@@ -577,6 +640,8 @@ async def whole_response(request, job, kind, base, echoes, headers):
         elif ev[0] == "finish":
             finish[ev[1]] = ev[2]
         elif ev[0] == "error":
+            if len(ev) > 2:
+                raise APIError(503, ev[1], None, ev[2], "server_error")
             raise APIError(500, ev[1], None, "generation_failed", "server_error")
         elif ev[0] == "done":
             completion = ev[1]
@@ -595,7 +660,7 @@ async def whole_response(request, job, kind, base, echoes, headers):
 
 async def respond(request, kind, prompts, params, reply, echoes=None, headers=None):
     state = request.app.state
-    job = Job(prompts, params, reply, asyncio.get_running_loop())
+    job = Job(prompts, params, reply, asyncio.get_running_loop(), getattr(request.state, "scope", None))
     state.worker.submit(job)
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
     base = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
@@ -638,6 +703,8 @@ async def model_info(name: str, request: Request):
 
 async def health(request: Request):
     state = request.app.state
+    if key_index(request) == -1:  # the counters tell what others' prompts shared: only for a key holder
+        return {"status": "ok", "auth_required": True}
     cfg, worker, engine = state.cfg, state.worker, state.worker.engine
     return {"status": "ok", "model": cfg["model_name"], "source": None if cfg["api_key"] else state.source,
             "device": worker.device, "dtype": worker.dtype, "context_length": state.context_len,
@@ -659,6 +726,54 @@ def asset(path):
     return serve_asset
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def served_hosts(cfg):
+    """The Host names answered: loopback, --host unless it is a wildcard, and allowed_hosts ("*": any)."""
+    names = set(LOOPBACK_NAMES) | {h.strip().lower() for h in cfg["allowed_hosts"].split(",") if h.strip()}
+    if cfg["host"] not in ("0.0.0.0", "::", ""):
+        names.add(cfg["host"].lower())
+    return names
+
+
+def host_name(netloc):
+    """'example.com:8000' -> 'example.com', '[::1]:8000' -> '::1'."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[1:].partition("]")[0]
+    return netloc.rpartition(":")[0] if netloc.count(":") == 1 else netloc
+
+
+class GuardMiddleware:
+    """Before any route: a Host header must name this server (a DNS-rebinding page names its own domain),
+    and with no API key a browser request from another origin (Origin set and not this server's, nor one
+    of cors_origins) is refused: without a key, the browser's origin check is the only lock."""
+
+    def __init__(self, app, cfg):
+        self.app, self.cfg = app, cfg
+        self.hosts = served_hosts(cfg)
+        self.origins = {o.strip() for o in cfg["cors_origins"].split(",") if o.strip()}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if "*" not in self.hosts and host_name(host) not in self.hosts:
+            err = APIError(421, f"Host {host!r} is not served here; start the server with "
+                                f"--allowed_hosts={host_name(host) or '<name>'} to allow it", None, "invalid_host")
+            return await JSONResponse(err.body(), err.status)(scope, receive, send)
+        origin = headers.get("origin")
+        if origin and not self.cfg["api_key"] and scope["method"] not in ("GET", "HEAD", "OPTIONS") \
+                and origin.partition("://")[2].lower() != host.lower() and origin not in self.origins \
+                and "*" not in self.origins:
+            err = APIError(403, f"cross-origin request from {origin} refused: this server has no api_key; add the "
+                                "origin to --cors_origins or set an api_key", None, "cross_origin_refused")
+            return await JSONResponse(err.body(), err.status)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def make_app(worker, cfg, source):
     from fastapi import APIRouter, Depends, FastAPI
     from fastapi.exceptions import RequestValidationError
@@ -672,6 +787,7 @@ def make_app(worker, cfg, source):
         app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in cfg["cors_origins"].split(",")],
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
                            expose_headers=["X-NanoPhi-Dropped-Turns"])
+    app.add_middleware(GuardMiddleware, cfg=cfg)  # added last: runs first, before CORS
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
@@ -699,7 +815,8 @@ def main():
         weight_format = resolve_weights(cfg["weights"], dev, ptdtype)
         if cfg["max_tokens"] > cfg["max_tokens_cap"]:
             raise ValueError(f"max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
-        for k, lo in (("max_batch", 1), ("prefill_chunk", 1), ("cache_slots", 0), ("max_queue", 0)):
+        for k, lo in (("max_batch", 1), ("prefill_chunk", 1), ("cache_slots", 0), ("max_queue", 0),
+                      ("timeout_header", 1), ("timeout_keep_alive", 1), ("limit_concurrency", 1), ("drain_timeout", 0)):
             if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < lo:
                 raise ValueError(f"{k}={cfg[k]!r}: must be an integer >= {lo}")
         if cfg["chat_style"] not in textformat.CHAT_STYLES:
@@ -717,10 +834,50 @@ def main():
         print(f"WARNING: listening on {cfg['host']} without an api_key: anyone who can reach it can use it")
     worker = Worker(model, dev, ptdtype, cfg["max_batch"], cfg["max_queue"], cfg["prefill_chunk"], cfg["cache_slots"])
     app = make_app(worker, cfg, source)
-    import uvicorn
     print(f"open http://{cfg['host']}:{cfg['port']}/  (API at http://{cfg['host']}:{cfg['port']}/v1)", flush=True)
-    uvicorn.run(app, host=cfg["host"], port=cfg["port"], access_log=cfg["access_log"], log_level="info",
-                timeout_graceful_shutdown=5)
+    run_server(app, worker, cfg)
+
+
+def run_server(app, worker, cfg):
+    """uvicorn with bounds on slow and idle connections and a connection cap; SIGTERM drains (Worker.drain)."""
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        """h11 with a deadline for a request's headers (uvicorn has none): a client that sends half a
+        request is closed after timeout_header seconds instead of holding its socket forever."""
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self):
+            self.waiting_for = self.cycle  # the request being waited for is the one after this cycle
+            self.header_timer = self.loop.call_later(cfg["timeout_header"], self._expire)
+
+        def _expire(self):
+            if self.cycle is self.waiting_for and not self.transport.is_closing():
+                self.transport.close()
+
+        def on_response_complete(self):
+            self.header_timer.cancel()
+            self._arm()
+            super().on_response_complete()
+
+        def connection_lost(self, exc):
+            self.header_timer.cancel()
+            super().connection_lost(exc)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            worker.drain(cfg["drain_timeout"])
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, host=cfg["host"], port=cfg["port"], access_log=cfg["access_log"], log_level="info",
+                            http=Protocol, timeout_keep_alive=cfg["timeout_keep_alive"],
+                            limit_concurrency=cfg["limit_concurrency"],
+                            timeout_graceful_shutdown=cfg["drain_timeout"] + 5)  # time for the error events
+    Server(config).run()
 
 
 if __name__ == "__main__":

@@ -40,10 +40,12 @@ class Row:
     """One sequence to generate. After it finishes: .text, .finish, .n_tokens (generated, stop id included)."""
 
     def __init__(self, prompt, max_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
-                 no_repeat_ngram_size=0, stops=(), stop_ids=(EOT_ID,), strip=False, generator=None, key=None):
+                 no_repeat_ngram_size=0, stops=(), stop_ids=(EOT_ID,), strip=False, generator=None, key=None,
+                 scope=None):
         if not prompt:
             raise ValueError("a row needs at least one prompt token")
         self.prompt, self.max_tokens, self.key = list(prompt), max_tokens, key
+        self.scope = scope  # cached prompt tokens are shared only between rows of one scope (one API key)
         self.sampling = dict(temperature=temperature, top_k=top_k or None,
                              top_p=top_p if top_p is not None and top_p < 1 else None,
                              repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
@@ -83,6 +85,7 @@ class Engine:
         self.slot_row = [None] * self.n_slots  # the row generating in each slot
         self.slot_used = [-1] * self.n_slots  # step of last use: least recently used slots go first
         self.slot_prompt = [0] * self.n_slots  # prompt length of the slot's last row (a continuation extends it)
+        self.slot_scope = [None] * self.n_slots  # the scope of the slot's last row
         self.waiting, self.rows = [], []  # rows without a slot yet, rows with one (in arrival order)
         self.steps = self.tokens = self.reused = 0  # counters: steps, tokens generated, prompt tokens reused
 
@@ -91,12 +94,13 @@ class Engine:
     def add(self, row):
         self.waiting.append(row)
 
-    def cancel(self, row):
-        """Drop a row (its client left); its slot keeps what was computed for later reuse."""
-        if row in self.waiting:
-            self.waiting.remove(row)
-        elif row in self.rows:
-            self._release(row)
+    def cancel(self, *rows):
+        """Drop rows (their client left); their slots keep what was computed for later reuse. One pass
+        over the queue for all of them: a request of many rows must not cost rows x queue."""
+        gone = set(map(id, rows))
+        self.waiting = [r for r in self.waiting if id(r) not in gone]
+        for r in [r for r in self.rows if id(r) in gone]:
+            self._release(r)
 
     @property
     def busy(self):
@@ -127,7 +131,8 @@ class Engine:
             free = [s for s in range(self.n_slots) if self.slot_row[s] is None]
             # a slot whose ids this prompt continues (the same conversation, one turn on) is taken over;
             # otherwise the least recently used one (a prefix shared with others is copied by _borrow)
-            shared = {s: common_prefix(self.slot_ids[s], row.prompt) for s in free}
+            shared = {s: common_prefix(self.slot_ids[s], row.prompt) if self.slot_scope[s] == row.scope else 0
+                      for s in free}
             ours = [s for s in free if 0 < self.slot_prompt[s] <= shared[s]]
             slot = max(ours, key=shared.get) if ours else min(free, key=lambda s: self.slot_used[s])
             self.waiting.pop(0)
@@ -143,6 +148,8 @@ class Engine:
             prompt = prompt[-(self.block // 2):]
         self._alloc()
         s = row.slot
+        if self.slot_scope[s] != row.scope:  # another key's tokens: never reused
+            self.slot_ids[s], self.slot_scope[s] = [], row.scope
         self.slot_prompt[s] = len(prompt)
         n = min(common_prefix(self.slot_ids[s], prompt), len(prompt) - 1)  # feed at least one token
         self._set_len(s, prompt[:n])
@@ -172,7 +179,7 @@ class Engine:
         best, n = None, have
         for o in range(self.n_slots):
             k = min(common_prefix(self.slot_ids[o], prompt), len(prompt) - 1)
-            if o != s and k > n:
+            if o != s and k > n and self.slot_scope[o] == row.scope:
                 best, n = o, k
         if best is None:
             return
@@ -234,8 +241,8 @@ class Engine:
         choices of an n > 1 request): then it waits one step and copies that (_borrow)."""
         have = len(self.slot_ids[row.slot])
         prompt = self.slot_ids[row.slot] + row.todo
-        return any(common_prefix(self.slot_ids[r.slot] + c, prompt) - have >= len(row.todo) // 2
-                   for r, c in chunks)
+        return any(r.scope == row.scope
+                   and common_prefix(self.slot_ids[r.slot] + c, prompt) - have >= len(row.todo) // 2 for r, c in chunks)
 
     def _forward(self, rows, chunks):
         """Feed each row its chunk in one forward pass, shorter chunks padded at the end (the padding's

@@ -22,6 +22,7 @@ from nanophi.tokenizer import EOT_ID, decode, get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sekret-key-123"
+KEY2 = "other-user-key-456"
 
 
 def free_port():
@@ -71,9 +72,9 @@ class Server:
 def servers(tiny_out_dir, tiny_hf_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serve_logs")
     a = Server([f"--out_dir={tiny_out_dir}", "--max_tokens_cap=20000", "--max_request_bytes=100000",
-                "--max_batch=2", "--cors_origins=http://app.example"], str(logs / "open.log"))
+                "--max_batch=2", "--cors_origins=http://app.example", "--timeout_header=2"], str(logs / "open.log"))
     b = Server([f"--init_from={tiny_hf_dir}", "--model_name=tiny-hf"], str(logs / "auth.log"),
-               env={"NANOPHI_API_KEY": KEY})
+               env={"NANOPHI_API_KEY": f"{KEY},{KEY2}"})
     try:
         yield a.wait(), b.wait()
     finally:
@@ -167,6 +168,7 @@ def test_a_full_queue_answers_503(local_model):
     assert e.value.status == 503 and e.value.body()["error"]["code"] == "server_busy"
 
 
+@pytest.mark.slow
 def test_bad_settings_exit_with_a_clear_message(tmp_path):
     runs = [(["--temprature=1"], "temperature"), ([f"--out_dir={tmp_path}"], "no checkpoint")]
     procs = [subprocess.Popen([sys.executable, "serve.py", f"--port={free_port()}", *args], cwd=ROOT,
@@ -178,6 +180,7 @@ def test_bad_settings_exit_with_a_clear_message(tmp_path):
 
 # ------------------------------------------------------------------ basics
 
+@pytest.mark.slow
 def test_health_models_and_page(srv):
     h = srv.health()
     assert h["status"] == "ok" and h["model"] == "nanophi" and h["context_length"] == 128
@@ -193,6 +196,7 @@ def test_health_models_and_page(srv):
     assert httpx.get(srv.url + "/static/style.css").status_code == 200
 
 
+@pytest.mark.slow
 def test_cors_only_for_the_configured_origin(srv):
     pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
     ok = httpx.options(srv.url + "/v1/chat/completions", headers={"Origin": "http://app.example", **pre})
@@ -206,10 +210,11 @@ def test_cors_only_for_the_configured_origin(srv):
 @pytest.mark.parametrize("path", ["/static/../serve.py", "/static/%2e%2e/serve.py", "/static/serve.py",
                                   "/static/index.html/../../serve.py", "/../../etc/passwd", "/serve.py",
                                   "/static/", "/static/..%2fserve.py"])
+@pytest.mark.slow
 def test_no_file_outside_the_page_assets(srv, path):
     # a raw request line, so no client normalises the path first
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         raw = b""
         while chunk := s.recv(65536):
             raw += chunk
@@ -220,6 +225,7 @@ def test_no_file_outside_the_page_assets(srv, path):
 
 # ------------------------------------------------------------------ what the model says
 
+@pytest.mark.slow
 def test_chat_greedy_matches_the_model_and_the_training_format(srv, local_model):
     body = {"model": "nanophi", "messages": CHAT, "max_tokens": 16, "temperature": 0}
     r = post(srv, "/v1/chat/completions", body).json()
@@ -243,6 +249,7 @@ def test_chat_greedy_matches_the_model_and_the_training_format(srv, local_model)
     assert events[-1]["choices"] == [] and events[-1]["usage"] == r["usage"]
 
 
+@pytest.mark.slow
 def test_completion_greedy_matches_the_model(srv, local_model):
     prompt = "The history of science"
     r = post(srv, "/v1/completions", {"prompt": prompt, "max_tokens": 20, "temperature": 0}).json()
@@ -258,6 +265,7 @@ def test_completion_greedy_matches_the_model(srv, local_model):
     assert texts[0] == c["text"] and finish[0] == c["finish_reason"]
 
 
+@pytest.mark.slow
 def test_tag_renders_the_task_prompt(srv):
     q = "What is 12*7?"
     r = post(srv, "/v1/completions", {"prompt": q, "tag": "Math", "max_tokens": 3, "temperature": 0,
@@ -268,6 +276,7 @@ def test_tag_renders_the_task_prompt(srv):
     assert r["usage"]["prompt_tokens"] == len(textformat.encode_prompt(textformat.prompt_for("math", q)))
 
 
+@pytest.mark.slow
 def test_chat_style_and_roleplay_names_render_through_textformat(srv):
     turns = [(m["role"], m["content"]) for m in CHAT[1:]]
     for extra, segs in (
@@ -280,6 +289,7 @@ def test_chat_style_and_roleplay_names_render_through_textformat(srv):
         assert r["usage"]["prompt_tokens"] == len(textformat.encode_prompt(segs)), extra
 
 
+@pytest.mark.slow
 def test_stop_cuts_before_the_stop_string_and_never_streams_past_it(srv):
     body = {"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "ignore_eos": True}
     full = post(srv, "/v1/completions", body).json()["choices"][0]["text"]
@@ -299,6 +309,7 @@ def test_stop_cuts_before_the_stop_string_and_never_streams_past_it(srv):
     assert r["text"] == full and r["finish_reason"] == "length"
 
 
+@pytest.mark.slow
 def test_n_and_seed(srv):
     body = {"prompt": "Seeds:", "max_tokens": 8, "temperature": 1.0, "top_k": 0, "n": 3, "seed": 1234,
             "ignore_eos": True}
@@ -325,12 +336,14 @@ def test_n_and_seed(srv):
     assert len(r["choices"]) == 2
 
 
+@pytest.mark.slow
 def test_max_completion_tokens_and_finish_reason(srv):
     r = post(srv, "/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 3, "ignore_eos": True,
                                            "temperature": 0}).json()
     assert r["usage"]["completion_tokens"] == 3 and r["choices"][0]["finish_reason"] == "length"
 
 
+@pytest.mark.slow
 def test_trim_history_fits_a_long_chat(srv):
     long = [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 30} for i in range(9)]
     r = post(srv, "/v1/chat/completions", {"messages": long, "max_tokens": 4})
@@ -351,6 +364,7 @@ def test_trim_history_fits_a_long_chat(srv):
 
 # ------------------------------------------------------------------ the openai client
 
+@pytest.mark.slow
 def test_openai_client_chat_and_completions(srv):
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
     msgs = CHAT[1:2]
@@ -420,6 +434,7 @@ BAD = [  # (path, raw body or json, status, param, code)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path,body,status,param,code", BAD, ids=[f"{i}" for i in range(len(BAD))])
 def test_bad_input_gets_an_openai_error(srv, path, body, status, param, code):
     if isinstance(body, bytes):
@@ -434,12 +449,14 @@ def test_bad_input_gets_an_openai_error(srv, path, body, status, param, code):
         assert err["code"] == code
 
 
+@pytest.mark.slow
 def test_bad_requests_leave_the_server_healthy(srv):
     # a body sent in chunks without a content-length, over the limit
     def chunks():
         for _ in range(30):
             yield b"x" * 10_000
-    r = httpx.post(srv.url + "/v1/completions", content=chunks(), timeout=30)
+    r = httpx.post(srv.url + "/v1/completions", content=chunks(), timeout=30,
+                   headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     assert httpx.get(srv.url + "/v1/nowhere").json()["error"]["code"] == "not_found"
     assert httpx.delete(srv.url + "/v1/models").status_code == 405
@@ -449,6 +466,7 @@ def test_bad_requests_leave_the_server_healthy(srv):
     assert "Traceback" not in open(srv.log_path).read()
 
 
+@pytest.mark.slow
 def test_deeply_nested_json_is_a_400_not_a_500(auth_srv):
     from serve import APIError, parse_json
     deep = b"[" * 100_000 + b"]" * 100_000  # 200 KB: under the default 1 MB limit
@@ -459,11 +477,12 @@ def test_deeply_nested_json_is_a_400_not_a_500(auth_srv):
         r = httpx.post(auth_srv.url + "/v1/chat/completions", content=body, timeout=30,
                        headers={"content-type": "application/json", "Authorization": f"Bearer {KEY}"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", r.text
-    assert auth_srv.health()["errors"] == 0
+    assert health_of(auth_srv, KEY)["errors"] == 0
 
 
 # ------------------------------------------------------------------ batching and cache reuse
 
+@pytest.mark.slow
 def test_concurrent_requests_decode_together_and_each_gets_its_greedy_text(srv, local_model):
     prompts = ["Hi", "The history of science is long and", "Once upon a time in a land far away, there lived",
                "x", "Numbers: 1 2 3 4 5 6 7 8 9 10 11 12"]
@@ -479,6 +498,7 @@ def test_concurrent_requests_decode_together_and_each_gets_its_greedy_text(srv, 
     assert steps < tokens  # rows shared forward passes (this server decodes 2 at a time)
 
 
+@pytest.mark.slow
 def test_a_continued_conversation_reuses_its_cache(srv, local_model):
     msgs = [{"role": "user", "content": "Tell me about the moon and the stars."}]
     r1 = post(srv, "/v1/chat/completions", {"messages": msgs, "max_tokens": 12, "temperature": 0}).json()
@@ -492,6 +512,7 @@ def test_a_continued_conversation_reuses_its_cache(srv, local_model):
 
 # ------------------------------------------------------------------ auth
 
+@pytest.mark.slow
 def test_api_key_is_required_on_every_v1_route(auth_srv):
     u = auth_srv.url
     body = {"messages": CHAT[1:2], "max_tokens": 3}
@@ -524,6 +545,7 @@ def wait_idle(srv, timeout=30):
     raise AssertionError(f"server still busy after {timeout}s: {h}")
 
 
+@pytest.mark.slow
 def test_a_client_that_disconnects_stops_its_generation(srv):
     before = wait_idle(srv)
     body = {"prompt": "Go on and on", "max_tokens": 20000, "ignore_eos": True, "stream": True}
@@ -548,3 +570,151 @@ def test_a_client_that_disconnects_stops_its_generation(srv):
     assert final["cancelled"] == after["cancelled"] + 1
     assert open(srv.log_path).read().count("request cancelled (client gone)") == 2
     assert post(srv, "/v1/completions", {"prompt": "next", "max_tokens": 2}).status_code == 200
+
+
+# ------------------------------------------------------------------ one client cannot take the server down
+
+@pytest.mark.slow
+def test_prompt_arrays_times_n_are_capped_at_max_n(srv):
+    # max_n=8 choices per request in all, as OpenAI bounds n: 3 prompts x n=3 is 9
+    for prompt, n in ((["a", "b", "c"], 3), (["x"] * 1000, 1), ([[15496]] * 9, 1)):
+        r = post(srv, "/v1/completions", {"prompt": prompt, "n": n, "max_tokens": 1})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_choices", (len(prompt), n, r.text)
+    r = post(srv, "/v1/completions", {"prompt": ["a", "b"], "n": 4, "max_tokens": 1})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 8
+
+
+def test_cancelling_many_rows_takes_one_pass(local_model):
+    from nanophi.engine import Row
+    from serve import Job, Worker
+    worker = Worker(local_model, "cpu", "float32", max_batch=1, max_queue=1)
+    # two requests' rows waiting in the engine; the second one's client leaves
+    stay, leave = (Job([[1]], {"n": 1, "stream": True}, {}, None) for _ in range(2))
+    for job in (stay, leave):
+        job.rows = [Row([1], 1) for _ in range(5000)]
+        for r in job.rows:
+            worker.engine.add(r)
+        worker.jobs.append(job)
+    leave.cancel.set()
+    t0 = time.perf_counter()
+    worker._drop_cancelled()
+    took = time.perf_counter() - t0
+    assert worker.engine.waiting == stay.rows and worker.jobs == [stay]
+    assert took < 1.0, f"cancelling 5,000 rows behind 5,000 others took {took:.1f}s"
+
+
+@pytest.mark.slow
+def test_half_open_connections_time_out_and_health_still_answers(srv):
+    # srv runs with --timeout_header=2: sockets that never finish their headers are closed
+    socks = []
+    for i in range(40):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        if i % 2:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
+        socks.append(s)
+    try:
+        t0 = time.time()
+        assert srv.health()["status"] == "ok" and time.time() - t0 < 2
+        for s in socks:
+            assert s.recv(100) == b"", "a half-open connection was answered"
+        assert time.time() - t0 < 8, "half-open connections were held past the header timeout"
+        # a body that never completes is bounded too: the connection is answered with a 408
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"prompt\"")
+            assert s.recv(100).startswith(b"HTTP/1.1 408")
+    finally:
+        for s in socks:
+            s.close()
+    assert "Traceback" not in open(srv.log_path).read()
+
+
+def health_of(srv, key=None):
+    return httpx.get(srv.url + "/health", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=5).json()
+
+
+@pytest.mark.slow
+def test_health_is_minimal_without_the_key_and_the_cache_is_per_key(auth_srv):
+    assert health_of(auth_srv) == {"status": "ok", "auth_required": True}
+    assert health_of(auth_srv, "wrong") == {"status": "ok", "auth_required": True}
+    assert "reused_prompt_tokens" in health_of(auth_srv, KEY)
+    secret = [{"role": "system", "content": "The secret names are Alice Zebediah and Bob Quixote."},
+              {"role": "user", "content": "Hello there"}]
+
+    def ask(key):
+        r = httpx.post(auth_srv.url + "/v1/chat/completions", json={"messages": secret, "max_tokens": 2,
+                       "temperature": 0}, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        assert r.status_code == 200, r.text
+        time.sleep(0.3)
+        return health_of(auth_srv, KEY)["reused_prompt_tokens"]
+
+    first = ask(KEY)
+    assert ask(KEY2) == first, "another key's prompt tokens were reused"
+    assert ask(KEY) > first  # within one key the cache still works
+
+
+@pytest.mark.slow
+def test_json_only_known_hosts_and_no_cross_origin_posts_without_a_key(srv):
+    body = json.dumps({"prompt": "hi", "max_tokens": 1})
+    r = httpx.post(srv.url + "/v1/completions", content=body, headers={"content-type": "text/plain"}, timeout=30)
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    assert httpx.post(srv.url + "/v1/completions", content=body, timeout=30).status_code == 415
+    # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example
+    r = httpx.get(srv.url + "/health", headers={"Host": "evil.example"})
+    assert r.status_code == 421 and r.json()["error"]["code"] == "invalid_host"
+    evil = {"Host": f"evil.example:{srv.port}", "content-type": "application/json"}
+    assert httpx.post(srv.url + "/v1/completions", content=body, timeout=30, headers=evil).status_code == 421
+    assert httpx.get(srv.url + "/health", headers={"Host": f"localhost:{srv.port}"}).status_code == 200
+    assert httpx.get(srv.url + "/health", headers={"Host": f"[::1]:{srv.port}"}).status_code == 200
+    for origin, status in (("http://evil.example", 403), ("null", 403), (srv.url, 200), ("http://app.example", 200)):
+        r = post(srv, "/v1/completions", {"prompt": "hi", "max_tokens": 1}, headers={"Origin": origin})
+        assert r.status_code == status, (origin, r.text)
+
+
+def read_stream(url, body, out, i):
+    """A streamed request's raw body, or the exception that ended it, into out[i]."""
+    try:
+        with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+            out[i] = b""
+            for chunk in r.iter_bytes():
+                out[i] += chunk
+    except Exception as e:
+        out[i] = e
+
+
+@pytest.mark.slow
+def test_sigterm_drains_in_flight_and_queued_streams(tiny_out_dir, tmp_path):
+    import signal
+    import threading
+    s = Server([f"--out_dir={tiny_out_dir}", "--max_batch=1", "--drain_timeout=2", "--max_tokens_cap=100000"],
+               str(tmp_path / "drain.log")).wait()
+    try:
+        body = {"prompt": "Go on and on", "max_tokens": 100000, "ignore_eos": True}
+        out = [None, None]
+        a = threading.Thread(target=read_stream, args=(s.url, body, out, 0))
+        a.start()
+        t0 = time.time()
+        while not (isinstance(out[0], bytes) and out[0].count(b"data: ") >= 3):
+            assert time.time() - t0 < 30 and a.is_alive(), out
+            time.sleep(0.1)
+        b = threading.Thread(target=read_stream, args=(s.url, body, out, 1))  # queued behind a (max_batch=1)
+        b.start()
+        while s.health()["queued"] < 1:
+            assert time.time() - t0 < 30
+            time.sleep(0.1)
+        t_term = time.time()
+        s.proc.send_signal(signal.SIGTERM)
+        a.join(20)
+        b.join(20)
+        assert s.proc.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+        assert time.time() - t_term < 12, "the drain is not bounded"
+        for raw in out:
+            assert isinstance(raw, bytes), raw
+            blocks = raw.decode().split("\n\n")
+            assert blocks[-2] == "data: [DONE]", raw[-300:]
+            assert json.loads(blocks[-3][6:])["error"]["code"] == "server_shutting_down"
+        assert out[0].count(b"data: ") > 3 and out[1].count(b"data: ") == 2  # b never started: error, [DONE]
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+        s.log.close()

@@ -96,7 +96,8 @@ def test_chat_page_in_a_real_browser(page_server, browser, tmp_path):
     from selenium.webdriver.support.ui import Select
     d = browser
     d.get(page_server.url + "/")
-    wait(d, lambda d: "nanophi" in d.find_element(By.ID, "status").text)
+    # the server has a key: /health tells the page only that, until the key is entered
+    wait(d, lambda d: "API key" in d.find_element(By.ID, "status").text)
     d.execute_script(SPY)
     assert d.title == "NanoPhi"
     tags = [o.text for o in Select(d.find_element(By.ID, "tag")).options]
@@ -110,6 +111,7 @@ def test_chat_page_in_a_real_browser(page_server, browser, tmp_path):
     # with the key and greedy settings: the reply is exactly the API's answer
     d.find_element(By.ID, "api_key").send_keys(KEY)
     set_value(d, "temperature", 0)
+    wait(d, lambda d: "nanophi" in d.find_element(By.ID, "status").text)  # with the key: the model's status
     set_value(d, "repetition_penalty", 1.1)
     top_k = d.find_element(By.ID, "top_k")
     top_k.clear()
@@ -174,7 +176,7 @@ def test_page_on_a_390px_phone_screen(page_server, browser):
     d.set_window_size(390, 844)
     try:
         d.get(page_server.url + "/")
-        wait(d, lambda d: "nanophi" in d.find_element(By.ID, "status").text)
+        wait(d, lambda d: "API key" in d.find_element(By.ID, "status").text)
         assert d.execute_script("return window.innerWidth") <= 400
         # settings start folded, one tap away; the input box is on screen either way
         assert not d.find_element(By.ID, "temperature").is_displayed()

@@ -185,14 +185,26 @@ async function init() {
   });
   $("stop").addEventListener("click", () => controller && controller.abort());
   $("clear").addEventListener("click", clearAll);
+  $("api_key").addEventListener("input", () => loadServer(false));  // the user's settings stay
+  await loadServer(true);
+}
+
+async function loadServer(fill) {
+  // with a key set, /health tells its settings only to a caller sending the key
   try {
-    server = await (await fetch("/health")).json();
-    const d = server.defaults;
-    $("temperature").value = d.temperature; $("top_k").value = d.top_k; $("top_p").value = d.top_p;
-    $("repetition_penalty").value = d.repetition_penalty; $("max_tokens").value = d.max_tokens;
-    $("max_tokens").max = d.max_tokens_cap; $("system").value = d.system || "";
-    for (const id of ["temperature", "top_p", "repetition_penalty"]) $(id).dispatchEvent(new Event("input"));
+    server = await (await fetch("/health", {headers: headers()})).json();
     $("key-row").hidden = !server.auth_required;
+    const d = server.defaults;
+    if (!d) {
+      $("status").textContent = "enter this server's API key";
+      return;
+    }
+    if (fill) {
+      $("temperature").value = d.temperature; $("top_k").value = d.top_k; $("top_p").value = d.top_p;
+      $("repetition_penalty").value = d.repetition_penalty; $("max_tokens").value = d.max_tokens;
+      $("max_tokens").max = d.max_tokens_cap; $("system").value = d.system || "";
+      for (const id of ["temperature", "top_p", "repetition_penalty"]) $(id).dispatchEvent(new Event("input"));
+    }
     $("status").textContent = `${server.model} · ${server.device} · context ${server.context_length} tokens`;
   } catch (e) {
     $("status").textContent = "server unreachable";
