@@ -15,11 +15,8 @@ import shutil
 import sys
 
 from configurator import configure
-from nanophi import textformat
 from nanophi.checkpoint import default_out_dir, load_model
-from nanophi.files import atomic_dir, write_json_atomic
-from nanophi.hf_export import save_hf_model
-from nanophi.tokenizer import save_hf_tokenizer
+from nanophi.hf_export import MARKER, export_hf
 
 init_from = "resume"   # resume (out_dir's best.pt, else ckpt.pt), a .pt file, a gpt2 name, an HF dir, a LoRA adapter dir
 out_dir = default_out_dir()  # out/ if it holds a checkpoint, else the most recently trained out*/ folder
@@ -27,7 +24,6 @@ which = "best"         # with resume: 'best' or 'latest'
 export_dir = ""        # default: <out_dir>/hf; must be new, empty or an earlier export
 configure(globals())
 
-MARKER = "nanophi_export.json"
 # what an export folder holds; a folder with anything else in it is not ours to replace
 EXPORT_FILES = {MARKER, "config.json", "generation_config.json", "model.safetensors", "vocab.json",
                 "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
@@ -79,12 +75,9 @@ except (ValueError, FileNotFoundError, RuntimeError) as e:
     sys.exit(2)
 os.makedirs(os.path.dirname(os.path.abspath(export_dir)), exist_ok=True)
 clean_leftovers(export_dir)
-umask = os.umask(0)
-os.umask(umask)
-with atomic_dir(export_dir) as tmp:  # the folder appears complete or not at all
-    save_hf_model(model, tmp)
-    save_hf_tokenizer(tmp, model_max_length=model.config.block_size, chat_template=textformat.chat_template())
-    write_json_atomic(os.path.join(tmp, MARKER), {"source": source, "block_size": model.config.block_size})
-    for name in os.listdir(tmp):  # safetensors writes its file private (0600); an export is ordinary output
-        os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+try:
+    export_hf(model, export_dir, source=source)  # the folder appears complete or not at all
+except (ValueError, OSError) as e:  # a bias=False model; a full disk (files.WriteError names the path)
+    print(f"export.py: {e}", file=sys.stderr)
+    sys.exit(2)
 print(f"exported {source} -> {export_dir} ({', '.join(sorted(os.listdir(export_dir)))})")

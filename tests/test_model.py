@@ -9,7 +9,6 @@ from transformers import GPT2LMHeadModel
 from conftest import make_hf_dir
 from model import GPT, GPTConfig, KVCache
 from nanophi.device import peak_flops_by_name
-from nanophi.hf_export import export_hf
 
 
 def hf_and_ours(path):
@@ -136,24 +135,6 @@ def test_resize_block_size_grows_and_crops(tiny_hf_dir):
     assert torch.allclose(before, after, atol=1e-6)  # cropping keeps the first positions
     with pytest.raises(ValueError, match="exceeds block_size"):
         ours(torch.randint(0, 50257, (1, 65)))
-
-
-def test_export_round_trip(tmp_path):
-    torch.manual_seed(0)
-    cfg = GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)  # padded vocab
-    ours = GPT(cfg).eval()
-    path = export_hf(ours, str(tmp_path / "export"))
-    assert os.path.isfile(os.path.join(path, "model.safetensors"))
-    hf = GPT2LMHeadModel.from_pretrained(path).eval()
-    back = GPT.from_pretrained(path).eval()
-    x = torch.randint(0, 50257, (2, 16))
-    with torch.no_grad():
-        want, _ = ours(x)
-        assert (hf(x).logits - want[..., :50257]).abs().max() < 1e-5
-        assert (back(x)[0] - want[..., :50257]).abs().max() < 1e-5
-    assert os.listdir(tmp_path) == ["export"]  # no temporary directory left
-    export_hf(ours, path)  # over an existing export: replaced whole
-    assert sorted(os.listdir(path)) == ["config.json", "generation_config.json", "model.safetensors"]
 
 
 def test_loss_masking_and_reductions():
