@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 from nanophi import dataprep  # noqa: E402
-from nanophi import offline_sources  # noqa: E402
+from nanophi import gen_math  # noqa: E402
 from nanophi import textformat  # noqa: E402
 from nanophi.dataprep import Hub, Schema, Source, need  # noqa: E402
 
@@ -41,19 +41,19 @@ SCHEMAS = [
 
 
 def offline(cfg):
-    return [Source("math-generator", lambda: offline_sources.math_items(cfg.num_generated, cfg.seed),
+    return [Source("math-generator", lambda: gen_math.math_items(cfg.num_generated, cfg.seed),
                    Schema("generated", [], generated))]
 
 
 def eval_items(cfg):
-    qa_only = ((w, it) for w, it in offline_sources.math_items(10 ** 9, cfg.eval_seed) if "question" in it)
+    qa_only = ((w, it) for w, it in gen_math.math_items(10 ** 9, cfg.eval_seed) if "question" in it)
     return dataprep.unique_items(qa_only, cfg.n_eval)
 
 
 def main(argv=None):
     return dataprep.run("math", SCHEMAS, offline, argv, eval_items=eval_items,
                         meta_extra={"loss": "answer only (QA); whole text (chains)",
-                                    "eval": {"answer_format": offline_sources.MATH_ANSWER_FORMAT,
+                                    "eval": {"answer_format": gen_math.MATH_ANSWER_FORMAT,
                                              "prompt": "textformat.qa('math', question) -> '[Math] <question>\\nAnswer:'"}},
                         # generated items differ in a number or two: near-dup would drop distinct problems
                         near_dedup=False, num_generated=num_generated, eval_seed=eval_seed, n_eval=n_eval)
