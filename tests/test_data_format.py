@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from nanophi import dataprep
+from nanophi import records
 from nanophi import offline_sources
 from nanophi import textformat
 from nanophi.datafiles import TaskSplit
@@ -15,7 +15,7 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 
 
 def load(task):
-    return dataprep.load_prepare(task)
+    return records.load_prepare(task)
 
 
 def all_docs(out, task):
@@ -101,5 +101,5 @@ def test_code_exercise_and_excerpt_masks():
 
 def test_only_last_reply_trained():
     segs = textformat.chat([("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")])
-    ids, mask = map(np.array, textformat.encode_example(dataprep.only_last_reply_trained(segs)))
+    ids, mask = map(np.array, textformat.encode_example(records.only_last_reply_trained(segs)))
     assert decode(ids[mask == 1]) == " d<|endoftext|>" and decode(ids).count("<|endoftext|>") == 2

@@ -11,10 +11,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from nanophi import dataprep  # noqa: E402
+from nanophi import dataprep, records  # noqa: E402
 from nanophi import gen_logic  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import Schema, Source, need  # noqa: E402
+from nanophi.records import Schema, Source, need  # noqa: E402
 
 num_generated = 20000
 eval_seed = 434343
@@ -22,9 +22,9 @@ n_eval = 200
 
 
 SCHEMAS = [
-    # Open-Platypus rows are routed by data_source: MATH/PRM800K go to math, leetcode to code (dataprep.PLATYPUS_ROUTES)
-    Schema("garage-bAInd/Open-Platypus", ["instruction", "output"], lambda r: dataprep.platypus("logic", r),
-           hub=dataprep.OPEN_PLATYPUS),
+    # Open-Platypus rows are routed by data_source: MATH/PRM800K go to math, leetcode to code (records.PLATYPUS_ROUTES)
+    Schema("garage-bAInd/Open-Platypus", ["instruction", "output"], lambda r: records.platypus("logic", r),
+           hub=records.OPEN_PLATYPUS),
     Schema("qa", ["question", "answer"], lambda r: [textformat.qa("logic", need(r, "question"), need(r, "answer"))]),
     Schema("text", ["text"], lambda r: [textformat.plain("logic", need(r, "text"))]),
 ]

@@ -12,10 +12,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from nanophi import dataprep  # noqa: E402
+from nanophi import dataprep, records  # noqa: E402
 from nanophi import gen_math  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import Hub, Schema, Source, need  # noqa: E402
+from nanophi.records import Hub, Schema, Source, need  # noqa: E402
 
 num_generated = 20000   # offline training items
 eval_seed = 424242      # held-out items come from another seed
@@ -33,8 +33,8 @@ SCHEMAS = [
     Schema("meta-math/MetaMathQA", ["query", "response"],
            lambda r: [textformat.qa("math", need(r, "query"), need(r, "response"))],
            hub=Hub("meta-math/MetaMathQA", "MetaMathQA-395K.json", "json_array", rows=395000, tokens_per_doc=260, bytes_per_doc=1000)),
-    Schema("garage-bAInd/Open-Platypus", ["instruction", "output", "data_source"], lambda r: dataprep.platypus("math", r),
-           hub=dataprep.OPEN_PLATYPUS),
+    Schema("garage-bAInd/Open-Platypus", ["instruction", "output", "data_source"], lambda r: records.platypus("math", r),
+           hub=records.OPEN_PLATYPUS),
     Schema("qa", ["question", "answer"], lambda r: [textformat.qa("math", need(r, "question"), need(r, "answer"))]),
     Schema("text", ["text"], lambda r: [textformat.plain("math", need(r, "text"))]),
 ]
