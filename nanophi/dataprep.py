@@ -8,7 +8,7 @@ schemas, dedup keys) is nanophi/records.py; the 13-gram filter is nanophi/decont
         -> seeded split by document -> tokenize (threads) -> SplitWriter (atomic) -> meta.json
 
 --source takes offline, hub, a hub dataset's name or a local .jsonl/.parquet/.txt file,
-comma-separated for several (docs/data.md).
+comma-separated for several, '\\,' for a comma inside a path (docs/data.md).
 
 A document is one source record. It may render into several examples (a conversation in three
 chat styles); they share its split, its dedup key and its fate, so no conversation sits in both
