@@ -15,7 +15,6 @@ chat styles); they share its split, its dedup key and its fate, so no conversati
 train and val. The split is a hash of the normalised text with the seed: stable across runs and
 machines, independent of order and caps.
 """
-import json
 import os
 import shutil
 import sys
@@ -23,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from nanophi import textformat
-from nanophi.datafiles import SPLITS, SplitWriter, new_staging, publish, write_json_atomic, write_text_atomic
+from nanophi.datafiles import SPLITS, SplitWriter, new_staging, publish, write_eval, write_json_atomic
 from nanophi.decontam import NGRAM, Decontaminator
 from nanophi.records import (DataError, FieldError, NearDedup, Routed, SourceUnavailable, dedup_key, doc_hash,
                              normalise, resolve_sources, settings, source_parts, split_of, too_big)
@@ -42,14 +41,6 @@ def write_document(writer, ids, mask, where):
         raise DataError(f"{where}: token id {bad[0]} does not fit uint16 (GPT-2 ids are below {VOCAB_SIZE}); "
                         f"the tokenizer is not GPT-2's, or the ids are corrupt")
     writer.add(ids, mask, where)
-
-
-def write_eval(task_dir, items):
-    """data/<task>/eval.jsonl ({"question", "answer", "kind"}), atomically."""
-    os.makedirs(task_dir, exist_ok=True)
-    path = os.path.join(task_dir, "eval.jsonl")
-    write_text_atomic(path, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
-    return path
 
 
 def unique_items(gen, n):

@@ -21,7 +21,7 @@ import types
 
 from nanophi import records, textformat
 from nanophi.records import DataError
-from nanophi.files import atomic_file, write_json_atomic, write_text_atomic
+from nanophi.files import atomic_file, jsonl_line, write_json_atomic, write_text_atomic
 
 ROOT = records.ROOT
 JUDGE_PROMPT = os.path.join(ROOT, "data", "quality", "judge_prompt.md")
@@ -324,7 +324,7 @@ def score_documents(docs, scorer, out_dir, batch_size=512, top_k=10, progress=Tr
     def flush(batch, f):
         for (where, text), s in zip(batch, scorer.score([t for _, t in batch])):
             all_scores.append(s)
-            f.write(json.dumps({"where": where, "score": round(s, 5), "chars": len(text)}, ensure_ascii=False) + "\n")
+            f.write(jsonl_line({"where": where, "score": round(s, 5), "chars": len(text)}))
             item = (s, len(all_scores), where, text[:800])
             heapq.heappush(top, item) if len(top) < top_k else heapq.heappushpop(top, item)
             neg = (-s, len(all_scores), where, text[:800])
