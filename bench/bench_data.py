@@ -22,7 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from nanophi import dataprep  # noqa: E402
+from nanophi import records  # noqa: E402
 from configurator import configure  # noqa: E402
 
 size_mb = 8
@@ -39,7 +39,7 @@ def child(spec):
         import prepare_all
         metas, problems = prepare_all.main([f"--out_dir={spec['out_dir']}", "--progress=False"])
     else:
-        mod = dataprep.load_prepare("textbook")
+        mod = records.load_prepare("textbook")
         metas = [mod.main([f"--source={spec['source']}", f"--out_dir={spec['out_dir']}", "--progress=False",
                            f"--num_threads={spec['threads']}", f"--near_dedup={spec.get('near', True)}"])]
     seconds = time.time() - t0

@@ -1,6 +1,6 @@
 """
 Peak memory of reading a MetaMathQA-shaped JSON array (the hub's MetaMathQA-395K.json is one 396 MB
-array): parsed whole with json.load, against dataprep.read_hub's stream (ijson, one item at a time).
+array): parsed whole with json.load, against records.read_hub's stream (ijson, one item at a time).
 Each reader runs in its own process; the table gives each one's peak resident memory.
 
     python bench/bench_json_array.py --mb=100
@@ -21,10 +21,10 @@ keep = False      # keep the file (in the temp dir) afterwards
 configure(globals())
 
 READERS = {  # the stream first: getrusage gives the largest child so far
-    "dataprep.read_hub (ijson stream)": (
+    "records.read_hub (ijson stream)": (
         "import sys; sys.path.insert(0, sys.argv[2]); from nanophi import dataprep; "
-        "hub = dataprep.Hub('meta-math/MetaMathQA', 'MetaMathQA-395K.json', 'json_array'); "
-        "print(sum(1 for _ in dataprep.read_hub(hub, sys.argv[3])))"),
+        "hub = records.Hub('meta-math/MetaMathQA', 'MetaMathQA-395K.json', 'json_array'); "
+        "print(sum(1 for _ in records.read_hub(hub, sys.argv[3])))"),
     "json.load (whole array)": "import json,sys; rows=json.load(open(sys.argv[1])); print(len(rows))",
 }
 

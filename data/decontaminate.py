@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 from configurator import ConfigError, configure, run_main  # noqa: E402
 from nanophi import decontam, quality  # noqa: E402
-from nanophi.dataprep import DataError  # noqa: E402
+from nanophi.records import DataError  # noqa: E402
 from nanophi.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 # -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from nanophi import dataprep  # noqa: E402
+from nanophi import dataprep, records  # noqa: E402
 from configurator import ConfigError, configure  # noqa: E402
 from nanophi.tasks import GENERATED_TASKS, TASK_NAMES  # noqa: E402
 
@@ -120,7 +120,7 @@ def budget_caps(g):
 
 
 def schemas_of(task):
-    mod = dataprep.load_prepare(task)
+    mod = records.load_prepare(task)
     return mod.SCHEMAS
 
 
@@ -149,10 +149,10 @@ def main(argv=None):
     metas, problems = [], []
     for task in g["tasks"]:
         try:
-            metas.append(dataprep.load_prepare(task).main(task_args(task, g, caps)))
-        except dataprep.SourceMissing as e:
+            metas.append(records.load_prepare(task).main(task_args(task, g, caps)))
+        except records.SourceMissing as e:
             problems.append((task, "skipped", str(e)))
-        except (dataprep.DataError, ValueError, OSError) as e:
+        except (records.DataError, ValueError, OSError) as e:
             problems.append((task, "FAILED", f"{type(e).__name__}: {e}"))
     print(f"\nprepared {len(metas)} of {len(g['tasks'])} tasks into {g['out_dir']} in {time.time() - t0:.1f} s")
     print(dataprep.summary_table(metas))
@@ -167,6 +167,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         _, problems = main()
-    except (dataprep.DataError, ConfigError) as e:
+    except (records.DataError, ConfigError) as e:
         sys.exit(f"error: {e}")
     sys.exit(1 if any(what == "FAILED" for _, what, _ in problems) else 0)

@@ -15,7 +15,6 @@ Quality scoring for any task's documents (nanophi/quality.py does the work; docs
 Outputs go to data/quality/<task>/ (out_dir). The judge's replies are kept in judge_replies.jsonl,
 append-only: an interrupted or failed labelling run resumes where it stopped.
 """
-import json
 import os
 import random
 import sys
@@ -23,8 +22,8 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 from configurator import ConfigError, configure, run_main  # noqa: E402
 from nanophi import quality  # noqa: E402
-from nanophi.dataprep import DataError  # noqa: E402
-from nanophi.files import write_text_atomic  # noqa: E402
+from nanophi.records import DataError  # noqa: E402
+from nanophi.files import write_jsonl_atomic  # noqa: E402
 from nanophi.llm import EndpointError, run_requests, usage_totals  # noqa: E402
 
 COMMANDS = ("label", "train", "score")
@@ -92,7 +91,7 @@ def label():
             print(f"  failed: {err}")
         hist = {s: sum(1 for r in rows if r["score"] == s) for s in range(6)}
         print("score counts: " + ", ".join(f"{s}: {n}" for s, n in hist.items()))
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl_atomic(path, rows)
     print(f"wrote {path}")
 
 

@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 from configurator import ConfigError, configure, run_main  # noqa: E402
 from nanophi import synth  # noqa: E402
-from nanophi.dataprep import DataError  # noqa: E402
+from nanophi.records import DataError  # noqa: E402
 from nanophi.llm import EndpointError, run_requests, usage_totals  # noqa: E402
 
 # -----------------------------------------------------------------------------

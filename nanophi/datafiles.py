@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from nanophi.files import temp_name, write_json_atomic, write_text_atomic  # noqa: F401 (writers import them from here too)
+from nanophi.files import temp_name, write_json_atomic, write_jsonl_atomic, write_text_atomic  # noqa: F401 (writers import them from here too)
 from nanophi.tokenizer import EOT_ID
 
 TOKEN_DTYPE = np.uint16
@@ -39,6 +39,14 @@ CURRENT = ".current"      # symlink to the folder holding the current prepared f
 STAGING = ".prepared-"    # prefix of those folders
 PUBLISHED = ("train.bin", "train_mask.bin", "train_docs.bin", "val.bin", "val_mask.bin", "val_docs.bin",
              "meta.json", "eval.jsonl")
+
+
+def write_eval(task_dir, items):
+    """<task_dir>/eval.jsonl ({"question", "answer", "kind"}), atomically."""
+    os.makedirs(task_dir, exist_ok=True)
+    path = os.path.join(task_dir, "eval.jsonl")
+    write_jsonl_atomic(path, items)
+    return path
 
 
 def split_paths(task_dir, split):

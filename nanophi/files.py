@@ -108,3 +108,12 @@ def write_bytes_atomic(path, data):
 
 def write_json_atomic(path, obj):
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def jsonl_line(obj):
+    """One JSONL line: UTF-8 text kept as is (not \\u escapes)."""
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+def write_jsonl_atomic(path, rows):
+    write_text_atomic(path, "".join(jsonl_line(r) for r in rows))

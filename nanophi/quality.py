@@ -19,11 +19,11 @@ import re
 import sys
 import types
 
-from nanophi import dataprep, textformat
-from nanophi.dataprep import DataError
-from nanophi.files import atomic_file, write_json_atomic, write_text_atomic
+from nanophi import records, textformat
+from nanophi.records import DataError
+from nanophi.files import atomic_file, jsonl_line, write_json_atomic, write_text_atomic
 
-ROOT = dataprep.ROOT
+ROOT = records.ROOT
 JUDGE_PROMPT = os.path.join(ROOT, "data", "quality", "judge_prompt.md")
 HASHING = "hashing"
 MAX_CHARS = 4000  # characters of a document featurised and judged (FineWeb-Edu's classifier reads 512 tokens)
@@ -40,12 +40,12 @@ def doc_text(examples):
 
 def task_sources(task, source="offline"):
     """The [Source] data/<task>/prepare.py would read for --source=source."""
-    mod = dataprep.load_prepare(task)
+    mod = records.load_prepare(task)
     extra = {"styles": list(mod.styles)} if hasattr(mod, "styles") else {}
-    cfg = types.SimpleNamespace(**{**dataprep.DEFAULTS, **extra, "source": source})
-    schemas = mod.schemas(dataprep.chat_styles(cfg.styles)) if hasattr(mod, "schemas") else mod.SCHEMAS
+    cfg = types.SimpleNamespace(**{**records.DEFAULTS, **extra, "source": source})
+    schemas = mod.schemas(records.chat_styles(cfg.styles)) if hasattr(mod, "schemas") else mod.SCHEMAS
     offline = mod.offline(cfg) if "offline" in source.split(",") else []
-    return dataprep.resolve_sources(source, schemas, offline, cfg.hub_root, "")
+    return records.resolve_sources(source, schemas, offline, cfg.hub_root, "")
 
 
 def task_examples(task, source="offline", max_docs=0):
@@ -75,12 +75,12 @@ def task_documents(task, source="offline", max_docs=0):
 
 def doc_key(examples):
     """The key preparation knows a document by: the hash of its normalised first example."""
-    return dataprep.doc_hash(dataprep.normalise(textformat.render_text(examples[0])))
+    return records.doc_hash(records.normalise(textformat.render_text(examples[0])))
 
 
 def text_records(path):
     """(where, record, text) of a JSONL file whose records carry a non-empty "text"; errors name file:line."""
-    for where, rec in dataprep.read_jsonl(path):
+    for where, rec in records.read_jsonl(path):
         if isinstance(rec, Exception):
             raise rec
         t = rec.get("text")
@@ -303,8 +303,8 @@ def reference_positives(spec):
 
 def reference_labels(positives, negatives, seed=1337, ratio=1.0):
     """DCLM-style: reference texts labelled 1, a seeded random sample of other documents labelled 0."""
-    pos_set = set(dataprep.normalise(t) for t in positives)
-    negatives = [t for t in negatives if dataprep.normalise(t) not in pos_set]
+    pos_set = set(records.normalise(t) for t in positives)
+    negatives = [t for t in negatives if records.normalise(t) not in pos_set]
     random.Random(seed).shuffle(negatives)
     negatives = negatives[:max(1, int(len(positives) * ratio))]
     return positives + negatives, [1] * len(positives) + [0] * len(negatives)
@@ -324,7 +324,7 @@ def score_documents(docs, scorer, out_dir, batch_size=512, top_k=10, progress=Tr
     def flush(batch, f):
         for (where, text), s in zip(batch, scorer.score([t for _, t in batch])):
             all_scores.append(s)
-            f.write(json.dumps({"where": where, "score": round(s, 5), "chars": len(text)}, ensure_ascii=False) + "\n")
+            f.write(jsonl_line({"where": where, "score": round(s, 5), "chars": len(text)}))
             item = (s, len(all_scores), where, text[:800])
             heapq.heappush(top, item) if len(top) < top_k else heapq.heappushpop(top, item)
             neg = (-s, len(all_scores), where, text[:800])

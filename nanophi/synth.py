@@ -12,7 +12,7 @@ import os
 import random
 import re
 
-from nanophi.dataprep import DataError
+from nanophi.records import DataError
 from nanophi.llm import request_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from nanophi import decontam
-from nanophi.dataprep import DataError
+from nanophi.records import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from nanophi import dataprep
+from nanophi import records
 from nanophi import offline_sources
 from nanophi import textformat
 from nanophi.datafiles import TaskSplit
@@ -15,7 +15,7 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 
 
 def load(task):
-    return dataprep.load_prepare(task)
+    return records.load_prepare(task)
 
 
 def all_docs(out, task):
@@ -101,48 +101,5 @@ def test_code_exercise_and_excerpt_masks():
 
 def test_only_last_reply_trained():
     segs = textformat.chat([("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")])
-    ids, mask = map(np.array, textformat.encode_example(dataprep.only_last_reply_trained(segs)))
+    ids, mask = map(np.array, textformat.encode_example(records.only_last_reply_trained(segs)))
     assert decode(ids[mask == 1]) == " d<|endoftext|>" and decode(ids).count("<|endoftext|>") == 2
-
-
-def test_generated_answers_are_right():
-    import random
-    rng = random.Random(3)
-    for _ in range(300):
-        it = offline_sources.math_item(rng)
-        if it["kind"] == "chain":
-            for eq in it["text"].split():
-                lhs, rhs = eq.split("=")
-                assert eval(lhs) == int(rhs)
-        elif it["kind"] in ("arithmetic",) and "boxes" not in it["question"]:
-            expr = it["question"].replace("What is ", "").replace("Compute ", "").replace("Calculate ", "").replace(" = ?", "")
-            assert eval(expr.rstrip("?.")) == int(it["answer"])
-        elif it["kind"] == "linear":
-            import re
-            lhs, c = it["question"].replace("Solve for x: ", "").split(" = ")
-            m = re.fullmatch(r"(-?)(\d*)x(?: ([+-]) (\d+))?", lhs)
-            coef = int(m[2] or 1) * (-1 if m[1] else 1)
-            b = int(m[4] or 0) * (-1 if m[3] == "-" else 1)
-            x = int(it["answer"].split(" = ")[1])
-            assert it["answer"] == f"x = {x}" and coef * x + b == int(c)
-        elif it["kind"] == "expand":
-            import sympy
-            x = sympy.Symbol("x")
-            q = it["question"][len("Expand "):-1].replace("x", "*x").replace("(*x", "(x").replace(")(", ")*(")
-            want = sympy.expand(sympy.sympify(q))
-            got = sympy.sympify(it["answer"].replace("^", "**").replace("x", "*x").lstrip("*").replace(" *x", " x")
-                                .replace("- *x", "- x").replace("+ *x", "+ x"))
-            assert sympy.expand(want - got) == 0, it
-    logic = {it["question"]: it["answer"] for _, it in offline_sources.logic_items(3000, 5)}
-    assert logic.get("If beavers live in dams and dams are on rivers, do beavers live on rivers?") == "yes"
-    for q, a in logic.items():
-        if q.startswith("True or false: ("):
-            assert str(eval(q[len("True or false: "):].replace("true", "True").replace("false", "False"))).lower() == a
-        if " taller than " in q:   # check the chain by brute force over orderings
-            import itertools
-            facts = [f.split(" is taller than ") for f in q.split("? ")[0].split(". ")[:-1] if " is taller than " in f]
-            facts = [(x, y.rstrip(".")) for x, y in facts]
-            a_, b_ = q.rsplit("Is ", 1)[1].rstrip("?").split(" taller than ")
-            people = sorted({p for f in facts for p in f})
-            orders = [o for o in itertools.permutations(people) if all(o.index(x) < o.index(y) for x, y in facts)]
-            assert ("yes" if all(o.index(a_) < o.index(b_) for o in orders) else "no") == a, q

@@ -148,13 +148,13 @@ def test_checks_reject_roleplay_name_marker():
 
 def test_no_humaneval_overlap():
     """Hand-written code answers must survive decontamination (no 13-gram shared with HumanEval)."""
-    from nanophi import dataprep
-    dc = dataprep.Decontaminator(humaneval=True)
+    from nanophi import decontam, records
+    dc = decontam.Decontaminator(humaneval=True)
     for path in [CHAT, ROLEPLAY] + ([SYMPOSIUM] if os.path.exists(SYMPOSIUM) else []):
         texts = [(n, r["id"], textformat.render_text(textformat.chat(r["turns"], system=r.get("system") or r.get("persona"))))
                  for n, r in load(path)]
         # one check over the whole file is fast; only on a hit look for the conversation to name
-        if dc.hit(dataprep.normalise("\n".join(t for _, _, t in texts))) is None:
+        if dc.hit(records.normalise("\n".join(t for _, _, t in texts))) is None:
             continue
         for n, i, text in texts:
-            assert dc.hit(dataprep.normalise(text)) is None, f"{path}:{n} ({i}): shares a 13-gram with HumanEval"
+            assert dc.hit(records.normalise(text)) is None, f"{path}:{n} ({i}): shares a 13-gram with HumanEval"

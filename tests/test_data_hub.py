@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import split_texts as texts
-from nanophi import dataprep
+from nanophi import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(task, out, mirror, *args):
-    return dataprep.load_prepare(task).main([f"--out_dir={out}", "--progress=False", f"--hub_root={mirror}", *args])
+    return records.load_prepare(task).main([f"--out_dir={out}", "--progress=False", f"--hub_root={mirror}", *args])
 
 
 def put(mirror, repo, files, write):
@@ -66,9 +66,9 @@ def test_metamathqa_json_array_streams_with_bounded_memory(tmp_path):
     path = put(m, "meta-math/MetaMathQA", "MetaMathQA-395K.json",
                json_array([dict(row, query=f"What is {i} + {i}?") for i in range(n)]))
     assert os.path.getsize(path) > 10e6
-    hub = dataprep.load_prepare("math").SCHEMAS[0].hub
+    hub = records.load_prepare("math").SCHEMAS[0].hub
     tracemalloc.start()
-    count = sum(1 for _ in dataprep.read_hub(hub, str(m)))
+    count = sum(1 for _ in records.read_hub(hub, str(m)))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert count == n
@@ -86,7 +86,7 @@ def test_truncated_stream_is_one_line(tmp_path):
                json_array([{"query": f"q{i}", "response": f"The answer is: {i}"} for i in range(30)]))
     data = open(path).read()
     open(path, "w").write(data[: len(data) // 2])  # a download cut off midway
-    with pytest.raises(dataprep.SourceUnavailable, match=r"^hub dataset meta-math/MetaMathQA stream failed after 1[0-9] "
+    with pytest.raises(records.SourceUnavailable, match=r"^hub dataset meta-math/MetaMathQA stream failed after 1[0-9] "
                                                          r"records .*--skip_unavailable=True"):
         run("math", tmp_path / "out", m, "--source=hub", "--n_eval=20")
     assert not os.path.exists(tmp_path / "out" / "math" / "train.bin")   # nothing half-written
@@ -221,7 +221,7 @@ def test_unreachable_hub_is_one_line_offline(tmp_path):
 
 
 def test_near_dedup_index_is_bounded():
-    near = dataprep.NearDedup(0.8, max_docs=2)
+    near = records.NearDedup(0.8, max_docs=2)
     docs = [" ".join(f"w{k}{i}" for i in range(40)) for k in range(3)]
     assert [near.is_dup(d) for d in docs] == [False, False, False]
     assert near.n == 2                                   # the third was checked, not added
@@ -238,7 +238,7 @@ def test_budget_caps_sized_to_the_run(tmp_path, capsys):
     # the Colab run: 200 x 4 x 1024 x 80 tokens, a sixth of them (weight 1 of 6) textbooks
     total, per_task, _ = prepare_all.read_budget(os.path.join(ROOT, "config", "finetune_nanophi.py"))
     assert total == 200 * 4 * 1024 * 80 and per_task["textbook"] == total / 6
-    hubs = [s.hub for s in dataprep.load_prepare("textbook").SCHEMAS if s.hub]
+    hubs = [s.hub for s in records.load_prepare("textbook").SCHEMAS if s.hub]
     plan, need, short = prepare_all.plan_caps("textbook", hubs, per_task["textbook"], 8192, 0.05, 1.3)
     supplied = sum(tokens for _, tokens, _ in plan.values())
     assert short == 0 and need <= supplied * 1.01 and supplied < 1.2 * per_task["textbook"]   # enough, not ten times more

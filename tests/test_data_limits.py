@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from nanophi import dataprep
+from nanophi import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MB = 1_000_000
@@ -70,12 +70,12 @@ def test_long_record_under_the_cap_has_bounded_memory(tmp_path):
 def test_long_text_document_is_reported_at_its_line(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("first document\n<|endoftext|>\n" + "x" * 2000 + "\n" + "y" * 2000 + "\n<|endoftext|>\nlast one\n")
-    got = list(dataprep.read_text(str(path), max_mb=0.003))
+    got = list(records.read_text(str(path), max_mb=0.003))
     assert got[0] == (f"{path}:1", {"text": "first document\n"})
-    assert isinstance(got[1][1], dataprep.DataError) and str(got[1][1]).startswith(f"{path}:3: record of 0.0 MB")
+    assert isinstance(got[1][1], records.DataError) and str(got[1][1]).startswith(f"{path}:3: record of 0.0 MB")
     assert got[2] == (f"{path}:6", {"text": "last one\n"}) and len(got) == 3
     # a line longer than the cap is never read whole
     path.write_text('{"text": "ok"}\n{"text": "' + "z" * 5000 + '"}\n{"text": "fine"}\n')
-    got = list(dataprep.read_jsonl(str(path), max_mb=0.001))
+    got = list(records.read_jsonl(str(path), max_mb=0.001))
     assert got[0][1] == {"text": "ok"} and got[2] == (f"{path}:3", {"text": "fine"})
     assert str(got[1][1]).startswith(f"{path}:2: record of 0.0 MB, more than max_record_mb=0.001")

@@ -10,17 +10,17 @@ import time
 import numpy as np
 import pytest
 
-from nanophi import dataprep
+from nanophi import dataprep, records
 from nanophi import textformat
 from nanophi.datafiles import SplitWriter, TaskSplit
 from nanophi.tokenizer import EOT_ID, decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXT = [dataprep.Schema("text", ["text"], lambda r: [textformat.textbook(dataprep.need(r, "text"))])]
+TEXT = [records.Schema("text", ["text"], lambda r: [textformat.textbook(records.need(r, "text"))])]
 
 
 def cfg(tmp_path, **kw):
-    return dataprep.settings([f"--out_dir={tmp_path}", "--progress=False"] + [f"--{k}={v}" for k, v in kw.items()])
+    return records.settings([f"--out_dir={tmp_path}", "--progress=False"] + [f"--{k}={v}" for k, v in kw.items()])
 
 
 def jsonl(path, rows):
@@ -32,7 +32,7 @@ def jsonl(path, rows):
 
 def prep(tmp_path, path, task="textbook", **kw):
     c = cfg(tmp_path, **kw)
-    return dataprep.prepare(task, dataprep.resolve_sources(path, TEXT, [], schema_name=c.schema), c)
+    return dataprep.prepare(task, records.resolve_sources(path, TEXT, [], schema_name=c.schema), c)
 
 
 def doc_texts(tmp_path, task, split):
@@ -61,7 +61,7 @@ def test_split_is_by_document_disjoint_and_stable(tmp_path):
 def test_val_never_empty_and_one_document_is_an_error(tmp_path):
     meta = prep(tmp_path, jsonl(tmp_path / "three.jsonl", [{"text": sentence(i)} for i in range(3)]), val_fraction=0.01)
     assert meta["splits"]["val"]["documents"] == 1 and meta["splits"]["train"]["documents"] == 2
-    with pytest.raises(dataprep.DataError, match="at least two"):
+    with pytest.raises(records.DataError, match="at least two"):
         prep(tmp_path, jsonl(tmp_path / "one.jsonl", [{"text": "just one"}]))
 
 
@@ -85,17 +85,17 @@ def test_decontamination_humaneval_and_eval_items(tmp_path):
             {"text": "Quiz. What is 17 + 25? Think about it."}, {"text": "What is 17 + 26?"},
             {"text": sentence(3)}, {"text": sentence(4)}]
     c = cfg(tmp_path)
-    meta = dataprep.prepare("math", dataprep.resolve_sources(jsonl(tmp_path / "x.jsonl", rows), TEXT, []), c,
+    meta = dataprep.prepare("math", records.resolve_sources(jsonl(tmp_path / "x.jsonl", rows), TEXT, []), c,
                             eval_texts=["What is 17 + 25?"])
     assert meta["decontamination"]["humaneval"] == 1 and meta["decontamination"]["eval_items"] == 1
     assert meta["decontamination"]["humaneval_problems"] == 164 and meta["sources"]["file:x.jsonl"] == 3
-    meta = dataprep.prepare("math", dataprep.resolve_sources(str(tmp_path / "x.jsonl"), TEXT, []),
+    meta = dataprep.prepare("math", records.resolve_sources(str(tmp_path / "x.jsonl"), TEXT, []),
                             cfg(tmp_path, decontaminate=False), eval_texts=["What is 17 + 25?"])
     assert meta["decontamination"]["humaneval"] == 0 and meta["sources"]["file:x.jsonl"] == 5
 
 
 def test_generated_eval_items_never_in_training(tmp_path):
-    mod = dataprep.load_prepare("math")
+    mod = records.load_prepare("math")
     meta = mod.main([f"--out_dir={tmp_path}", "--progress=False", "--num_generated=3000", "--n_eval=100"])
     items = [json.loads(l) for l in open(tmp_path / "math" / "eval.jsonl")]
     assert len(items) == 100 and all(set(it) == {"kind", "question", "answer"} for it in items)
@@ -105,7 +105,7 @@ def test_generated_eval_items_never_in_training(tmp_path):
         for t in doc_texts(tmp_path, "math", split):
             if "\nAnswer:" in t:
                 assert t[len("[Math] "):t.index("\nAnswer:")] not in questions
-    with pytest.raises(dataprep.DataError, match="eval_seed must differ"):
+    with pytest.raises(records.DataError, match="eval_seed must differ"):
         mod.main([f"--out_dir={tmp_path}", "--progress=False", "--eval_seed=1337"])
 
 
@@ -120,7 +120,7 @@ def test_generated_eval_items_never_in_training(tmp_path):
 def test_bad_input_names_file_line_field(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(content + b'{"text": "fine document two"}\n{"text": "fine document three"}\n')
-    with pytest.raises(dataprep.DataError, match=message + r".*--skip_bad"):
+    with pytest.raises(records.DataError, match=message + r".*--skip_bad"):
         prep(tmp_path, str(path))
     assert not os.path.exists(tmp_path / "textbook" / "train.bin") and not glob.glob(str(tmp_path / "textbook" / "*.tmp-*"))
     meta = prep(tmp_path, str(path), skip_bad=True)
@@ -129,23 +129,23 @@ def test_bad_input_names_file_line_field(tmp_path, content, message):
 
 
 def test_bad_chat_turns_name_the_field(tmp_path):
-    chat = dataprep.load_prepare("chat")
+    chat = records.load_prepare("chat")
     path = jsonl(tmp_path / "c.jsonl", [
         {"id": "a", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
         {"id": "b", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]}])
-    with pytest.raises(dataprep.DataError, match=r"c\.jsonl:2: field 'turns\[1\]\.role': must be 'user' or 'assistant', got 'robot'"):
+    with pytest.raises(records.DataError, match=r"c\.jsonl:2: field 'turns\[1\]\.role': must be 'user' or 'assistant', got 'robot'"):
         chat.main([f"--out_dir={tmp_path}", "--progress=False", f"--source={path}"])
     jsonl(tmp_path / "c.jsonl", [{"id": "b", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ["x"]}]}])
-    with pytest.raises(dataprep.DataError, match=r"c\.jsonl:1: field 'turns\[1\]\.content': expected str, got list"):
+    with pytest.raises(records.DataError, match=r"c\.jsonl:1: field 'turns\[1\]\.content': expected str, got list"):
         chat.main([f"--out_dir={tmp_path}", "--progress=False", f"--source={path}"])
 
 
 def test_empty_sources(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
-    with pytest.raises(dataprep.DataError, match=r"empty\.jsonl: empty source"):
+    with pytest.raises(records.DataError, match=r"empty\.jsonl: empty source"):
         prep(tmp_path, str(tmp_path / "empty.jsonl"))
     (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(dataprep.DataError, match=r"empty source \(no records\)"):
+    with pytest.raises(records.DataError, match=r"empty source \(no records\)"):
         prep(tmp_path, str(tmp_path / "empty.txt"), schema="text")
 
 
@@ -154,12 +154,12 @@ def test_failed_run_keeps_previous_output(tmp_path):
     prep(tmp_path, good)
     before = {p: open(p, "rb").read() for p in glob.glob(str(tmp_path / "textbook" / "*"))}
     # a source that breaks off mid-stream (KeyboardInterrupt = Ctrl-C) after a full batch was written
-    def records():
+    def stream():
         for i in range(600):
             yield f"gen:{i}", {"text": sentence(1000 + i)}
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        dataprep.prepare("textbook", [dataprep.Source("gen", records, TEXT[0])], cfg(tmp_path, batch_size=64))
+        dataprep.prepare("textbook", [records.Source("gen", stream, TEXT[0])], cfg(tmp_path, batch_size=64))
     after = {p: open(p, "rb").read() for p in glob.glob(str(tmp_path / "textbook" / "*"))}
     assert after == before   # old files intact, no temporary files left
 
@@ -187,7 +187,7 @@ def test_killed_process_leaves_no_finished_bin(tmp_path):
 
 def test_uint16_check_is_clear(tmp_path):
     w = SplitWriter(str(tmp_path), "train")
-    with pytest.raises(dataprep.DataError, match=r"doc 7: token id 70000 does not fit uint16"):
+    with pytest.raises(records.DataError, match=r"doc 7: token id 70000 does not fit uint16"):
         dataprep.write_document(w, [15496, 70000, EOT_ID], [0, 1, 1], "doc 7")
     w.abort()
     assert os.listdir(tmp_path) == []

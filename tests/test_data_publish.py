@@ -10,23 +10,23 @@ import sys
 
 import pytest
 
-from nanophi import dataprep, textformat
+from nanophi import dataprep, records, textformat
 from nanophi.datafiles import CURRENT, TaskSplit
 from nanophi.tokenizer import decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXT = [dataprep.Schema("text", ["text"], lambda r: [textformat.textbook(dataprep.need(r, "text"))])]
+TEXT = [records.Schema("text", ["text"], lambda r: [textformat.textbook(records.need(r, "text"))])]
 
 # prepares data/<task> from a JSONL file; version 'old' or 'new' marks every document and eval item
 PREPARE = """
 import json, sys
 sys.path.insert(0, {root!r})
-from nanophi import dataprep, textformat
-schema = [dataprep.Schema("text", ["text"], lambda r: [textformat.textbook(dataprep.need(r, "text"))])]
+from nanophi import dataprep, records, textformat
+schema = [records.Schema("text", ["text"], lambda r: [textformat.textbook(records.need(r, "text"))])]
 out, source, version = sys.argv[1:4]
-cfg = dataprep.settings(["--out_dir=" + out, "--progress=False", "--near_dedup=False"])
+cfg = records.settings(["--out_dir=" + out, "--progress=False", "--near_dedup=False"])
 items = [{{"question": f"{{version}} question {{i}}", "answer": str(i)}} for i in range(3)]
-dataprep.prepare("math", dataprep.resolve_sources(source, schema, []), cfg, eval_items=items)
+dataprep.prepare("math", records.resolve_sources(source, schema, []), cfg, eval_items=items)
 """
 
 
@@ -122,9 +122,9 @@ def test_leftovers_of_killed_runs_are_cleaned(tmp_path):
         (task_dir / name).write_bytes(b"half written")
     (task_dir / f".prepared-{dead}-1").mkdir()
     (task_dir / "prepare.py").write_text("# the task's own script stays\n")
-    cfg = dataprep.settings([f"--out_dir={tmp_path}", "--progress=False"])
+    cfg = records.settings([f"--out_dir={tmp_path}", "--progress=False"])
     src = source(tmp_path, "new", 20)
-    dataprep.prepare("math", dataprep.resolve_sources(src, TEXT, []), cfg)
+    dataprep.prepare("math", records.resolve_sources(src, TEXT, []), cfg)
     names = sorted(n for n in os.listdir(task_dir) if not n.startswith(".prepared-"))
     assert names == [CURRENT, "meta.json", "prepare.py", "train.bin", "train_docs.bin", "train_mask.bin",
                      "val.bin", "val_docs.bin", "val_mask.bin"]
@@ -133,8 +133,8 @@ def test_leftovers_of_killed_runs_are_cleaned(tmp_path):
 
 
 def test_legacy_prepared_data_still_load(tmp_path):
-    cfg = dataprep.settings([f"--out_dir={tmp_path}", "--progress=False"])
-    dataprep.prepare("math", dataprep.resolve_sources(source(tmp_path, "old", 20), TEXT, []), cfg)
+    cfg = records.settings([f"--out_dir={tmp_path}", "--progress=False"])
+    dataprep.prepare("math", records.resolve_sources(source(tmp_path, "old", 20), TEXT, []), cfg)
     n = TaskSplit(str(tmp_path), "math", "train").n_docs
     legacy_layout(tmp_path / "math")
     assert TaskSplit(str(tmp_path), "math", "train").n_docs == n

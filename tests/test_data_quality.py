@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from nanophi import quality
-from nanophi.dataprep import DataError
+from nanophi.records import DataError
 from test_serve import Server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import split_texts as texts
-from nanophi import dataprep
+from nanophi import records
 from nanophi import offline_sources
 from nanophi import textformat
 
@@ -16,7 +16,7 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 
 
 def load(task):
-    return dataprep.load_prepare(task)
+    return records.load_prepare(task)
 
 
 def run(task, tmp_path, *args):
@@ -101,7 +101,7 @@ def test_handwritten_schemas_in_every_style(tmp_path):
     assert any("\n[Human]: Morning, Tom! Any news?\nOld Tom: News?" in t for t, _ in docs)  # user_name null
     meta = run("symposium", tmp_path / "s", f"--source={os.path.join(FIX, 'chat_handwritten.jsonl')}", "--styles=['nanophi','plain']")
     assert meta["tag"] == "[Chat]" and sum(meta["splits"][s]["documents"] for s in ("train", "val")) == 6
-    with pytest.raises(dataprep.DataError, match="nanophi"):
+    with pytest.raises(records.DataError, match="nanophi"):
         run("chat", tmp_path / "x", f"--source={os.path.join(FIX, 'chat_handwritten.jsonl')}", "--styles=['plain']")
 
 
@@ -120,13 +120,13 @@ def test_parquet_and_text_files(tmp_path):
 
 def test_schema_detection_and_unknown_source(tmp_path):
     (tmp_path / "odd.jsonl").write_text('{"title": "x", "body": "y"}\n')
-    with pytest.raises(dataprep.DataError, match=r"odd.jsonl: the first record's fields \['body', 'title'\] match no schema.*"
+    with pytest.raises(records.DataError, match=r"odd.jsonl: the first record's fields \['body', 'title'\] match no schema.*"
                                                  r"meta-math/MetaMathQA \['query', 'response'\]"):
         run("math", tmp_path, f"--source={tmp_path / 'odd.jsonl'}")
-    with pytest.raises(dataprep.DataError, match="not 'offline', 'hub', a known hub dataset"):
+    with pytest.raises(records.DataError, match="not 'offline', 'hub', a known hub dataset"):
         run("math", tmp_path, "--source=nowhere/nothing")
     # hub names resolve to the datasets mapping (not opened here: no network in tests)
-    srcs = dataprep.resolve_sources("hub", load("chat").SCHEMAS, [])
+    srcs = records.resolve_sources("hub", load("chat").SCHEMAS, [])
     assert [s.name for s in srcs] == ["bavard/personachat_truecased", "AlekseyKorshuk/persona-chat", "PygmalionAI/PIPPA"]
     # hub sources are pinned data files, never a loading script
     assert [(s.hub.repo, s.hub.path()) for s in load("code").SCHEMAS if s.hub] == [

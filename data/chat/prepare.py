@@ -13,9 +13,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from nanophi import dataprep  # noqa: E402
+from nanophi import dataprep, records  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import PARQUET_CONVERSION, FieldError, Hub, Schema, need  # noqa: E402
+from nanophi.records import PARQUET_CONVERSION, FieldError, Hub, Schema, need  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HANDWRITTEN = os.path.join(HERE, "handwritten.jsonl")
@@ -23,7 +23,7 @@ styles = list(textformat.CHAT_STYLES)
 
 
 def handwritten(r, styles, task="chat"):
-    turns = dataprep.conversation(r)
+    turns = records.conversation(r)
     system = need(r, "system") if r.get("system") is not None else None
     return [textformat.chat(turns, system=system, task=task, style=s) for s in styles]
 
@@ -55,8 +55,8 @@ def personachat_truecased(r):
     # one row per reply: history so far + candidates, the last candidate is the gold reply.
     # Rows of a conversation are growing prefixes, so only the row's own reply is trained.
     history, cands = strings(r, "history"), strings(r, "candidates")
-    turns = dataprep.conversation({"turns": persona_turns(history, cands[-1])})
-    return [dataprep.only_last_reply_trained(textformat.chat(turns, system=persona_system(r)))]
+    turns = records.conversation({"turns": persona_turns(history, cands[-1])})
+    return [records.only_last_reply_trained(textformat.chat(turns, system=persona_system(r)))]
 
 
 def persona_chat(r):
@@ -69,13 +69,13 @@ def persona_chat(r):
         history, cands = strings(last, "history"), strings(last, "candidates")
     except FieldError as e:
         raise FieldError(f"utterances[{len(utts) - 1}].{e.field}", e.problem) from None
-    turns = dataprep.conversation({"turns": persona_turns(history, cands[-1])})
+    turns = records.conversation({"turns": persona_turns(history, cands[-1])})
     return [textformat.chat(turns, system=persona_system(r))]
 
 
 def _load_roleplay():
     # PIPPA's field mapping lives in the roleplay script; chat reuses it (one definition)
-    return dataprep.load_prepare("roleplay")
+    return records.load_prepare("roleplay")
 
 
 roleplay = _load_roleplay()
@@ -90,7 +90,7 @@ def schemas(cfg_styles=None):
     return [
         Schema("handwritten", ["turns"], lambda r: handwritten(r, cfg_styles or styles)),
         # the truecased file its loading script reads: one JSON array of conversations, streamed (ijson).
-        # The lowercase copy below holds the same dialogues: dataprep.dedup_key makes them collide.
+        # The lowercase copy below holds the same dialogues: records.dedup_key makes them collide.
         Schema("bavard/personachat_truecased", ["personality", "utterances"], persona_chat,
                hub=Hub("bavard/personachat_truecased", "personachat_truecased_full_train.json", "json_array",
                        rows=17878, tokens_per_doc=330, bytes_per_doc=11000)),
@@ -106,11 +106,11 @@ def schemas(cfg_styles=None):
 SCHEMAS = schemas()
 
 
-offline = dataprep.handwritten_offline("chat", HANDWRITTEN, schemas)
+offline = records.handwritten_offline("chat", HANDWRITTEN, schemas)
 
 
 def main(argv=None):
-    return dataprep.run("chat", lambda cfg: schemas(dataprep.chat_styles(cfg.styles)), offline, argv, styles=styles,
+    return dataprep.run("chat", lambda cfg: schemas(records.chat_styles(cfg.styles)), offline, argv, styles=styles,
                         meta_extra={"loss": "assistant replies and their end-of-text only"})
 
 

@@ -12,11 +12,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from nanophi import dataprep  # noqa: E402
+from nanophi import dataprep, records  # noqa: E402
 from nanophi import offline_sources  # noqa: E402
 from nanophi import synth  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import Hub, Schema, Source, need  # noqa: E402
+from nanophi.records import Hub, Schema, Source, need  # noqa: E402
 
 
 def both_styles(parts):
@@ -40,7 +40,7 @@ def synthetic_exercise(r):
     """A reply of data/synthesize.py --kind=exercise: the function's signature+docstring is the prompt."""
     parts = synth.parse_exercise(need(r, "text"))
     if parts is None:
-        raise dataprep.FieldError("text", "the reply holds no Python function with a docstring and a body")
+        raise records.FieldError("text", "the reply holds no Python function with a docstring and a body")
     return [textformat.code_exercise(parts["exercise"], parts["solution"])]
 
 
@@ -51,8 +51,8 @@ SCHEMAS = [
                    "zip_jsonl_gz", rows=412178, tokens_per_doc=420, bytes_per_doc=2100)),
     Schema("synthetic-exercise", ["kind", "exercise_kind", "text"], synthetic_exercise),
     Schema("code_search_net", ["func_code_string", "func_documentation_string", "whole_func_string"], code_search_net),
-    Schema("garage-bAInd/Open-Platypus", ["instruction", "output", "data_source"], lambda r: dataprep.platypus("code", r),
-           hub=dataprep.OPEN_PLATYPUS),
+    Schema("garage-bAInd/Open-Platypus", ["instruction", "output", "data_source"], lambda r: records.platypus("code", r),
+           hub=records.OPEN_PLATYPUS),
     Schema("text", ["text"], lambda r: [textformat.code(need(r, "text"))]),
 ]
 

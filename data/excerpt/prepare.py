@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 from nanophi import dataprep  # noqa: E402
 from nanophi import offline_sources  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import Schema, Source, need  # noqa: E402
+from nanophi.records import Schema, Source, need  # noqa: E402
 
 SCHEMAS = [
     Schema("excerpt", ["text", "response"], lambda r: [textformat.excerpt(need(r, "text"), need(r, "response"))]),

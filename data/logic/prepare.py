@@ -11,10 +11,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from nanophi import dataprep  # noqa: E402
-from nanophi import offline_sources  # noqa: E402
+from nanophi import dataprep, records  # noqa: E402
+from nanophi import gen_logic  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import Schema, Source, need  # noqa: E402
+from nanophi.records import Schema, Source, need  # noqa: E402
 
 num_generated = 20000
 eval_seed = 434343
@@ -22,27 +22,27 @@ n_eval = 200
 
 
 SCHEMAS = [
-    # Open-Platypus rows are routed by data_source: MATH/PRM800K go to math, leetcode to code (dataprep.PLATYPUS_ROUTES)
-    Schema("garage-bAInd/Open-Platypus", ["instruction", "output"], lambda r: dataprep.platypus("logic", r),
-           hub=dataprep.OPEN_PLATYPUS),
+    # Open-Platypus rows are routed by data_source: MATH/PRM800K go to math, leetcode to code (records.PLATYPUS_ROUTES)
+    Schema("garage-bAInd/Open-Platypus", ["instruction", "output"], lambda r: records.platypus("logic", r),
+           hub=records.OPEN_PLATYPUS),
     Schema("qa", ["question", "answer"], lambda r: [textformat.qa("logic", need(r, "question"), need(r, "answer"))]),
     Schema("text", ["text"], lambda r: [textformat.plain("logic", need(r, "text"))]),
 ]
 
 
 def offline(cfg):
-    return [Source("logic-generator", lambda: offline_sources.logic_items(cfg.num_generated, cfg.seed),
+    return [Source("logic-generator", lambda: gen_logic.logic_items(cfg.num_generated, cfg.seed),
                    Schema("generated", [], lambda r: [textformat.qa("logic", r["question"], r["answer"])]))]
 
 
 def eval_items(cfg):
-    return dataprep.unique_items(offline_sources.logic_items(10 ** 9, cfg.eval_seed), cfg.n_eval)
+    return dataprep.unique_items(gen_logic.logic_items(10 ** 9, cfg.eval_seed), cfg.n_eval)
 
 
 def main(argv=None):
     return dataprep.run("logic", SCHEMAS, offline, argv, eval_items=eval_items,
                         meta_extra={"loss": "answer only",
-                                    "eval": {"answer_format": offline_sources.LOGIC_ANSWER_FORMAT,
+                                    "eval": {"answer_format": gen_logic.LOGIC_ANSWER_FORMAT,
                                              "prompt": "textformat.qa('logic', question) -> '[Logic] <question>\\nAnswer:'"}},
                         near_dedup=False, num_generated=num_generated, eval_seed=eval_seed, n_eval=n_eval)
 

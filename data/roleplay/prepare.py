@@ -14,16 +14,16 @@ import re
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from nanophi import dataprep  # noqa: E402
+from nanophi import dataprep, records  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import FieldError, Hub, Schema, need  # noqa: E402
+from nanophi.records import FieldError, Hub, Schema, need  # noqa: E402
 
 HANDWRITTEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handwritten.jsonl")
 styles = list(textformat.CHAT_STYLES)
 
 
 def handwritten(r, styles):
-    turns = dataprep.conversation(r)
+    turns = records.conversation(r)
     bot, persona = need(r, "bot_name"), need(r, "persona")
     user = need(r, "user_name") if r.get("user_name") is not None else None
     return [textformat.chat(turns, system=persona, task="roleplay", style=s, user_name=user, bot_name=bot) for s in styles]
@@ -64,7 +64,7 @@ def pippa_turns(r, user="User"):
         except FieldError as e:
             raise FieldError(f"conversation[{i}].{e.field}", e.problem) from None
         turns.append({"role": "user" if human else "assistant", "content": pippa_clean(text, bot, user)})
-    return dataprep.conversation({"turns": [t for t in turns if t["content"]]})
+    return records.conversation({"turns": [t for t in turns if t["content"]]})
 
 
 def pippa_persona(r, user="User"):
@@ -103,11 +103,11 @@ def schemas(cfg_styles=None):
 SCHEMAS = schemas()
 
 
-offline = dataprep.handwritten_offline("roleplay", HANDWRITTEN, schemas)
+offline = records.handwritten_offline("roleplay", HANDWRITTEN, schemas)
 
 
 def main(argv=None):
-    return dataprep.run("roleplay", lambda cfg: schemas(dataprep.chat_styles(cfg.styles)), offline, argv, styles=styles,
+    return dataprep.run("roleplay", lambda cfg: schemas(records.chat_styles(cfg.styles)), offline, argv, styles=styles,
                         meta_extra={"loss": "bot replies and their end-of-text only"})
 
 

@@ -13,16 +13,16 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from nanophi import dataprep  # noqa: E402
+from nanophi import dataprep, records  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import Schema, need  # noqa: E402
+from nanophi.records import Schema, need  # noqa: E402
 
 HANDWRITTEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handwritten.jsonl")
 styles = list(textformat.CHAT_STYLES)
 
 
 def handwritten(r, styles):
-    turns = dataprep.conversation(r)
+    turns = records.conversation(r)
     system = need(r, "system") if r.get("system") is not None else None
     return [textformat.chat(turns, system=system, task="chat", style=s) for s in styles]
 
@@ -34,11 +34,11 @@ def schemas(cfg_styles=None):
 SCHEMAS = schemas()
 
 
-offline = dataprep.handwritten_offline("symposium", HANDWRITTEN, schemas)
+offline = records.handwritten_offline("symposium", HANDWRITTEN, schemas)
 
 
 def main(argv=None):
-    return dataprep.run("symposium", lambda cfg: schemas(dataprep.chat_styles(cfg.styles)), offline, argv,
+    return dataprep.run("symposium", lambda cfg: schemas(records.chat_styles(cfg.styles)), offline, argv,
                         render_task="chat", styles=styles,
                         meta_extra={"loss": "assistant replies and their end-of-text only"})
 

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 from nanophi import dataprep  # noqa: E402
 from nanophi import offline_sources  # noqa: E402
 from nanophi import textformat  # noqa: E402
-from nanophi.dataprep import PARQUET_CONVERSION, Hub, Schema, Source, need  # noqa: E402
+from nanophi.records import PARQUET_CONVERSION, Hub, Schema, Source, need  # noqa: E402
 
 SCHEMAS = [
     # both read from the hub's parquet conversion; tiny-textbooks may be gated (accept its terms, log in)
