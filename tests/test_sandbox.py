@@ -352,3 +352,21 @@ def test_one_sample_misbehaving_is_its_own_result(problems, isolation):
 def test_bad_isolation_value():
     with pytest.raises(ValueError, match="isolation"):
         sandbox.run("pass", isolation="off")
+
+
+@needs_namespaces
+@pytest.mark.parametrize("isolation", NAMESPACE_LEVELS)
+def test_a_sample_that_leaves_the_session_dies_with_its_timeout(problems, isolation):
+    """The sample's own process (PID 1 of its namespace) touches memory, calls setsid(), forks a
+    sleeper and sleeps itself: once the timeout ends the sample, no process of it is left (/proc)."""
+    marker = f"nanophi-setsid-{isolation}-{os.getpid()}-{time.time_ns()}"
+    sh = f"['sh', '-c', 'sleep 30', {marker!r}]"
+    completion = ("    import posix\n    x = bytearray(32 * 2**20)\n    x[::4096] = b'1' * len(x[::4096])\n"
+                  f"    posix.setsid()\n    if posix.fork() == 0:\n        posix.execv('/bin/sh', {sh})\n"
+                  f"    posix.execv('/bin/sh', {sh})\n")
+    r = sandbox.check_humaneval(problems[0], completion, timeout=1.5, isolation=isolation)
+    assert r["status"] == "timeout", r
+    left = _processes_with(marker)
+    for pid in left:  # never leave them to the next test
+        os.kill(pid, 9)
+    assert left == []
