@@ -165,6 +165,7 @@ def _collect(r, ctl, proc, deadline, found):
 
 
 _LIVE = set()  # runners now running, for cancel_all()
+_CANCEL = threading.Event()
 
 
 def _kill(proc, init_fd=None):
@@ -229,6 +230,8 @@ def _run_job(job, timeout, memory_mb, file_mb, level):
                 os.close(ctl_w)
             found = {}
             _LIVE.add(proc)
+            if _CANCEL.is_set():  # cancelled while this one was starting
+                _kill(proc)
             try:
                 data, why = _collect(r, ctl_r, proc, t0 + timeout, found)
                 if why is None:  # results complete: let the runner report how the program ended
@@ -288,9 +291,22 @@ def run_many(sources, timeout=3.0, memory_mb=1024, file_mb=16, isolation="auto",
 
 def _parallel(fn, items, workers, desc):
     from tqdm import tqdm
+    _CANCEL.clear()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(fn, x) for x in items]
-        return [f.result() for f in tqdm(futures, desc=desc or "sandbox", disable=desc is False, leave=False)]
+        try:
+            return [f.result() for f in tqdm(futures, desc=desc or "sandbox", disable=desc is False, leave=False)]
+        except BaseException:  # Ctrl-C: drop the queue, kill what runs, so leaving the pool takes no time
+            cancel_all()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def cancel_all():
+    """Kill every running program and refuse new ones until the next run_many/check_humaneval_many."""
+    _CANCEL.set()
+    for proc in list(_LIVE):
+        _kill(proc)
 
 
 def count(results):
