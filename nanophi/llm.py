@@ -138,7 +138,7 @@ def make_client(base_url, api_key, timeout, max_retries):
     import httpx
     import openai
     http = httpx.AsyncClient(transport=_bounded_transport(timeout, MAX_REPLY_BYTES), timeout=timeout,
-                             trust_env=False)  # no proxy from the environment sees the key
+                             trust_env=False)  # our transport: no proxy or .netrc from the environment
     return openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=max_retries,
                               http_client=http)
 
