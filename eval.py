@@ -271,9 +271,14 @@ def humaneval_scores(problems, samples, ks, timeout, memory_mb, workers, isolati
     from nanophi import sandbox
     by_id = {p["task_id"]: p for p in problems}
     level, note = sandbox.isolation_level(isolation)
-    runs = sandbox.check_humaneval_many([(by_id[s["task_id"]], s["completion"]) for s in samples], timeout=timeout,
-                                        memory_mb=memory_mb, isolation=isolation, workers=workers,
-                                        desc="humaneval tests")
+    try:
+        runs = sandbox.check_humaneval_many([(by_id[s["task_id"]], s["completion"]) for s in samples],
+                                            timeout=timeout, memory_mb=memory_mb, isolation=isolation,
+                                            workers=workers, desc="humaneval tests")
+    except KeyboardInterrupt:  # the sandbox killed the running samples and dropped the queue
+        print("\neval.py: interrupted during the HumanEval checks; no scores written (the samples file is kept)",
+              file=sys.stderr)
+        sys.exit(130)
     per_task = {}
     for s, r in zip(samples, runs):
         per_task.setdefault(s["task_id"], []).append(r["status"] == "passed")

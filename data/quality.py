@@ -24,7 +24,7 @@ from configurator import ConfigError, configure, run_main  # noqa: E402
 from nanophi import quality  # noqa: E402
 from nanophi.records import DataError  # noqa: E402
 from nanophi.files import write_jsonl_atomic  # noqa: E402
-from nanophi.llm import EndpointError, run_requests, usage_totals  # noqa: E402
+from nanophi.llm import EndpointError, api_key_for, run_requests, usage_totals  # noqa: E402
 
 COMMANDS = ("label", "train", "score")
 # -----------------------------------------------------------------------------
@@ -38,7 +38,7 @@ labels_from = "judge"       # label: judge | reference
 # judge
 base_url = "http://127.0.0.1:8000/v1"
 model = "nanophi"
-api_key_env = "OPENAI_API_KEY"  # the environment variable holding the key
+api_key_env = ""            # "": $OPENAI_API_KEY, sent only to https://api.openai.com; NAME: send $NAME to base_url
 prompt = quality.JUDGE_PROMPT
 concurrency = 4
 timeout = 120.0             # seconds per request
@@ -75,8 +75,8 @@ def label():
         requests = quality.judge_requests(docs, model, prompt, judge_max_tokens, max_chars=judge_chars)
         replies = os.path.join(out_dir, "judge_replies.jsonl")
         try:
-            done, stats = run_requests(requests, replies, base_url, model, os.environ.get(api_key_env, ""),
-                                       api_key_env, concurrency, timeout, max_retries, judge_max_tokens, 0.0, progress)
+            done, stats = run_requests(requests, replies, base_url, model, *api_key_for(base_url, api_key_env),
+                                       concurrency, timeout, max_retries, judge_max_tokens, 0.0, progress)
         except EndpointError as e:
             kept = sum(1 for _ in open(replies)) if os.path.exists(replies) else 0
             raise EndpointError(f"{e}\n{kept} replies kept in {replies}; rerun the same command to resume") from None

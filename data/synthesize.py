@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 from configurator import ConfigError, configure, run_main  # noqa: E402
 from nanophi import synth  # noqa: E402
 from nanophi.records import DataError  # noqa: E402
-from nanophi.llm import EndpointError, run_requests, usage_totals  # noqa: E402
+from nanophi.llm import EndpointError, api_key_for, run_requests, usage_totals  # noqa: E402
 
 # -----------------------------------------------------------------------------
 kind = "textbook"           # textbook | exercise
@@ -28,7 +28,7 @@ seeds = synth.SEEDS
 seed = 1337                 # order of the seed combinations
 base_url = "http://127.0.0.1:8000/v1"
 model = "nanophi"
-api_key_env = "OPENAI_API_KEY"  # the environment variable holding the key
+api_key_env = ""            # "": $OPENAI_API_KEY, sent only to https://api.openai.com; NAME: send $NAME to base_url
 concurrency = 4             # requests in flight
 timeout = 300.0             # seconds per request
 max_retries = 3             # the openai client's retries with backoff on 429/5xx/connection errors
@@ -54,7 +54,7 @@ def main(argv):
         print(f"{len(requests)} prompts ({kind}); nothing sent (dry_run)")
         return
     try:
-        done, stats = run_requests(requests, out, base_url, model, os.environ.get(api_key_env, ""), api_key_env,
+        done, stats = run_requests(requests, out, base_url, model, *api_key_for(base_url, api_key_env),
                                    concurrency, timeout, max_retries, max_tokens, temperature, progress)
     except EndpointError as e:
         n = sum(1 for _ in open(out, "rb")) if os.path.exists(out) else 0

@@ -10,7 +10,13 @@ nothing completed is lost.
 
 Retries with exponential backoff on 408/409/429/5xx and dropped connections are the openai
 client's own (max_retries); a wrong key or an endpoint still down after the retries stops the run
-with a clear message, and the file holds everything finished before it.
+with a clear message, and the file holds everything finished before it. Each attempt has a total
+deadline (timeout: connecting, sending and the whole reply, however slowly it trickles) and a reply
+may be at most MAX_REPLY_BYTES; both are enforced under the client, in its httpx transport.
+
+The key: $OPENAI_API_KEY goes only to the OpenAI API itself (https://api.openai.com); any other
+base_url gets a key only when the user names its variable (api_key_env=NAME), as the openai and HF
+clients never send one key to a host it was not made for.
 """
 import asyncio
 import hashlib
@@ -65,9 +71,90 @@ def append_record(f, rec):
     os.fsync(f.fileno())
 
 
+OPENAI_HOST = "api.openai.com"
+MAX_REPLY_BYTES = 8 * 2**20  # a chat reply of max_tokens is kilobytes; more is a broken or hostile endpoint
+
+
+def api_key_for(base_url, key_env=""):
+    """(key, the variable it came from) for base_url. key_env="" : $OPENAI_API_KEY, and only when
+    base_url is https://api.openai.com; key_env=NAME: $NAME for whatever base_url (the user chose it)."""
+    from urllib.parse import urlsplit
+    if key_env:
+        if not os.environ.get(key_env):
+            raise EndpointError(f"api_key_env={key_env}: ${key_env} is not set (or empty)")
+        return os.environ[key_env], key_env
+    url = urlsplit(base_url)
+    if url.scheme == "https" and url.hostname == OPENAI_HOST:
+        return os.environ.get("OPENAI_API_KEY", ""), "OPENAI_API_KEY"
+    if os.environ.get("OPENAI_API_KEY"):
+        print(f"note: $OPENAI_API_KEY is not sent to {base_url} (only to https://{OPENAI_HOST}); "
+              f"set api_key_env=OPENAI_API_KEY to send it there", file=sys.stderr)
+    return "", "api_key_env"
+
+
+class ReplyTooLarge(Exception):
+    pass
+
+
+def _bounded_transport(timeout, max_bytes):
+    """An httpx transport whose every request ends within `timeout` seconds in all (httpx's own timeouts
+    are per read: a byte a second never trips them) and whose reply body stops at max_bytes."""
+    import httpx
+
+    class Stream(httpx.AsyncByteStream):
+        def __init__(self, inner, deadline, request):
+            self.inner, self.deadline, self.request = inner, deadline, request
+
+        async def __aiter__(self):
+            chunks, size = self.inner.__aiter__(), 0
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), self.deadline - time.monotonic())
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    raise httpx.ReadTimeout(f"reply not complete after {timeout:g} s", request=self.request) from None
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ReplyTooLarge(f"a reply larger than {max_bytes // 2**20} MiB")
+                yield chunk
+
+        async def aclose(self):
+            await self.inner.aclose()
+
+    class Transport(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request):
+            deadline = time.monotonic() + timeout
+            try:
+                response = await asyncio.wait_for(super().handle_async_request(request), timeout)
+            except asyncio.TimeoutError:
+                raise httpx.ReadTimeout(f"no reply headers after {timeout:g} s", request=request) from None
+            return httpx.Response(response.status_code, headers=response.headers, extensions=response.extensions,
+                                  stream=Stream(response.stream, deadline, request))
+    return Transport()
+
+
 def make_client(base_url, api_key, timeout, max_retries):
+    import httpx
     import openai
-    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=max_retries)
+    http = httpx.AsyncClient(transport=_bounded_transport(timeout, MAX_REPLY_BYTES), timeout=timeout,
+                             trust_env=False)  # our transport: no proxy or .netrc from the environment
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=max_retries,
+                              http_client=http)
+
+
+def _not_a_completion(r):
+    """Why a 200 reply is no chat completion (an HTML page, {}, choices: []), or None."""
+    choices = getattr(r, "choices", None)
+    if not isinstance(choices, list):
+        return f"a {type(r).__name__} reply without 'choices'" if not isinstance(r, str) else \
+            f"not JSON ({r[:40].strip()!r}...)"
+    if not choices:
+        return "'choices' is empty"
+    message = getattr(choices[0], "message", None)
+    if message is None or not isinstance(getattr(message, "content", None), (str, type(None))):
+        return "choices[0] has no message"
+    return None
 
 
 async def _one(client, sem, req, cfg, stats):
@@ -85,7 +172,14 @@ async def _one(client, sem, req, cfg, stats):
         except openai.NotFoundError:
             raise EndpointError(f"{cfg['base_url']}: model {cfg['model']!r} or the /chat/completions route "
                                 f"was not found; check --base_url (it usually ends in /v1) and --model") from None
-        except (openai.APIConnectionError, openai.APITimeoutError) as e:
+        except openai.APITimeoutError:
+            raise EndpointError(f"{cfg['base_url']}: no complete reply within {cfg['timeout']:g} s (--timeout), "
+                                f"{cfg['max_retries']} retries included") from None
+        except ReplyTooLarge as e:
+            raise EndpointError(f"{cfg['base_url']}: {e}; is it a chat endpoint?") from None
+        except openai.APIConnectionError as e:
+            if isinstance(e.__cause__, ReplyTooLarge):
+                raise EndpointError(f"{cfg['base_url']}: {e.__cause__}; is it a chat endpoint?") from None
             raise EndpointError(f"{cfg['base_url']}: cannot reach the endpoint after {cfg['max_retries']} retries "
                                 f"({type(e).__name__}); is it running?") from None
         except openai.RateLimitError:
@@ -100,6 +194,10 @@ async def _one(client, sem, req, cfg, stats):
                 stats["errors"].append(f"{req['key']}: {e.message}")
             return None
         stats["seconds"] += time.time() - t0
+    why = _not_a_completion(r)
+    if why:
+        raise EndpointError(f"{cfg['base_url']}: a 200 reply that is not a chat completion ({why}); "
+                            f"check --base_url (an OpenAI-compatible endpoint, usually ending in /v1)")
     choice = r.choices[0]
     usage = r.usage
     return {**{k: v for k, v in req.items() if k != "messages"},

@@ -112,9 +112,24 @@ def isolation_level(requested="auto"):
 
 # ----------------------------------------------------------------------------- one process
 
-def _collect(r, proc, deadline):
-    """Read the result pipe until every writer closed it, the runner ended, or the deadline.
-    -> (bytes, None | 'timeout' | 'too much')."""
+def _init_pidfd(ctl, proc):
+    """A pidfd of the namespace's PID 1 (the program), from the host pid the runner sent on `ctl`, or None.
+    Sound while the runner lives: it never reaps PID 1 (waitid WNOWAIT), so that pid is not reused;
+    once the runner has exited, PID 1 and its namespace are gone already."""
+    try:
+        pid = int(os.read(ctl, 32) or 0)
+        fd = os.pidfd_open(pid) if pid > 0 else None
+    except (AttributeError, OSError, ValueError):
+        return None
+    if fd is not None and os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+        os.close(fd)  # the runner ended: the pid may be another process's now
+        return None
+    return fd
+
+
+def _collect(r, ctl, proc, deadline, found):
+    """Read the result pipe until every writer closed it, the runner ended, or the deadline; the PID 1
+    pidfd read from `ctl` goes into found["init"]. -> (bytes, None | 'timeout' | 'too much')."""
     data = bytearray()
     try:
         pidfd = os.pidfd_open(proc.pid)
@@ -125,8 +140,10 @@ def _collect(r, proc, deadline):
             left = deadline - time.monotonic()
             if left <= 0:
                 return bytes(data), "timeout"
-            watch = [r] if pidfd is None else [r, pidfd]
+            watch = [r] + ([] if pidfd is None else [pidfd]) + ([ctl] if "init" not in found else [])
             ready, _, _ = select.select(watch, [], [], left if pidfd is not None else min(left, 0.01))
+            if ctl in ready and "init" not in found:
+                found["init"] = _init_pidfd(ctl, proc)
             if r in ready:
                 chunk = os.read(r, 65536)
                 if not chunk:
@@ -146,6 +163,26 @@ def _collect(r, proc, deadline):
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+_LIVE = set()  # runners now running, for cancel_all()
+_CANCEL = threading.Event()
+
+
+def _kill(proc, init_fd=None):
+    """End a runner and everything it started. PID 1 of its namespace first, by pidfd: a program that
+    left the runner's session (setsid) is still killed, and with PID 1 the whole namespace goes;
+    then the runner's process group (at the guard level, all there is to kill)."""
+    if init_fd is not None:
+        try:
+            signal.pidfd_send_signal(init_fd, signal.SIGKILL)
+        except OSError:  # already gone
+            pass
+        os.close(init_fd)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _end_status(rc, level, why, stderr_tail, timeout, file_mb):
@@ -175,7 +212,8 @@ def _run_job(job, timeout, memory_mb, file_mb, level):
         work = os.path.join(outer, "work")  # at the namespace levels, the same path in a private /tmp
         os.mkdir(work)
         r, w = os.pipe()
-        job = dict(job, fd=w, isolation=level, outer_dir=outer, hide=_hidden_dirs(), site_dirs=_site_dirs(),
+        ctl_r, ctl_w = os.pipe()  # the runner sends PID 1's host pid here; the program never holds it
+        job = dict(job, fd=w, ctl_fd=ctl_w, parent_pid=os.getpid(), isolation=level, outer_dir=outer, hide=_hidden_dirs(), site_dirs=_site_dirs(),
                    python_dirs=_python_dirs(), memory_bytes=int(memory_mb * 2**20),
                    cpu_seconds=math.ceil(timeout) + 1, file_bytes=int(file_mb * 2**20),
                    tmp_bytes=int(4 * file_mb * 2**20))
@@ -187,11 +225,16 @@ def _run_job(job, timeout, memory_mb, file_mb, level):
             try:
                 proc = subprocess.Popen([sys.executable, "-I", "-S", RUNNER, job_path], cwd=work, env=env,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                        pass_fds=(w,), start_new_session=True)
+                                        pass_fds=(w, ctl_w), start_new_session=True)
             finally:
                 os.close(w)
+                os.close(ctl_w)
+            found = {}
+            _LIVE.add(proc)
+            if _CANCEL.is_set():  # cancelled while this one was starting
+                _kill(proc)
             try:
-                data, why = _collect(r, proc, t0 + timeout)
+                data, why = _collect(r, ctl_r, proc, t0 + timeout, found)
                 if why is None:  # results complete: let the runner report how the program ended
                     try:
                         proc.wait(timeout=max(0.0, t0 + timeout - time.monotonic()))
@@ -199,10 +242,12 @@ def _run_job(job, timeout, memory_mb, file_mb, level):
                         why = "timeout"
             finally:
                 os.close(r)
-                try:  # the runner and anything it started (at the namespace levels: the whole namespace)
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                if "init" not in found:  # the runner may have sent the pid after the results ended
+                    os.set_blocking(ctl_r, False)
+                    found["init"] = _init_pidfd(ctl_r, proc)
+                os.close(ctl_r)
+                _kill(proc, found["init"])
+                _LIVE.discard(proc)
                 proc.wait()
             err.seek(0, os.SEEK_END)
             err.seek(max(0, err.tell() - 300))
@@ -247,9 +292,22 @@ def run_many(sources, timeout=3.0, memory_mb=1024, file_mb=16, isolation="auto",
 
 def _parallel(fn, items, workers, desc):
     from tqdm import tqdm
+    _CANCEL.clear()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(fn, x) for x in items]
-        return [f.result() for f in tqdm(futures, desc=desc or "sandbox", disable=desc is False, leave=False)]
+        try:
+            return [f.result() for f in tqdm(futures, desc=desc or "sandbox", disable=desc is False, leave=False)]
+        except BaseException:  # Ctrl-C: drop the queue, kill what runs, so leaving the pool takes no time
+            cancel_all()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def cancel_all():
+    """Kill every running program and refuse new ones until the next run_many/check_humaneval_many."""
+    _CANCEL.set()
+    for proc in list(_LIVE):
+        _kill(proc)
 
 
 def count(results):

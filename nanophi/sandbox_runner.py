@@ -235,9 +235,21 @@ def drop_privileges(program_uid):
 
 def supervise(child):
     """The runner outside the PID namespace: wait for the program's process (its init), then exit
-    with its status (128 + signal when killed). Its end ends every process left in the namespace."""
-    _, status = os.waitpid(child, 0)
-    os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+    with its status (128 + signal when killed). Its end ends every process left in the namespace.
+    WNOWAIT: the child is not reaped while the runner lives, so the parent may kill it by pid."""
+    info = os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
+    os._exit(info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(expected_parent):
+    """SIGKILL when the parent dies (the thread that started us, for the runner; the runner, for PID 1).
+    -> False when the parent is gone already (the signal was armed too late)."""
+    ctypes, libc = _libc()
+    _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "prctl(PDEATHSIG)")  # 9 = SIGKILL
+    return expected_parent is None or os.getppid() == expected_parent
 
 
 # ----------------------------------------------------------------------------- guards
@@ -322,6 +334,9 @@ def main():
     def write(data):
         while data:  # a pipe write can be partial when a signal interrupts it
             data = data[os_write(fd, data):]
+    if not die_with_parent(job["parent_pid"]):  # eval.py died before this line: nothing to report to
+        os._exit(3)
+    ctl = job["ctl_fd"]
     level = job["isolation"]
     if level != "guard":
         try:
@@ -332,14 +347,21 @@ def main():
         child = os.fork()  # the first process in the new PID namespace: the program's
         if child:
             os.close(fd)
+            os.write(ctl, str(child).encode())  # the parent kills it by this pid, whatever session it is in
+            os.close(ctl)
             supervise(child)
+        os.close(ctl)
         try:
             drop_privileges(program_uid)
+            # armed after setuid, which clears it; the parent's pidfd kill holds even if the program clears it
+            die_with_parent(None)
         except OSError as e:
             write((json.dumps({"status": "error", "detail": f"sandbox: {e}"}) + "\n").encode())
             os._exit(3)
         import signal  # PID 1 ignores signals it has no handler for, the CPU limit's among them
         signal.signal(signal.SIGXCPU, lambda *a: os._exit(128 + signal.SIGXCPU))
+    else:
+        os.close(ctl)
     limit(job)
     if level == "guard":
         guard_network()

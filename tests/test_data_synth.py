@@ -113,7 +113,8 @@ def test_endpoint_down_clear_error_and_resumable(tmp_path, servers):
 @pytest.mark.slow
 def test_wrong_key_clear_error(servers, tmp_path):
     out = tmp_path / "t.jsonl"
-    args = ["--max_docs=2", f"--out={out}", f"--base_url={servers[1].url}/v1", "--max_tokens=20"]
+    args = ["--max_docs=2", f"--out={out}", f"--base_url={servers[1].url}/v1", "--max_tokens=20",
+            "--api_key_env=OPENAI_API_KEY"]  # named: a local base_url gets the environment's key only then
     r = synthesize(args, env={"OPENAI_API_KEY": "wrong"})
     assert r.returncode == 1 and "API key was refused" in r.stderr and "OPENAI_API_KEY" in r.stderr
     assert "Traceback" not in r.stderr

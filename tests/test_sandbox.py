@@ -3,8 +3,12 @@ allows it, one sample's trouble staying that sample's, and the limits (time, mem
 import ast
 import collections
 import math
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -352,3 +356,73 @@ def test_one_sample_misbehaving_is_its_own_result(problems, isolation):
 def test_bad_isolation_value():
     with pytest.raises(ValueError, match="isolation"):
         sandbox.run("pass", isolation="off")
+
+
+@needs_namespaces
+@pytest.mark.parametrize("isolation", NAMESPACE_LEVELS)
+def test_a_sample_that_leaves_the_session_dies_with_its_timeout(problems, isolation):
+    """The sample's own process (PID 1 of its namespace) touches memory, calls setsid(), forks a
+    sleeper and sleeps itself: once the timeout ends the sample, no process of it is left (/proc)."""
+    marker = f"nanophi-setsid-{isolation}-{os.getpid()}-{time.time_ns()}"
+    sh = f"['sh', '-c', 'sleep 30', {marker!r}]"
+    completion = ("    import posix\n    x = bytearray(32 * 2**20)\n    x[::4096] = b'1' * len(x[::4096])\n"
+                  f"    posix.setsid()\n    if posix.fork() == 0:\n        posix.execv('/bin/sh', {sh})\n"
+                  f"    posix.execv('/bin/sh', {sh})\n")
+    r = sandbox.check_humaneval(problems[0], completion, timeout=1.5, isolation=isolation)
+    assert r["status"] == "timeout", r
+    left = _processes_with(marker)
+    for pid in left:  # never leave them to the next test
+        os.kill(pid, 9)
+    assert left == []
+
+
+def _children_running(pid, name):
+    """Pids of `pid`'s children whose command line holds `name`."""
+    found = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if ppid == pid and name.encode() in f.read():
+                    found.append(int(p))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+def test_ctrl_c_in_eval_cancels_queued_humaneval_work(problems, tmp_path):
+    """30 samples of 3 s each, 2 at a time (45 s of work): a real SIGINT once checks run ends eval.py
+    within a few seconds, with one line and exit status 130, and leaves no sandbox process."""
+    path = tmp_path / "samples.jsonl"
+    rows = [{"task_id": "HumanEval/0", "completion": "    import time\n    time.sleep(3)\n"}] * 30
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "eval.py", f"--humaneval_samples={path}", "--sandbox_timeout=3.0",
+                             "--sandbox_workers=2", f"--results={tmp_path / 'r.json'}"], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        t_end = time.time() + 60
+        while not _children_running(proc.pid, "sandbox_runner.py") and time.time() < t_end and proc.poll() is None:
+            time.sleep(0.05)
+        runners = _children_running(proc.pid, "sandbox_runner.py")
+        assert runners, "no sample started"
+        time.sleep(0.3)
+        lines = []  # (seconds since the signal, line) as eval.py writes them
+        reader = threading.Thread(target=lambda: lines.extend((time.time() - t0, x) for x in proc.stderr))
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        reader.start()
+        proc.wait(timeout=20)  # the message comes at once; the interpreter's teardown (torch) takes ~2 s more
+        reader.join(5)
+    finally:
+        proc.kill()
+        proc.wait()
+    err = "".join(x for _, x in lines)
+    said = [t for t, x in lines if "interrupted" in x]
+    assert said and said[0] < 2.0, lines
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "interrupted" in err.strip().splitlines()[-1], err
+    assert not (tmp_path / "r.json").exists()
+    assert all(not os.path.exists(f"/proc/{p}") or open(f"/proc/{p}/stat").read().split()[2] == "Z" for p in runners)
