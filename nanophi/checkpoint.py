@@ -95,9 +95,39 @@ def clean_state_dict(sd):
     return out
 
 
-def model_from_checkpoint(ckpt):
+REQUIRED_ARGS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
+
+
+def checked_config(ckpt, path="checkpoint"):
+    """The GPTConfig a checkpoint declares, checked against its own tensors before anything is
+    allocated (the model is built on the meta device): a malformed file is one ValueError naming it."""
+    args, sd = ckpt.get("model_args"), ckpt.get("model")
+    if not isinstance(args, dict) or not isinstance(sd, dict):
+        raise ValueError(f"{path}: not a NanoPhi model checkpoint (no 'model_args' / 'model' dict)")
+    for k in REQUIRED_ARGS:
+        if not isinstance(args.get(k), int) or args[k] < 1:
+            raise ValueError(f"{path}: model_args[{k!r}] is {'missing' if k not in args else repr(args[k])}; "
+                             "expected a positive int")
+    if args["n_embd"] % args["n_head"]:
+        raise ValueError(f"{path}: model_args n_head={args['n_head']} does not divide n_embd={args['n_embd']}")
     known = {f for f in GPTConfig.__dataclass_fields__}
-    model = GPT(GPTConfig(**{k: v for k, v in ckpt["model_args"].items() if k in known}))
+    config = GPTConfig(**{k: v for k, v in args.items() if k in known})
+    with torch.device("meta"):  # shapes only: a file declaring a huge model costs nothing here
+        want = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in clean_state_dict(sd).items()}
+    for k, shape in want.items():
+        if k not in have:
+            raise ValueError(f"{path}: its weights lack {k!r} that model_args declares")
+        if have[k] != shape:
+            raise ValueError(f"{path}: {k} has shape {have[k]}, but model_args declare {shape}")
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise ValueError(f"{path}: weights {extra[:3]} do not belong to the model model_args declare")
+    return config
+
+
+def model_from_checkpoint(ckpt, path="checkpoint"):
+    model = GPT(checked_config(ckpt, path))
     model.load_state_dict(clean_state_dict(ckpt["model"]))
     return model
 
@@ -151,7 +181,7 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
     if init_from == "resume" or (isinstance(init_from, str) and init_from.endswith(".pt")):
         path = find_checkpoint(out_dir, which) if init_from == "resume" else init_from
         ckpt = load_checkpoint(path)
-        model = merged_from_checkpoint(ckpt, path) if "lora" in ckpt else model_from_checkpoint(ckpt)
+        model = merged_from_checkpoint(ckpt, path) if "lora" in ckpt else model_from_checkpoint(ckpt, path)
         source = path
     elif lora.is_adapter_dir(init_from):
         model = load_merged(init_from)

@@ -96,3 +96,24 @@ def test_atomic_file_and_dir_keep_the_old_version_on_failure(tmp_path):
     with pytest.raises(WriteError, match=r"could not write .*nofile/x.txt: File exists"):
         open(tmp_path / "nofile", "w").close()
         write_text_atomic(str(tmp_path / "nofile" / "x.txt"), "x")
+
+
+def test_malformed_checkpoints_are_one_line_errors_before_allocation(tmp_path):
+    model = tiny()
+    good = {"model": model.state_dict(), "model_args": asdict(model.config)}
+
+    def load(ckpt, name):
+        path = str(tmp_path / name)
+        save_checkpoint(path, ckpt)
+        with pytest.raises(ValueError) as e:
+            load_model(path)
+        assert path in str(e.value) and "\n" not in str(e.value)
+        return str(e.value)
+
+    args = dict(good["model_args"]); del args["n_embd"]
+    assert "model_args['n_embd'] is missing" in load({**good, "model_args": args}, "nokey.pt")
+    args = dict(good["model_args"], n_head=5)
+    assert "does not divide" in load({**good, "model_args": args}, "heads.pt")
+    # a small file declaring a 13 GB model: refused by shape, nothing that size allocated
+    args = dict(good["model_args"], n_embd=65536, n_layer=48, n_head=64)
+    assert "model_args declare" in load({**good, "model_args": args}, "huge.pt")
