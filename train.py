@@ -157,6 +157,10 @@ def load_resume_checkpoint(sources, master):
         ck = ckpt_lib.load_checkpoint(path)
     except (FileNotFoundError, RuntimeError) as e:
         raise ConfigError(f"init_from=resume: {e}; check --out_dir") from None
+    try:  # a malformed file is one line naming it, before anything is allocated (a LoRA run holds adapters too)
+        (ckpt_lib.checked_args if "lora" in ck else ckpt_lib.checked_config)(ck, path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     args = ck["model_args"]
     for k in ("n_layer", "n_head", "n_embd", "bias"):
         if k in sources and globals()[k] != args[k]:

@@ -98,18 +98,26 @@ def clean_state_dict(sd):
 REQUIRED_ARGS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
 
 
-def checked_config(ckpt, path="checkpoint"):
-    """The GPTConfig a checkpoint declares, checked against its own tensors before anything is
-    allocated (the model is built on the meta device): a malformed file is one ValueError naming it."""
-    args, sd = ckpt.get("model_args"), ckpt.get("model")
-    if not isinstance(args, dict) or not isinstance(sd, dict):
-        raise ValueError(f"{path}: not a NanoPhi model checkpoint (no 'model_args' / 'model' dict)")
+def checked_args(ckpt, path="checkpoint"):
+    """A checkpoint's model_args, each required one a positive int and n_head dividing n_embd."""
+    args = ckpt.get("model_args") if isinstance(ckpt, dict) else None
+    if not isinstance(args, dict):
+        raise ValueError(f"{path}: not a NanoPhi model checkpoint (no 'model_args' dict)")
     for k in REQUIRED_ARGS:
         if not isinstance(args.get(k), int) or args[k] < 1:
             raise ValueError(f"{path}: model_args[{k!r}] is {'missing' if k not in args else repr(args[k])}; "
                              "expected a positive int")
     if args["n_embd"] % args["n_head"]:
         raise ValueError(f"{path}: model_args n_head={args['n_head']} does not divide n_embd={args['n_embd']}")
+    return args
+
+
+def checked_config(ckpt, path="checkpoint"):
+    """The GPTConfig a checkpoint declares, checked against its own tensors before anything is
+    allocated (the model is built on the meta device): a malformed file is one ValueError naming it."""
+    args, sd = checked_args(ckpt, path), ckpt.get("model")
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path}: not a NanoPhi model checkpoint (no 'model' dict)")
     known = {f for f in GPTConfig.__dataclass_fields__}
     config = GPTConfig(**{k: v for k, v in args.items() if k in known})
     with torch.device("meta"):  # shapes only: a file declaring a huge model costs nothing here
