@@ -157,15 +157,13 @@ def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temper
     """n completions (text) for each prompt (a list of ids), each ending before end-of-text or the
     first stop string, batch_size rows decoding together (engine.Engine). Row j of prompt i samples
     with its own generator, so the texts do not depend on batch_size. Prompts longer than the
-    context keep their end. ended_at_eot: a set that gets the (prompt, sample) pairs that ended
+    context keep their end (sampling.fit_context). ended_at_eot: a set that gets the (prompt, sample) pairs that ended
     with end-of-text (not a stop string or the length limit)."""
     import contextlib
     from tqdm import tqdm
     from nanophi.engine import Engine, Row, row_generator
     dev = next(model.parameters()).device
-    block = model.config.block_size
-    keep = max(block // 2, block - max_new_tokens)
-    rows = [Row(p[-keep:], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+    rows = [Row(p, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                 repetition_penalty=repetition_penalty, stops=stops, key=(i, j),
                 generator=row_generator(seed, i * n + j, dev) if temperature else None)
             for i, p in enumerate(prompts) for j in range(n)]
