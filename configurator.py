@@ -137,7 +137,9 @@ def run_config_file(path, ns):
         with open(path, encoding="utf-8") as f:
             src = f.read()
     except OSError as e:
-        raise ConfigError(f"config file {path!r}: {e.strerror}") from None
+        # `max_iters=5` without the dashes reads as a file name
+        hint = f"; did you mean --{path}?" if "=" in path and not os.path.exists(path) else ""
+        raise ConfigError(f"config file {path!r}: {e.strerror}{hint}") from None
     try:
         code = compile(src, path, "exec")
         exec(code, ns)
@@ -235,9 +237,11 @@ def _configure(g, argv, checks, sources):
             key, raw = body.split("=", 1)
             if key not in defaults:
                 raise _unknown(key, defaults, f"argument {arg!r}")
-            g[key] = check_type(key, parse_value(raw, defaults[key]), defaults[key], f"argument {arg!r}")
+            value = check_type(key, parse_value(raw, defaults[key]), defaults[key], f"argument {arg!r}")
+            if value != g[key] or type(value) is not type(g[key]):  # a value equal to what is there changes nothing
+                print(f"Overriding: {key} = {value!r}")
+            g[key] = value
             sources.pop(key, None)
             sources[key] = f"argument {arg!r}"
-            print(f"Overriding: {key} = {g[key]!r}")
     run_checks(g, {k: c for k, c in checks.items() if k in defaults}, sources)
     return {k: g[k] for k in defaults}

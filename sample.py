@@ -281,6 +281,10 @@ def chat_reply(conv, line, out, stream):
         out.write("\n")
         log("(reply interrupted; not kept)")
         return
+    if not reply.strip():  # say why the line is blank
+        again = "; greedy decoding gives the same for the same history (try --temperature=0.8)" \
+            if not conv.sampling.get("temperature") else ""
+        log(f"(empty reply: the model ended its turn at once{again})")
     if dropped:
         log(f"(context full: the {dropped} oldest turns were left out of the prompt)")
 
@@ -311,8 +315,10 @@ def chat_loop(conv, inp, out, stream=False):
 # ---------------------------------------------------------------------------------------------
 
 def main(argv=None):
+    global max_new_tokens
+    sources = {}  # the settings a config file or an argument set
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for generated text only
-        configure(globals(), argv)
+        configure(globals(), argv, sources=sources)
     sampling = sampling_args(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
     stops = parse_stops(stop)
     if tag:
@@ -343,6 +349,8 @@ def main(argv=None):
     if tag and textformat.task_of(tag) in CHAT_TASKS:  # one reply, not the whole conversation
         stops = stops + textformat.stop_strings(chat_style, user_name or None, bot_name or None)
     block = model.config.block_size
+    if "max_new_tokens" not in sources and len(ids) < block:  # the default fits what the context leaves
+        max_new_tokens = min(max_new_tokens, block - len(ids))
     if len(ids) > block:
         log(f"warning: the prompt has {len(ids)} tokens, more than block_size {block}; only its last {block // 2} are used")
     elif len(ids) + max_new_tokens > block:
