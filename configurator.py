@@ -12,8 +12,10 @@ choice checks beside its settings, run once every override is in:
 
     CHECKS = {"max_iters": at_least(0), "dtype": one_of("auto", "float32", "bfloat16", "float16")}
 
---help prints every setting with the comment written beside it in the script. Bad settings on
-the command line end any script the same way: one `config error: ...` line, exit status 2.
+--help prints every setting with the comment written beside it in the script. Every script's
+__main__ ends the same way (run_main): bad settings, one `config error: ...` line, exit status 2;
+bad input (a missing checkpoint, an unreadable file), one `error: ...` line, the status the script
+gives (2 for sample.py, serve.py and eval.py; train.py's failed write 1); Ctrl-C, exit status 130.
 """
 import ast
 import difflib
@@ -135,7 +137,9 @@ def run_config_file(path, ns):
         with open(path, encoding="utf-8") as f:
             src = f.read()
     except OSError as e:
-        raise ConfigError(f"config file {path!r}: {e.strerror}") from None
+        # `max_iters=5` without the dashes reads as a file name
+        hint = f"; did you mean --{path}?" if "=" in path and not os.path.exists(path) else ""
+        raise ConfigError(f"config file {path!r}: {e.strerror}{hint}") from None
     try:
         code = compile(src, path, "exec")
         exec(code, ns)
@@ -189,12 +193,14 @@ def configure(g, argv=None, checks=None, sources=None):
 def run_main(main, argv, errors=()):
     """Run a script's main(argv) that reads its settings with configure(g, argv): a ConfigError ends it
     like configure does on the command line (`config error: ...`, exit 2); each (exception class,
-    exit status) in errors ends it with one `error: ...` line and that status."""
+    exit status) in errors ends it with one `error: ...` line and that status; Ctrl-C with 130, as a shell."""
     try:
         main(argv)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
     except tuple(cls for cls, _ in errors) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(next(status for cls, status in errors if isinstance(e, cls)))
@@ -231,9 +237,11 @@ def _configure(g, argv, checks, sources):
             key, raw = body.split("=", 1)
             if key not in defaults:
                 raise _unknown(key, defaults, f"argument {arg!r}")
-            g[key] = check_type(key, parse_value(raw, defaults[key]), defaults[key], f"argument {arg!r}")
+            value = check_type(key, parse_value(raw, defaults[key]), defaults[key], f"argument {arg!r}")
+            if value != g[key] or type(value) is not type(g[key]):  # a value equal to what is there changes nothing
+                print(f"Overriding: {key} = {value!r}")
+            g[key] = value
             sources.pop(key, None)
             sources[key] = f"argument {arg!r}"
-            print(f"Overriding: {key} = {g[key]!r}")
     run_checks(g, {k: c for k, c in checks.items() if k in defaults}, sources)
     return {k: g[k] for k in defaults}

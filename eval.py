@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from configurator import ConfigError, config_keys, configure
+from configurator import ConfigError, at_least, config_keys, configure, one_of, run_main
 from nanophi.checkpoint import default_out_dir
 from nanophi.datafiles import write_text_atomic
 from nanophi.tasks import QA_TASKS
@@ -70,6 +70,11 @@ sandbox_isolation = "auto"  # auto | namespaces | userns | guard: auto = the str
 # output
 results = ""  # JSON path; '' = out_dir/eval.json. The Markdown table goes next to it (.md)
 # -----------------------------------------------------------------------------
+CHECKS = {  # checked once every config file and --key=value is in (configurator.py); check_config: the rest
+    "which": one_of("best", "latest"), "batch_size": at_least(1), "limit": at_least(0), "few_shot": at_least(0),
+    "num_samples_per_task": at_least(1), "dtype": one_of("auto", "float32", "bfloat16", "float16"),
+    "sandbox_isolation": one_of("auto", "namespaces", "userns", "guard"),
+}
 _DEFAULTS = config_keys(globals())
 _KNOWN_METRICS = ("loss", "qa", "fewshot", "tags", "humaneval", "plots")
 
@@ -157,15 +162,13 @@ def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temper
     """n completions (text) for each prompt (a list of ids), each ending before end-of-text or the
     first stop string, batch_size rows decoding together (engine.Engine). Row j of prompt i samples
     with its own generator, so the texts do not depend on batch_size. Prompts longer than the
-    context keep their end. ended_at_eot: a set that gets the (prompt, sample) pairs that ended
+    context keep their end (sampling.fit_context). ended_at_eot: a set that gets the (prompt, sample) pairs that ended
     with end-of-text (not a stop string or the length limit)."""
     import contextlib
     from tqdm import tqdm
     from nanophi.engine import Engine, Row, row_generator
     dev = next(model.parameters()).device
-    block = model.config.block_size
-    keep = max(block // 2, block - max_new_tokens)
-    rows = [Row(p[-keep:], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+    rows = [Row(p, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                 repetition_penalty=repetition_penalty, stops=stops, key=(i, j),
                 generator=row_generator(seed, i * n + j, dev) if temperature else None)
             for i, p in enumerate(prompts) for j in range(n)]
@@ -506,17 +509,11 @@ def check_config(cfg):
     bad = [m for m in cfg["metrics"] if m not in _KNOWN_METRICS]
     if bad:
         raise ConfigError(f"metrics: unknown {bad}; known: {list(_KNOWN_METRICS)}")
-    if cfg["num_samples_per_task"] < 1:
-        raise ConfigError(f"num_samples_per_task must be at least 1, got {cfg['num_samples_per_task']}")
     if cfg["num_samples_per_task"] > 1 and cfg["temperature"] <= 0:
         raise ConfigError(f"num_samples_per_task={cfg['num_samples_per_task']} with temperature=0 gives the same "
                           "greedy sample n times; set --temperature (e.g. 0.2 for pass@1, 0.8 for pass@100)")
     if not all(isinstance(k, int) and k >= 1 for k in cfg["pass_at_k"]):
         raise ConfigError(f"pass_at_k must be a list of positive ints, got {cfg['pass_at_k']!r}")
-    if cfg["batch_size"] < 1 or cfg["limit"] < 0 or cfg["few_shot"] < 0:
-        raise ConfigError("batch_size must be >= 1, limit and few_shot >= 0")
-    if cfg["sandbox_isolation"] not in ("auto", "namespaces", "userns", "guard"):
-        raise ConfigError(f"sandbox_isolation must be auto, namespaces, userns or guard, got {cfg['sandbox_isolation']!r}")
 
 
 def main(argv=None):
@@ -525,9 +522,8 @@ def main(argv=None):
     cfg = configure(globals(), argv)
     check_config(cfg)
     from nanophi import sandbox
-    from nanophi.checkpoint import load_model
-    from nanophi.device import autocast, device_name, pick_device, pick_dtype
-    from nanophi.weights import apply_weights, resolve_weights
+    from nanophi.checkpoint import load_for_inference
+    from nanophi.device import device_name
 
     res_path = cfg["results"] or os.path.join(cfg["out_dir"], "eval.json")
     os.makedirs(os.path.dirname(os.path.abspath(res_path)), exist_ok=True)
@@ -551,11 +547,6 @@ def main(argv=None):
         report["models"].append({"label": os.path.basename(cfg["humaneval_samples"]), "init_from": None,
                                  "metrics": m, "counts": c, "details": {"sandbox_isolation": isolation}})
     else:
-        dev = pick_device(cfg["device"])
-        ptdtype = pick_dtype(cfg["dtype"], dev)
-        weight_format = resolve_weights(cfg["weights"], dev, ptdtype)
-        autocast_ctx = autocast(dev, ptdtype)
-        report["device"] = f"{device_name(dev)}, {ptdtype}, {weight_format} weights"
         loss_tasks, qa_names = discover_tasks(cfg)
         sel = cfg["metrics"]
         if ("loss" in sel and not loss_tasks) or (set(sel) & {"qa", "fewshot", "tags"} and not qa_names):
@@ -567,11 +558,12 @@ def main(argv=None):
         runs = ([("base", cfg["compare_with"])] if cfg["compare_with"] else []) + [("model", cfg["init_from"])]
         for role, init in runs:
             t0 = time.time()
-            model, source = load_model(init, cfg["out_dir"], dev, cfg["which"])
+            run = load_for_inference(init, cfg["out_dir"], cfg["device"], cfg["dtype"], cfg["weights"], cfg["which"],
+                                     batch=cfg["batch_size"])
+            model, source, dev, autocast_ctx = run.model, run.source, run.device, run.autocast
+            report["device"] = f"{device_name(dev)}, {run.dtype}, {run.weights} weights"
             label = init if init != "resume" else short_path(source)
-            log(f"evaluating {label} ({model.get_num_params() / 1e6:.1f}M params) on {device_name(dev)}, {ptdtype}, "
-                f"{weight_format} weights")
-            model = apply_weights(model, weight_format, batch=cfg["batch_size"])
+            log(f"evaluating {label} ({run.n_params / 1e6:.1f}M params) on {report['device']}")
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", role)
             m, c, d = evaluate(model, cfg, loss_tasks, qa_tasks, probs, autocast_ctx, label, f"{stem}_{slug}")
             report["models"].append({"label": label, "role": role, "init_from": init, "source": source,
@@ -595,8 +587,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, sys.argv[1:], errors=((ValueError, 2), (FileNotFoundError, 2), (RuntimeError, 2)))

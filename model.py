@@ -3,11 +3,10 @@ GPT-2 in one file, nanoGPT-style:
 - GPT.from_pretrained loads gpt2 .. gpt2-xl or any local transformers GPT-2 directory
   (logits match transformers' GPT2LMHeadModel; GELU is the tanh form GPT-2 was trained with),
 - block_size can grow (position interpolation of wpe) as well as crop,
-- generation with a preallocated KV cache in which each row has its own length (rows of
-  different lengths decode together), greedy/top-k/top-p/repetition controls, stop ids and
-  per-row stopping,
+- forward() continues a KV cache when given one (nanophi/engine.py owns the cache and the one
+  generation loop); a short no-cache `generate` here is the reference the tests compare it with,
 - MFU against a peak the caller passes (device.py knows each device's), achieved FLOP/s always.
-Export back to transformers' format lives in nanophi/hf_export.py. This file imports only torch.
+Export back to transformers' format lives in nanophi/hf_export.py. Sampling lives in nanophi/sampling.py.
 """
 import inspect
 import math
@@ -17,7 +16,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-GPT2_VOCAB = 50257  # real token ids; rows above it (nanoGPT pads to 50304) are never sampled
+from nanophi.sampling import fit_context, sample_next
+
 
 
 def _compiling():
@@ -72,89 +72,6 @@ class CrossEntropySum(torch.autograd.Function):
         return logits, None
 
 
-class KVCache:
-    """
-    Keys and values of every layer for batch_size rows of up to max_len positions, preallocated (no
-    torch.cat per step). Each row has its own length, so rows of different lengths decode together in
-    one forward pass (nanophi/engine.py's continuous batching); a forward pass picks its rows.
-    """
-
-    def __init__(self, config, batch_size, max_len, device, dtype, zeros=False):
-        hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
-        # empty by default: rows of equal length only read positions already written, and clearing a
-        # block_size-long cache costs as much as tens of generated tokens on a CPU. Rows of different
-        # lengths read (masked) past their own end, and 0 * NaN is still NaN: the engine asks for zeros
-        new = torch.zeros if zeros else torch.empty
-        self.k = new(shape, device=device, dtype=dtype)
-        self.v = new(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-        self.lens = torch.zeros(batch_size, dtype=torch.long)  # positions filled per row (CPU: read as ints)
-
-    @property
-    def pos(self):
-        """Positions filled (rows of equal length, as model.generate_stream keeps them)."""
-        return int(self.lens.max())
-
-    def batch(self, rows, T, device):
-        return CacheBatch(self, rows, T, device)
-
-
-class CacheBatch:
-    """The rows of a KVCache that one forward pass extends by T positions each, and how they attend."""
-
-    def __init__(self, cache, rows, T, device):
-        self.cache, self.T = cache, T
-        self.rows = list(rows)
-        self.lens = cache.lens[self.rows].tolist()
-        self.end = max(self.lens) + T  # keys read: 0..end-1
-        if self.end > cache.max_len:
-            raise ValueError(f"sequence of length {self.end} exceeds the cache's {cache.max_len} positions")
-        # rows in consecutive slots attend as one batch (a view of the cache); rows scattered over the
-        # cache (the engine keeps finished conversations' slots for reuse) attend one by one, each to a
-        # view of its own keys: gathering them into a batch would copy every row's keys at every layer
-        contiguous = self.rows == list(range(self.rows[0], self.rows[0] + len(self.rows)))
-        self.sel = slice(self.rows[0], self.rows[-1] + 1) if contiguous else None
-        self.past = self.lens[0] if len(set(self.lens)) == 1 else None  # rows of equal length: no per-row mask
-        lens = torch.tensor(self.lens, device=device)
-        self.positions = lens[:, None] + torch.arange(T, device=device)  # (B, T)
-        self.mask, self.row_masks = None, None
-        if not contiguous:  # each row's own mask, built once for every layer
-            self.row_masks = [self._chunk_mask(p, device) for p in self.lens]
-        elif self.past is None:  # query t of row b sees keys up to its own position
-            self.mask = (torch.arange(self.end, device=device) <= self.positions[:, :, None]).unsqueeze(1)
-        else:
-            self.mask = self._chunk_mask(self.past, device)
-
-    def _chunk_mask(self, past, device):
-        """T queries after `past` cached positions: None (one query sees all, or a causal prompt) or a mask."""
-        if self.T == 1 or past == 0:
-            return None
-        return torch.ones(self.T, past + self.T, dtype=torch.bool, device=device).tril(diagonal=past)
-
-    def attend(self, layer, q, k, v):
-        """Write this step's keys and values (B, nh, T, hs) into the cache; the attention output (B, nh, T, hs)."""
-        ks, vs = self.cache.k[layer], self.cache.v[layer]
-        if self.sel is not None and self.past is not None:
-            ks[self.sel, :, self.past:self.past + self.T] = k
-            vs[self.sel, :, self.past:self.past + self.T] = v
-        else:
-            for i, (r, p) in enumerate(zip(self.rows, self.lens)):
-                ks[r, :, p:p + self.T] = k[i]
-                vs[r, :, p:p + self.T] = v[i]
-        if self.sel is not None:
-            return F.scaled_dot_product_attention(q, ks[self.sel, :, :self.end], vs[self.sel, :, :self.end],
-                                                  attn_mask=self.mask, is_causal=self.mask is None and self.T > 1)
-        out = []
-        for i, (r, p, mask) in enumerate(zip(self.rows, self.lens, self.row_masks)):
-            out.append(F.scaled_dot_product_attention(q[i:i + 1], ks[r:r + 1, :, :p + self.T], vs[r:r + 1, :, :p + self.T],
-                                                      attn_mask=mask, is_causal=mask is None and self.T > 1))
-        return torch.cat(out)
-
-    def advance(self):
-        self.cache.lens[self.rows] += self.T
-
-
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
@@ -167,15 +84,15 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.layer_idx = layer_idx
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, cached=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         dropout_p = self.dropout if self.training else 0.0
-        if kv_cache is not None:  # generation: a CacheBatch knows its rows' lengths and how they attend
-            y = kv_cache.attend(self.layer_idx, q, k, v)
+        if cached is not None:  # generation: engine.CacheBatch knows its slots' lengths and how they attend
+            y = cached.attend(self.layer_idx, q, k, v)
         elif T == 1:  # one new token attends to everything before it
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         else:
@@ -206,8 +123,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x, cached=None):
+        x = x + self.attn(self.ln_1(x), cached)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -248,35 +165,35 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, kv_cache=None, reduction="mean", last_only=False, rows=None):
+    def forward(self, idx, targets=None, cache=None, reduction="mean", last_only=False, slots=None):
         """
         idx (B, T) ids -> (logits (B, T, vocab), None). With targets (B, T), -1 = no loss there:
         (None, loss), the loss a mean over counted targets, or their sum with reduction='sum' (gradient accumulation
         over micro-batches with different mask counts divides once by the total). A batch with
-        no counted target gives loss 0, never NaN. With kv_cache, idx continues the cached positions
-        of the cache's rows `rows` (default 0..B-1), each at its own length.
+        no counted target gives loss 0, never NaN. With cache (an engine.KVCache), idx continues the
+        cached positions of the cache's slots `slots` (default 0..B-1), each at its own length.
         last_only (no targets): logits (B, 1, vocab) of the last position only, as generation needs
         (the vocab projection of every prompt position is a large share of a long prefill); or a (B,)
         tensor of each row's last position (rows of different lengths padded at the end).
         """
         device = idx.device
         b, t = idx.size()
-        cache = None
-        if kv_cache is not None:
-            cache = kv_cache.batch(range(b) if rows is None else rows, t, device)
-            pos, end = cache.positions, cache.end
+        cached = None  # this pass' slots of the cache (an engine.CacheBatch)
+        if cache is not None:
+            cached = cache.batch(range(b) if slots is None else slots, t, device)
+            pos, end = cached.positions, cached.end
         else:
             pos, end = torch.arange(0, t, dtype=torch.long, device=device), t
         if end > self.config.block_size:
             raise ValueError(f"sequence of length {end} exceeds block_size {self.config.block_size}")
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
-            if self.config.gradient_checkpointing and self.training and kv_cache is None:
+            if self.config.gradient_checkpointing and self.training and cache is None:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x, cache)
-        if cache is not None:
-            cache.advance()
+                x = block(x, cached)
+        if cached is not None:
+            cached.advance()
         x = self.transformer.ln_f(x)
         if targets is None:
             if isinstance(last_only, torch.Tensor):
@@ -292,10 +209,10 @@ class GPT(nn.Module):
             logits = self.lm_head(x).view(-1, self.config.vocab_size)
             loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=-1, reduction="sum")
         else:
-            rows = x.reshape(-1, x.size(-1))
+            hidden = x.reshape(-1, x.size(-1))
             if not keep.all():
-                rows, targets = rows[keep], targets[keep]
-            loss_sum = CrossEntropySum.apply(self.lm_head(rows).float(), targets)
+                hidden, targets = hidden[keep], targets[keep]
+            loss_sum = CrossEntropySum.apply(self.lm_head(hidden).float(), targets)
         if reduction == "sum":
             return None, loss_sum
         return None, loss_sum / keep.sum().clamp(min=1)
@@ -394,102 +311,30 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    @staticmethod
-    def _sample_next(logits, seen, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
-                     generator, stop=None):
-        """logits (B, V) of the last position -> next ids (B,). seen (B, t) is the context. Stop ids
-        are exempt from the repetition controls: a chat history full of <|endoftext|> must not
-        make the model unable to end its reply. generator may be a list, one per row: each row's
-        draw then depends on its own generator only (the engine batches rows of many requests)."""
-        logits = logits.float()
-        if logits.size(-1) > GPT2_VOCAB:
-            logits[:, GPT2_VOCAB:] = -float("inf")
-        keep = logits[:, stop].clone() if stop is not None and stop.numel() else None
-        if repetition_penalty and repetition_penalty != 1.0:  # CTRL's penalty on tokens already seen
-            prev = logits.gather(1, seen)
-            logits.scatter_(1, seen, torch.where(prev > 0, prev / repetition_penalty, prev * repetition_penalty))
-        n = no_repeat_ngram_size or 0
-        if n > 0 and seen.size(1) >= n:  # ban tokens that would repeat an n-gram of the context
-            for b in range(seen.size(0)):
-                row = seen[b].tolist()
-                prefix = tuple(row[len(row) - n + 1:]) if n > 1 else ()
-                banned = [row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i:i + n - 1]) == prefix]
-                if banned:
-                    logits[b, banned] = -float("inf")
-        if keep is not None:
-            logits[:, stop] = keep
-        if not temperature:  # temperature 0: greedy
-            return logits.argmax(dim=-1)
-        logits = logits / temperature
-        if top_k:
-            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-            logits[logits < v[:, [-1]]] = -float("inf")
-        if top_p is not None and top_p < 1.0:
-            sorted_logits, sorted_idx = torch.sort(logits, descending=True)
-            cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-            drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest set reaching top_p
-            sorted_logits[drop] = -float("inf")
-            logits = torch.full_like(logits, -float("inf")).scatter(1, sorted_idx, sorted_logits)
-        probs = F.softmax(logits, dim=-1)
-        if isinstance(generator, (list, tuple)):  # inverse CDF with one uniform from each row's generator
-            u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generator])
-            cdf = probs.cumsum(dim=-1)
-            nxt = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-            last = probs.size(-1) - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1)  # rounding never picks p = 0
-            return torch.minimum(nxt, last)
-        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
-
-    @torch.no_grad()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        repetition_penalty=1.0, no_repeat_ngram_size=0, stop_ids=None, use_cache=True,
-                        generator=None):
-        """
-        Yields (next_ids (B,), done (B,) bool) once per step. A row is done after it emits a stop
-        id; done rows keep producing (ignored) ids until every row is done, then it returns.
-        Stop consuming the generator to cancel. This is nanoGPT's batch-in, tokens-out loop; sample.py,
-        eval.py and serve.py drive nanophi/engine.py (rows joining and leaving, text, stop strings).
-        """
-        B = idx.size(0)
-        stop = torch.tensor(sorted(set(stop_ids or [])), dtype=torch.long, device=idx.device)
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        block = self.config.block_size
-        seen = idx
-        cache = None
-        for step in range(max_new_tokens):
-            if not use_cache:
-                window = seen[:, -block:]
-                logits, _ = self(window, last_only=True)
-            elif cache is None or cache.pos >= cache.max_len:
-                # (re)fill the cache; past block_size keep the last half of the window. Room for
-                # the context and the tokens still to come, at most block_size: no bigger allocation
-                window = seen if seen.size(1) <= block else seen[:, -(block // 2):]
-                p = next(self.parameters())
-                cache = KVCache(self.config, B, min(block, window.size(1) + max_new_tokens - step), p.device, p.dtype)
-                logits, _ = self(window, kv_cache=cache, last_only=True)
-            else:
-                logits, _ = self(seen[:, -1:], kv_cache=cache)
-            nxt = self._sample_next(logits[:, -1, :], seen, temperature, top_k, top_p, repetition_penalty,
-                                    no_repeat_ngram_size, generator, stop)
-            if stop.numel():
-                done = done | torch.isin(nxt, stop)
-            seen = torch.cat((seen, nxt.unsqueeze(1)), dim=1)
-            yield nxt, done.clone()
-            if done.all():
-                return
-
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
-                 no_repeat_ngram_size=0, stop_ids=None, use_cache=True, generator=None, pad_id=None):
+                 no_repeat_ngram_size=0, stop_ids=None, generator=None, pad_id=None):
         """
-        nanoGPT's generate, with a KV cache: idx (B, T) -> (B, T + new). Rows that hit a stop id
-        are padded after it with pad_id (default: the first stop id); generation ends early when
-        every row has stopped.
+        nanoGPT's generate, without a cache: the reference the tests compare nanophi/engine.py with
+        (sample.py, eval.py and serve.py drive the engine). idx (B, T) -> (B, T + new). The window
+        follows sampling.fit_context, as the engine's does. Rows that hit a stop id are padded after
+        it with pad_id (default: the first stop id); it ends early when every row has stopped.
         """
-        out = [idx]
-        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        block_size = self.config.block_size
+        stop = torch.tensor(sorted(set(stop_ids or [])), dtype=torch.long, device=idx.device)
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         pad = pad_id if pad_id is not None else (min(stop_ids) if stop_ids else 0)
-        for nxt, done in self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                                              no_repeat_ngram_size, stop_ids, use_cache, generator):
-            out.append(torch.where(finished, torch.full_like(nxt, pad), nxt).unsqueeze(1))
-            finished = done
-        return torch.cat(out, dim=1)
+        seen, out = idx, idx
+        start = idx.size(1) - len(fit_context(range(idx.size(1)), block_size, max_new_tokens))
+        for step in range(max_new_tokens):
+            logits, _ = self(seen[:, start:], last_only=True)
+            nxt = sample_next(logits[:, -1, :], seen, temperature, top_k, top_p, repetition_penalty,
+                              no_repeat_ngram_size, generator, stop)
+            seen = torch.cat((seen, nxt.unsqueeze(1)), dim=1)
+            out = torch.cat((out, torch.where(done, torch.full_like(nxt, pad), nxt).unsqueeze(1)), dim=1)
+            done = done | torch.isin(nxt, stop)
+            if done.all():
+                break
+            if seen.size(1) - start > block_size:  # the window is full: start it again
+                start = seen.size(1) - len(fit_context(range(seen.size(1)), block_size, max_new_tokens - step - 1))
+        return out

@@ -17,8 +17,9 @@ import sys
 
 import torch
 
+from configurator import at_least, configure, one_of, run_main
 from nanophi import textformat
-from nanophi.checkpoint import default_out_dir
+from nanophi.checkpoint import default_out_dir, load_for_inference
 from nanophi.datafiles import write_text_atomic
 from nanophi.engine import Engine
 from nanophi.tasks import CHAT_TASKS
@@ -52,6 +53,11 @@ dtype = 'auto'  # 'float32', 'bfloat16', 'float16', or auto (device.pick_dtype)
 weights = 'auto'  # fp32 | bf16 (CPUs with avx512_bf16/amx) | int8 (CPU) | auto: bf16 with dtype=bfloat16 on CPU, else fp32
 compile = False  # torch.compile each block's MLP (worth it on GPUs; the first call takes a while)
 # -----------------------------------------------------------------------------
+CHECKS = {  # checked once every config file and --key=value is in (configurator.py)
+    "which": one_of("best", "latest"), "block_size": at_least(1), "max_new_tokens": at_least(1),
+    "num_samples": at_least(1), "chat_style": one_of(*textformat.CHAT_STYLES),
+    "dtype": one_of("auto", "float32", "bfloat16", "float16"),
+}
 
 
 def log(*args):
@@ -275,6 +281,10 @@ def chat_reply(conv, line, out, stream):
         out.write("\n")
         log("(reply interrupted; not kept)")
         return
+    if not reply.strip():  # say why the line is blank
+        again = "; greedy decoding gives the same for the same history (try --temperature=0.8)" \
+            if not conv.sampling.get("temperature") else ""
+        log(f"(empty reply: the model ended its turn at once{again})")
     if dropped:
         log(f"(context full: the {dropped} oldest turns were left out of the prompt)")
 
@@ -304,46 +314,28 @@ def chat_loop(conv, inp, out, stream=False):
 
 # ---------------------------------------------------------------------------------------------
 
-def main():
-    from configurator import configure
-    from nanophi.checkpoint import load_model
-    from nanophi.device import autocast, pick_device, pick_dtype
-    from nanophi.weights import apply_weights, resolve_weights
+def main(argv=None):
+    global max_new_tokens
+    sources = {}  # the settings a config file or an argument set
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for generated text only
-        configure(globals())
-    if which not in ("best", "latest"):
-        raise ValueError(f"--which must be 'best' or 'latest', got {which!r}")
+        configure(globals(), argv, sources=sources)
     sampling = sampling_args(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
     stops = parse_stops(stop)
-    if block_size is not None and (not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1):
-        raise ValueError(f"--block_size must be a positive integer (or None), got {block_size!r}")
-    if max_new_tokens < 1:
-        raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
-    if num_samples < 1:
-        raise ValueError(f"--num_samples must be >= 1, got {num_samples}")
     if tag:
         textformat.task_of(tag)  # unknown tag: fail before loading the model
-    textformat.markers(chat_style)
     text = None if chat else read_start(start)
     if chat and sys.stdin is None:  # started with stdin closed (e.g. `<&-`): there is nothing to read
         raise ValueError("--chat reads messages from stdin, which is closed; pipe them in or run it in a terminal")
 
-    dev = pick_device(device)
-    ptdtype = pick_dtype(dtype, dev)
-    weight_format = resolve_weights(weights, dev, ptdtype)
     torch.manual_seed(seed)
-    generator = torch.Generator(device=dev).manual_seed(seed)
-    try:
-        model, source = load_model(init_from, out_dir, dev, which, block_size)
-    except RuntimeError as e:
-        raise ValueError(str(e)) from None
-    log(f"loaded {source}: {model.get_num_params() / 1e6:.2f}M parameters, block_size {model.config.block_size}, "
-        f"{dev} {ptdtype}, {weight_format} weights")
-    model = apply_weights(model, weight_format)
+    run = load_for_inference(init_from, out_dir, device, dtype, weights, which, block_size)
+    model, autocast_ctx = run.model, run.autocast
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    log(f"loaded {run.source}: {run.n_params / 1e6:.2f}M parameters, block_size {model.config.block_size}, "
+        f"{run.device} {run.dtype}, {run.weights} weights")
     if compile:  # the MLPs only: the KV cache's moving position would recompile a whole-forward graph every step
         for block in model.transformer.h:
             block.mlp = torch.compile(block.mlp, dynamic=True)
-    autocast_ctx = autocast(dev, ptdtype)
 
     if chat:
         conv = Chat(model, max_new_tokens, task=tag or "chat", style=chat_style, system=system,
@@ -357,6 +349,8 @@ def main():
     if tag and textformat.task_of(tag) in CHAT_TASKS:  # one reply, not the whole conversation
         stops = stops + textformat.stop_strings(chat_style, user_name or None, bot_name or None)
     block = model.config.block_size
+    if "max_new_tokens" not in sources and len(ids) < block:  # the default fits what the context leaves
+        max_new_tokens = min(max_new_tokens, block - len(ids))
     if len(ids) > block:
         log(f"warning: the prompt has {len(ids)} tokens, more than block_size {block}; only its last {block // 2} are used")
     elif len(ids) + max_new_tokens > block:
@@ -380,10 +374,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:  # bad settings or input (configurator's errors are ValueErrors too)
-        print(f"sample.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main, sys.argv[1:], errors=((ValueError, 2), (FileNotFoundError, 2)))

@@ -27,12 +27,12 @@ import uuid
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from configurator import ConfigError, at_least, configure, one_of, run_main
 from nanophi import textformat
-from nanophi.checkpoint import default_out_dir, load_model
+from nanophi.checkpoint import default_out_dir, load_for_inference
 from nanophi.engine import Engine, Row, row_generator
-from nanophi.device import autocast, pick_device, pick_dtype
+from nanophi.device import autocast
 from nanophi.tasks import CHAT_TASKS
-from nanophi.weights import apply_weights, resolve_weights
 from nanophi import tokenizer
 from nanophi.tokenizer import encode, get_tokenizer
 
@@ -73,6 +73,13 @@ drain_timeout = 10  # on SIGTERM: seconds in-flight requests get to finish befor
 cors_origins = ""  # other web apps allowed to call the API from a browser: "https://a.example,https://b.example" or "*"
 access_log = True
 # -----------------------------------------------------------------------------
+CHECKS = {  # checked once every config file and --key=value is in (configurator.py)
+    "which": one_of("best", "latest"), "block_size": at_least(1), "max_tokens": at_least(1),
+    "max_batch": at_least(1), "prefill_chunk": at_least(1), "cache_slots": at_least(0), "max_queue": at_least(0),
+    "chat_style": one_of(*textformat.CHAT_STYLES), "dtype": one_of("auto", "float32", "bfloat16", "float16"),
+    "timeout_header": at_least(1), "timeout_keep_alive": at_least(1), "limit_concurrency": at_least(1),
+    "drain_timeout": at_least(0),
+}
 
 _STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nanophi", "static")
 # the page's assets: a fixed table, so no request path ever reaches the file system
@@ -804,29 +811,17 @@ def make_app(worker, cfg, source):
     return app
 
 
-def main():
-    from configurator import configure
-    try:  # bad settings or a missing checkpoint: one clear line, no traceback
-        cfg = configure(globals())
-        cfg["api_key"] = cfg["api_key"] or os.environ.get("NANOPHI_API_KEY", "")
-        cfg["created"] = int(time.time())
-        dev = pick_device(cfg["device"])
-        ptdtype = pick_dtype(cfg["dtype"], dev)
-        weight_format = resolve_weights(cfg["weights"], dev, ptdtype)
-        if cfg["max_tokens"] > cfg["max_tokens_cap"]:
-            raise ValueError(f"max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
-        for k, lo in (("max_batch", 1), ("prefill_chunk", 1), ("cache_slots", 0), ("max_queue", 0),
-                      ("timeout_header", 1), ("timeout_keep_alive", 1), ("limit_concurrency", 1), ("drain_timeout", 0)):
-            if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < lo:
-                raise ValueError(f"{k}={cfg[k]!r}: must be an integer >= {lo}")
-        if cfg["chat_style"] not in textformat.CHAT_STYLES:
-            raise ValueError(f"chat_style={cfg['chat_style']!r}: known styles are {', '.join(textformat.CHAT_STYLES)}")
-        model, source = load_model(cfg["init_from"], cfg["out_dir"], dev, cfg["which"], cfg["block_size"])
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"serve.py: {e}")
+def main(argv=None):
+    cfg = configure(globals(), argv)
+    if cfg["max_tokens"] > cfg["max_tokens_cap"]:
+        raise ConfigError(f"max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
+    cfg["api_key"] = cfg["api_key"] or os.environ.get("NANOPHI_API_KEY", "")
+    cfg["created"] = int(time.time())
+    run = load_for_inference(cfg["init_from"], cfg["out_dir"], cfg["device"], cfg["dtype"], cfg["weights"],
+                             cfg["which"], cfg["block_size"], batch=cfg["max_batch"])
+    model, dev, ptdtype, weight_format, source = run.model, run.device, run.dtype, run.weights, run.source
     print(f"serving {source} as '{cfg['model_name']}' on {dev} ({ptdtype}, {weight_format} weights), context "
-          f"{model.config.block_size}, {model.get_num_params() / 1e6:.1f}M parameters")
-    model = apply_weights(model, weight_format, batch=cfg["max_batch"])
+          f"{model.config.block_size}, {run.n_params / 1e6:.1f}M parameters")
     if weight_format in ("int8", "bf16") and cfg["max_batch"] > 1:
         print(f"note: with {weight_format} weights a row's numbers depend on the rows sharing its step, so a seeded "
               "request's text can change with the load (fp32 keeps it)")
@@ -881,4 +876,4 @@ def run_server(app, worker, cfg):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, sys.argv[1:], errors=((ValueError, 2), (FileNotFoundError, 2)))

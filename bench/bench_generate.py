@@ -1,7 +1,7 @@
 """
 Generation speed on CPU, side by side in one run, on the same random GPT-2 small (124M) weights:
-our generate() with the KV cache, transformers' GPT2LMHeadModel.generate(), and our no-cache
-path (nanoGPT's: the whole context through the model for every new token).
+the engine (nanophi/engine.py) with its KV cache, transformers' GPT2LMHeadModel.generate(), and our no-cache
+model.generate (nanoGPT's: the whole context through the model for every new token).
 
     python bench/bench_generate.py                      # contexts 128 and 1024
     python bench/bench_generate.py --new_tokens=16 --repeats=1
@@ -71,14 +71,13 @@ def build():
 
 
 def stream_timed(model, x, n):
-    """Greedy ids of one generate_stream call, its time to the first new token (the prefill) and
+    """Greedy ids of one engine row (no stop id), its time to the first new token (the prefill) and
     its total time."""
     t0 = time.perf_counter()
-    ids, first = [], None
-    for nxt, _ in model.generate_stream(x, n, temperature=0):
-        ids.append(nxt)
+    row, first = Row(x[0].tolist(), n, temperature=0, stop_ids=()), None
+    for _ in Engine(model, max_batch=1).run([row]):
         first = first if first is not None else time.perf_counter() - t0
-    return torch.stack(ids, 1)[0], first, time.perf_counter() - t0
+    return torch.tensor(row.seen[x.size(1):]), first, time.perf_counter() - t0
 
 
 @torch.no_grad()
@@ -99,7 +98,7 @@ def main():
     others = {
         "transformers": lambda x, n: hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                                  pad_token_id=EOT_ID)[0, x.size(1):],
-        "no_cache": lambda x, n: ours.generate(x, n, temperature=0, use_cache=False)[0, x.size(1):],
+        "no_cache": lambda x, n: ours.generate(x, n, temperature=0)[0, x.size(1):],
     }
     warm = torch.randint(0, VOCAB_SIZE, (1, 16))
     for f in others.values():  # first calls allocate and pick kernels

@@ -12,11 +12,14 @@ validation loss: weights only, in the training dtype), train.lock, log.jsonl.
 """
 import io
 import os
+from collections import namedtuple
 
 import torch
 
 from model import GPT, GPTConfig
 from nanophi import lora
+from nanophi.device import autocast, pick_device, pick_dtype
+from nanophi.weights import apply_weights, resolve_weights
 from nanophi.files import atomic_file, write_error
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -204,6 +207,32 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
         model.resize_block_size(block_size)
     model.eval().to(device)
     return model, source
+
+
+Inference = namedtuple("Inference", "model source device dtype weights n_params autocast")
+
+
+def load_for_inference(init_from, out_dir, device="auto", dtype="auto", weights="auto", which="best",
+                       block_size=None, batch=1):
+    """The start of sample.py, serve.py and eval.py in one call: the device, dtype and weight format
+    picked, the model loaded (eval mode) in that format for `batch` rows, and the autocast context to
+    run it under. n_params is counted before the weights are packed."""
+    dev = pick_device(device)
+    ptdtype = pick_dtype(dtype, dev)
+    weight_format = resolve_weights(weights, dev, ptdtype)
+    if isinstance(init_from, str) and os.path.isdir(init_from) and not is_hf_dir(init_from) \
+            and not lora.is_adapter_dir(init_from):
+        found = [f for f in (BEST, LATEST) if os.path.isfile(os.path.join(init_from, f))]
+        if found:  # a training folder: say which file in it to load
+            raise ValueError(f"init_from={init_from!r} is a training folder; load its checkpoint with "
+                             f"--init_from={os.path.join(init_from, found[0])} (or --out_dir={init_from})")
+    try:
+        model, source = load_model(init_from, out_dir, dev, which, block_size)
+    except RuntimeError as e:  # torch's words for a file that is not a checkpoint: bad input, one line
+        raise ValueError(f"init_from={init_from!r}: {e}") from None
+    n_params = model.get_num_params()
+    model = apply_weights(model, weight_format, batch=batch)
+    return Inference(model, source, dev, ptdtype, weight_format, n_params, autocast(dev, ptdtype))
 
 
 # ----------------------------------------------------------------------------- LoRA runs

@@ -77,7 +77,7 @@ def pick_dtype(dtype="auto", device="cpu"):
         raise ValueError(f"dtype=bfloat16 on {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))}) "
                          "is emulated and slow; use dtype=float16 (or auto)")
     if dev == "cpu" and dtype == "float16":
-        raise ValueError("dtype=float16 autocast is not supported for training on CPU; use float32 or bfloat16")
+        raise ValueError("dtype=float16: float16 autocast does not run on a CPU; use float32 or bfloat16 (or auto)")
     return dtype
 
 

@@ -8,7 +8,7 @@ advances every decoding row by one token in ONE forward pass over a shared KV ca
 row has its own length (continuous batching). step() returns events (row, text delta, finish
 reason); text is decoded with textformat.TextStream (UTF-8 safe, cut before stop strings).
 
-The cache is a fixed pool of slots (max_batch decoding at once, plus cache_slots more): a finished
+The cache (KVCache; CacheBatch is the slots one forward pass extends) is a fixed pool of slots (max_batch decoding at once, plus cache_slots more): a finished
 row's slot keeps its keys and values, and a new prompt that starts with the same tokens (the next
 turn of a chat) takes that slot over and prefills only what is new. The least recently used slot
 is reused first, so memory stays bounded by the pool.
@@ -20,10 +20,90 @@ import random
 from collections import namedtuple
 
 import torch
+from torch.nn import functional as F
 
-from model import KVCache
+from nanophi.sampling import fit_context, sample_next
 from nanophi.textformat import TextStream
 from nanophi.tokenizer import EOT_ID
+
+
+class KVCache:
+    """
+    Keys and values of every layer for batch_size rows of up to max_len positions, preallocated (no
+    torch.cat per step). Each row has its own length, so rows of different lengths decode together in
+    one forward pass (continuous batching); a forward pass picks its rows.
+    """
+
+    def __init__(self, config, batch_size, max_len, device, dtype, zeros=False):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
+        # empty by default: rows of equal length only read positions already written, and clearing a
+        # block_size-long cache costs as much as tens of generated tokens on a CPU. Rows of different
+        # lengths read (masked) past their own end, and 0 * NaN is still NaN: Engine asks for zeros
+        new = torch.zeros if zeros else torch.empty
+        self.k = new(shape, device=device, dtype=dtype)
+        self.v = new(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.lens = torch.zeros(batch_size, dtype=torch.long)  # positions filled per row (CPU: read as ints)
+
+    def batch(self, slots, T, device):
+        return CacheBatch(self, slots, T, device)
+
+
+class CacheBatch:
+    """The slots of a KVCache that one forward pass extends by T positions each, and how they attend."""
+
+    def __init__(self, cache, slots, T, device):
+        self.cache, self.T = cache, T
+        self.slots = list(slots)
+        self.lens = cache.lens[self.slots].tolist()
+        self.end = max(self.lens) + T  # keys read: 0..end-1
+        if self.end > cache.max_len:
+            raise ValueError(f"sequence of length {self.end} exceeds the cache's {cache.max_len} positions")
+        # consecutive slots attend as one batch (a view of the cache); slots scattered over the
+        # cache (the engine keeps finished conversations' slots for reuse) attend one by one, each to a
+        # view of its own keys: gathering them into a batch would copy every row's keys at every layer
+        contiguous = self.slots == list(range(self.slots[0], self.slots[0] + len(self.slots)))
+        self.sel = slice(self.slots[0], self.slots[-1] + 1) if contiguous else None
+        self.past = self.lens[0] if len(set(self.lens)) == 1 else None  # rows of equal length: no per-row mask
+        lens = torch.tensor(self.lens, device=device)
+        self.positions = lens[:, None] + torch.arange(T, device=device)  # (B, T)
+        self.mask, self.row_masks = None, None
+        if not contiguous:  # each row's own mask, built once for every layer
+            self.row_masks = [self._chunk_mask(p, device) for p in self.lens]
+        elif self.past is None:  # query t of row b sees keys up to its own position
+            self.mask = (torch.arange(self.end, device=device) <= self.positions[:, :, None]).unsqueeze(1)
+        else:
+            self.mask = self._chunk_mask(self.past, device)
+
+    def _chunk_mask(self, past, device):
+        """T queries after `past` cached positions: None (one query sees all, or a causal prompt) or a mask."""
+        if self.T == 1 or past == 0:
+            return None
+        return torch.ones(self.T, past + self.T, dtype=torch.bool, device=device).tril(diagonal=past)
+
+    def attend(self, layer, q, k, v):
+        """Write this step's keys and values (B, nh, T, hs) into the cache; the attention output (B, nh, T, hs)."""
+        ks, vs = self.cache.k[layer], self.cache.v[layer]
+        if self.sel is not None and self.past is not None:
+            ks[self.sel, :, self.past:self.past + self.T] = k
+            vs[self.sel, :, self.past:self.past + self.T] = v
+        else:
+            for i, (s, p) in enumerate(zip(self.slots, self.lens)):
+                ks[s, :, p:p + self.T] = k[i]
+                vs[s, :, p:p + self.T] = v[i]
+        if self.sel is not None:
+            return F.scaled_dot_product_attention(q, ks[self.sel, :, :self.end], vs[self.sel, :, :self.end],
+                                                  attn_mask=self.mask, is_causal=self.mask is None and self.T > 1)
+        out = []
+        for i, (s, p, mask) in enumerate(zip(self.slots, self.lens, self.row_masks)):
+            out.append(F.scaled_dot_product_attention(q[i:i + 1], ks[s:s + 1, :, :p + self.T], vs[s:s + 1, :, :p + self.T],
+                                                      attn_mask=mask, is_causal=mask is None and self.T > 1))
+        return torch.cat(out)
+
+    def advance(self):
+        self.cache.lens[self.slots] += self.T
+
 
 Event = namedtuple("Event", "row text finish")  # finish: None, 'eot' (a stop id), 'stop' (a stop string), 'length'
 
@@ -79,7 +159,7 @@ class Engine:
         self.model = model
         self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
         self.n_slots = max_batch + cache_slots
-        self.block = model.config.block_size
+        self.block_size = model.config.block_size
         self.cache = None  # allocated on first use
         self.slot_ids = [[] for _ in range(self.n_slots)]  # the token ids whose keys/values each slot holds
         self.slot_row = [None] * self.n_slots  # the row generating in each slot
@@ -143,9 +223,7 @@ class Engine:
 
     def _start(self, row):
         """Point the row at its slot: reuse the slot's matching prefix, feed the rest of the prompt."""
-        prompt = row.prompt
-        if len(prompt) > self.block:  # as model.generate_stream: keep the end of an over-long prompt
-            prompt = prompt[-(self.block // 2):]
+        prompt = fit_context(row.prompt, self.block_size, row.max_tokens)
         self._alloc()
         s = row.slot
         if self.slot_scope[s] != row.scope:  # another key's tokens: never reused
@@ -164,7 +242,7 @@ class Engine:
     def _alloc(self):
         if self.cache is None:
             p = next(self.model.parameters())
-            self.cache = KVCache(self.model.config, self.n_slots, self.block, p.device, p.dtype, zeros=True)
+            self.cache = KVCache(self.model.config, self.n_slots, self.block_size, p.device, p.dtype, zeros=True)
 
     def _set_len(self, slot, ids):
         self.slot_ids[slot] = list(ids)
@@ -230,7 +308,7 @@ class Engine:
             T = len(chunk)  # the longest so far (sorted)
             real = sum(len(c) for _, c in group) if group else 0
             if group and T * len(group) - real <= max(16, real // 4) \
-                    and all(len(self.slot_ids[r.slot]) + T <= self.block for r, _ in group):
+                    and all(len(self.slot_ids[r.slot]) + T <= self.block_size for r, _ in group):
                 groups[-1] = group
             else:
                 groups.append([(row, chunk)])
@@ -253,7 +331,7 @@ class Engine:
         idx = torch.tensor([c + [0] * (T - len(c)) for c in chunks], dtype=torch.long, device=dev)
         ragged = any(len(c) < T for c in chunks)
         last = torch.tensor([len(c) - 1 for c in chunks], device=dev) if ragged else True
-        logits, _ = self.model(idx, kv_cache=self.cache, rows=[r.slot for r in rows], last_only=last)
+        logits, _ = self.model(idx, cache=self.cache, slots=[r.slot for r in rows], last_only=last)
         for r, c in zip(rows, chunks):
             self.slot_ids[r.slot] += c
             r.todo = r.todo[len(c):]
@@ -276,8 +354,8 @@ class Engine:
             seen = None if isinstance(key, tuple) else torch.tensor([first.seen], dtype=torch.long,
                                                                     device=logits.device)
             stop = torch.tensor(first.stop_ids, dtype=torch.long, device=logits.device)
-            got = self.model._sample_next(logits[idx], seen, generator=[rows[i].generator for i in idx], stop=stop,
-                                          **first.sampling)
+            got = sample_next(logits[idx], seen, generator=[rows[i].generator for i in idx], stop=stop,
+                              **first.sampling)
             for i, t in zip(idx, got.tolist()):
                 nxt[i] = t
         return nxt
@@ -306,8 +384,8 @@ class Engine:
         return events
 
     def _feed(self, row, token):
-        """The next token to feed; past the context, start over from the last half of the window."""
+        """The next token to feed; past the context, start over from what fit_context keeps."""
         row.todo = [token]
-        if self.cache.lens[row.slot].item() + 1 > self.block:
+        if self.cache.lens[row.slot].item() + 1 > self.block_size:
             self._set_len(row.slot, [])
-            row.todo = row.seen[-(self.block // 2):]
+            row.todo = fit_context(row.seen, self.block_size, row.max_tokens - row.n_tokens)

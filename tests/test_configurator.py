@@ -105,9 +105,35 @@ def test_every_script_ends_bad_settings_the_same_way():
     import subprocess
     import sys
     from conftest import ROOT
-    for script in ("export.py", "pipeline.py", "train.py"):
+    for script in ("export.py", "pipeline.py", "train.py", "sample.py", "serve.py", "eval.py"):
         r = subprocess.run([sys.executable, script, "--no_such_setting=1"], cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1, (script, r.stderr)
         assert lines[0].startswith("config error: argument '--no_such_setting=1': unknown config key"), lines
+
+
+@pytest.mark.slow
+def test_inference_scripts_end_bad_input_the_same_way(tmp_path):
+    """A checkpoint that is not there: one `error: ...` line naming it, exit 2, from each inference script."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    missing = str(tmp_path / "none.pt")
+    for script in ("sample.py", "serve.py", "eval.py"):
+        args = [f"--init_from={missing}"] + (["--metrics=['loss']", f"--results={tmp_path}/r.json"] if script == "eval.py" else [])
+        r = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        lines = [line for line in r.stderr.strip().splitlines() if not line.startswith(("Overriding", "sandbox", "note"))]
+        assert r.returncode == 2 and lines and lines[-1].startswith("error: ") and missing in lines[-1], (script, r.stderr)
+        assert "Traceback" not in r.stderr, (script, r.stderr)
+
+
+def test_key_value_without_dashes_hints_at_them():
+    with pytest.raises(ConfigError, match=r"config file 'batch_size=5': No such file.*did you mean --batch_size=5\?"):
+        configure(settings(), ["batch_size=5"])
+
+
+def test_overriding_lines_only_for_what_changes(capsys):
+    g = settings()
+    configure(g, ["--batch_size=4", "--out_dir=out", "--seed=3", "--learning_rate=6e-4"])
+    assert capsys.readouterr().out == "Overriding: seed = 3\n"

@@ -327,7 +327,7 @@ def test_bad_inputs_get_clear_errors(setup, tmp_path):
         ev.main(["--num_samples_per_task=5"])
     with pytest.raises(ConfigError, match="unknown"):
         ev.main(["--metrics=['loss', 'mmlu']"])
-    with pytest.raises(ConfigError, match="sandbox_isolation must be auto, namespaces, userns or guard"):
+    with pytest.raises(ConfigError, match="sandbox_isolation must be one of .auto., .namespaces., .userns., .guard."):
         ev.main(["--sandbox_isolation=off"])
     with pytest.raises(ConfigError, match="no prepared task 'nope'"):
         ev.main([f"--data_dir={setup['data_dir']}", "--tasks=['nope']", f"--out_dir={setup['out_dir']}"])

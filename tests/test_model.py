@@ -7,8 +7,10 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from conftest import make_hf_dir
-from model import GPT, GPTConfig, KVCache
+from model import GPT, GPTConfig
 from nanophi.device import peak_flops_by_name
+from nanophi.engine import Engine, KVCache, Row
+from nanophi.sampling import sample_next
 
 
 def hf_and_ours(path):
@@ -35,22 +37,29 @@ def test_from_pretrained_logits_match_transformers(tmp_path, shape):
 
 
 @pytest.mark.slow
-def test_greedy_generate_matches_no_cache_and_transformers(tiny_hf_dir):
+def test_greedy_engine_matches_generate_and_transformers(tiny_hf_dir):
     hf, ours = hf_and_ours(tiny_hf_dir)
     x = torch.randint(0, 50257, (2, 7), generator=torch.Generator().manual_seed(1))
-    cached = ours.generate(x, 40, temperature=0)
-    uncached = ours.generate(x, 40, temperature=0, use_cache=False)
+    reference = ours.generate(x, 40, temperature=0)
     want = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=40, do_sample=False,
                        pad_token_id=50256)
-    assert torch.equal(cached, uncached)
-    assert torch.equal(cached, want)
+    assert torch.equal(reference, want)
+    assert torch.equal(engine_greedy(ours, x, 40), want)
 
 
-def test_generate_past_block_size_keeps_going(tiny_hf_dir):
+def engine_greedy(model, x, n):
+    """The engine's greedy ids for each row of x (B, T) -> (B, T + n), no stop id."""
+    rows = [Row(p, n, temperature=0, stop_ids=()) for p in x.tolist()]
+    list(Engine(model, max_batch=len(rows)).run(rows))
+    return torch.tensor([r.seen for r in rows])
+
+
+def test_generate_past_block_size_keeps_going_as_the_engine(tiny_hf_dir):
     ours = GPT.from_pretrained(tiny_hf_dir).eval()  # block_size 128
-    x = torch.randint(0, 50257, (1, 120))
-    out = ours.generate(x, 30, temperature=0)
-    assert out.shape == (1, 150)
+    x = torch.randint(0, 50257, (1, 120), generator=torch.Generator().manual_seed(4))
+    out = ours.generate(x, 150, temperature=0)  # two restarts of the window
+    assert out.shape == (1, 270)
+    assert torch.equal(out, engine_greedy(ours, x, 150))
 
 
 def test_chunked_prefill_with_cache_matches_full_forward(tiny_hf_dir):
@@ -59,9 +68,9 @@ def test_chunked_prefill_with_cache_matches_full_forward(tiny_hf_dir):
     with torch.no_grad():
         full, _ = ours(x)
         cache = KVCache(ours.config, 2, 64, "cpu", torch.float32)
-        a, _ = ours(x[:, :8], kv_cache=cache)
-        b, _ = ours(x[:, 8:15], kv_cache=cache)  # a chunk of 7 on top of 8 cached positions
-        c, _ = ours(x[:, 15:16], kv_cache=cache)
+        a, _ = ours(x[:, :8], cache=cache)
+        b, _ = ours(x[:, 8:15], cache=cache)  # a chunk of 7 on top of 8 cached positions
+        c, _ = ours(x[:, 15:16], cache=cache)
     assert torch.allclose(torch.cat([a, b, c], 1), full[:, :16], atol=1e-5)
 
 
@@ -211,10 +220,20 @@ def test_stop_ids_are_exempt_from_repetition_controls():
     logits[0, 9] = 4.0
     seen = torch.tensor([[3, 7, 4, 7]])
     args = dict(temperature=0, top_k=None, top_p=None, generator=None)
-    assert GPT._sample_next(logits.clone(), seen, repetition_penalty=10.0, no_repeat_ngram_size=0, **args) == 9
-    assert GPT._sample_next(logits.clone(), seen, repetition_penalty=1.0, no_repeat_ngram_size=1, **args) == 9
+    assert sample_next(logits.clone(), seen, repetition_penalty=10.0, no_repeat_ngram_size=0, **args) == 9
+    assert sample_next(logits.clone(), seen, repetition_penalty=1.0, no_repeat_ngram_size=1, **args) == 9
     stop = torch.tensor([7])
-    assert GPT._sample_next(logits.clone(), seen, repetition_penalty=10.0, no_repeat_ngram_size=1, stop=stop, **args) == 7
+    assert sample_next(logits.clone(), seen, repetition_penalty=10.0, no_repeat_ngram_size=1, stop=stop, **args) == 7
+
+
+def test_tiny_temperatures_are_greedy():
+    logits = torch.randn(3, 50304, generator=torch.Generator().manual_seed(0))
+    seen = torch.tensor([[1], [2], [3]])
+    for t in (1e-45, 1e-30, 1e-6):  # logits / 1e-45 are inf: softmax NaN, and the draw picked id 50256
+        got = sample_next(logits.clone(), seen, t, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(got, logits[:, :50257].argmax(-1))
+        per_row = sample_next(logits.clone(), seen, t, generator=[torch.Generator().manual_seed(i) for i in range(3)])
+        assert torch.equal(per_row, got)
 
 
 def test_five_adamw_steps_match_transformers(tmp_path):

@@ -1,4 +1,5 @@
 """sample.py: CLI parity with transformers, stops, streaming, repetition controls, chat."""
+import io
 import json
 import os
 import subprocess
@@ -101,11 +102,25 @@ def test_piped_chat_session(tiny_out_dir, tmp_path):
 
 # ------------------------------------------------------------------ prompts and stops
 
+def training_prompt(task):
+    """The text in front of the answer in a training example of the task (its unmasked segments)."""
+    if task in ("math", "logic"):
+        example = textformat.qa(task, "Some text.", "42")
+    elif task == "excerpt":
+        example = textformat.excerpt("Some text.", "A reply.")
+    elif task in ("chat", "roleplay"):
+        example = textformat.chat([("user", "Some text."), ("assistant", "A reply.")], system="Be kind.", task=task)
+    else:  # textbook and code documents are text after the tag, all of it trained on
+        return f"{textformat.TAGS[task]} Some text."
+    return "".join(text for text, trained in example[:[t for _, t in example].index(True)])
+
+
 @pytest.mark.parametrize("tag", ["Textbook", "code", "[Math]", "LOGIC", "Roleplay", "excerpt", "Chat"])
-def test_tags_render_exactly_as_textformat(tag):
-    segs = sample.render_prompt(tag, "Some text.", system="Be kind.")
-    assert segs == textformat.prompt_for(textformat.task_of(tag), "Some text.", system="Be kind.")
-    assert textformat.encode_prompt(segs)[:3] == encode(textformat.TAGS[textformat.task_of(tag)])[:3]
+def test_tags_render_as_training_examples_begin(tag):
+    task = textformat.task_of(tag)
+    want = training_prompt(task)
+    got = textformat.render_text(sample.render_prompt(tag, "Some text.", system="Be kind."))
+    assert got == want.rstrip(" ")  # the answer's leading space is the answer's first token, not the prompt's
 
 
 def test_roleplay_names_render_through_chat():
@@ -401,3 +416,43 @@ def test_chat_keeps_the_cache_between_turns(tiny_model):
         fresh.turns = conv.turns[:-2]
         fresh.engine = sample.Engine(tiny_model, max_batch=1)  # no cache: the same reply
         assert fresh.reply(msg)[0] == reply
+
+
+# ------------------------------------------------------------------ first-run messages (issue 22)
+
+def test_an_empty_greedy_reply_says_why(tiny_model, capsys):
+    conv = sample.Chat(tiny_model, max_new_tokens=8, sampling=dict(temperature=0))
+    ids, _ = conv.prompt_ids("hello")
+    first, _ = Engine(tiny_model).complete(ids, 1, temperature=0)
+    conv.stops.append(first)  # the model's first piece of text ends the reply: nothing is left of it
+    out = io.StringIO()
+    sample.chat_reply(conv, "hello", out, stream=False)
+    assert out.getvalue() == "\n"
+    err = capsys.readouterr().err
+    assert "empty reply: the model ended its turn at once" in err and "--temperature" in err
+
+
+def test_default_max_new_tokens_fits_the_context(tiny_out_dir):
+    r = run([f"--out_dir={tiny_out_dir}", "--temperature=0", "--start=Once upon a time"])  # block_size 128
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr  # the default 256 is cut to what the context leaves
+    r = run([f"--out_dir={tiny_out_dir}", "--temperature=0", "--start=Once upon a time", "--max_new_tokens=200"])
+    assert r.returncode == 0 and "warning: prompt (4 tokens) + max_new_tokens (200) > block_size 128" in r.stderr
+
+
+def test_float16_on_cpu_is_an_inference_message(tiny_out_dir):
+    r = run([f"--out_dir={tiny_out_dir}", "--dtype=float16", "--device=cpu"])
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: dtype=float16")
+    assert "training" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_training_folder_as_init_from_names_its_best_pt(tiny_out_dir):
+    from nanophi.checkpoint import load_for_inference
+    with pytest.raises(ValueError) as e:
+        load_for_inference(tiny_out_dir, "out", device="cpu")
+    best = os.path.join(tiny_out_dir, "best.pt")
+    assert str(e.value) == (f"init_from={tiny_out_dir!r} is a training folder; load its checkpoint with "
+                            f"--init_from={best} (or --out_dir={tiny_out_dir})")
+    r = run([f"--init_from={tiny_out_dir}"])
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"error: {e.value}"
+    assert load_for_inference(best, "out", device="cpu").source == best

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from conftest import ROOT
 from nanophi.device import cpu_has_bf16
+from nanophi.engine import Engine, Row
 from nanophi import gemv
 from nanophi.weights import (SMALL_ROWS, BF16Linear, PackedLinear, apply_weights, can_pack, resolve_weights,
                              weight_bytes_per_token)
@@ -68,9 +69,11 @@ def test_format_logits_close_to_fp32(tiny_model, fmt):
 def test_format_generates_with_the_kv_cache(tiny_model, fmt):
     model = apply_weights(copy.deepcopy(tiny_model), fmt)
     x = torch.tensor([[464, 2068, 7586, 21831]])
-    fast = model.generate(x, 24, temperature=0)
-    slow = model.generate(x, 24, temperature=0, use_cache=False)
-    assert torch.equal(fast, slow)  # the cache path and the full forward agree within one format
+    row = Row(x[0].tolist(), 24, temperature=0, stop_ids=())
+    list(Engine(model, max_batch=1).run([row]))
+    fast = torch.tensor([row.seen])
+    slow = model.generate(x, 24, temperature=0)
+    assert torch.equal(fast, slow)  # the engine's cache path and the full forward agree within one format
     base = tiny_model.generate(x, 24, temperature=0)
     assert (fast[0, 4:] == base[0, 4:]).float().mean() > 0.5
 
