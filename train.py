@@ -94,7 +94,7 @@ min_lr = 1e-4  # learning rate at the end of the decay
 # system
 backend = "gloo"  # DDP backend on CPU; CUDA uses nccl
 device = "auto"  # auto | cpu | cuda | cuda:N | mps
-dtype = "auto"  # auto: bf16 on sm80+, fp16 + GradScaler on older GPUs (T4), fp32 on CPU; 'bfloat16' opt-in on CPU
+dtype = "auto"  # auto: bf16 on sm80+, fp16 + GradScaler on older GPUs (T4); on CPU the faster of fp32/bf16, probed once (device.probe_cpu_dtype)
 compile = None  # None = on for Linux + CUDA, and on a Linux CPU from device.CPU_COMPILE_MIN_ITERS iterations; True/False to force
 LOCK = "train.lock"  # in out_dir: the pid of the run writing there
 # -----------------------------------------------------------------------------
@@ -627,7 +627,7 @@ def prepare_run(config, sources):
     ddp, rank, local_rank, world, dev = setup_distributed()
     master, device_type = rank == 0, torch.device(dev).type
     try:
-        ptdtype = pick_dtype(dtype, dev)
+        ptdtype = pick_dtype(dtype, dev, training=True)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     ck = load_resume_checkpoint(sources, master) if init_from == "resume" else None

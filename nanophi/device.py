@@ -3,11 +3,14 @@ Device and precision selection, and each device's peak FLOP/s for MFU: one defin
 training, sampling, serving, evaluation and the benchmarks.
 
 dtype='auto': bf16 on CUDA capability >= 8.0 (Ampere+), fp16 (with a GradScaler in training) on
-older GPUs such as the T4 (sm_75), fp32 on CPU. torch.cuda.is_bf16_supported() is not trusted:
-it can say True on a T4, where bf16 is only emulated and slow. On CPU, bf16 autocast is opt-in
-(dtype='bfloat16') and only where the CPU has native bf16 (avx512_bf16 / amx).
+older GPUs such as the T4 (sm_75). torch.cuda.is_bf16_supported() is not trusted: it can say
+True on a T4, where bf16 is only emulated and slow. On a CPU, training's 'auto' takes the precision
+whose matmuls are faster on this very CPU (probe_cpu_dtype: measured once, cached per machine);
+sampling, serving and evaluation stay fp32 there (batch-1 decoding is bandwidth-bound, and autocast
+re-casts every weight per call).
 """
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -66,10 +69,81 @@ def auto_dtype(device_type, capability=None):
     return "float32"
 
 
-def pick_dtype(dtype="auto", device="cpu"):
-    """Resolve 'auto' | 'float32' | 'bfloat16' | 'float16' to a name, checking it can work."""
+def cpu_model_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+# bf16 must beat fp32 by this much on the probe: a training step also pays autocast's casts and an
+# fp32 optimizer, so a small matmul edge does not survive (measured here: matmul 3.0x -> step 1.8x)
+BF16_MIN_SPEEDUP = 1.3
+PROBE_FILE = "dtype_probe.json"
+
+
+def probe_cpu_dtype(cache_dir=None, n=1024, repeats=3):
+    """Training's dtype='auto' on a CPU: 'bfloat16' where bf16 matmuls are faster than fp32 by
+    BF16_MIN_SPEEDUP here, else 'float32'. Same-shape matmuls timed in both precisions (~0.2 s), the
+    result kept in <cache_dir>/dtype_probe.json under this CPU's name, thread count and torch version,
+    since one vendor's CPU is 3x faster in bf16 and another's 2x slower. Returns (dtype, entry)."""
+    from nanophi.files import atomic_file
+    from nanophi.tokenizer import CACHE_DIR
+    path = os.path.join(cache_dir or CACHE_DIR, PROBE_FILE)
+    key = f"{cpu_model_name()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    try:
+        cache = json.load(open(path))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}  # none yet, or unreadable: measure again and rewrite it
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("dtype") in ("float32", "bfloat16"):
+        return entry["dtype"], dict(entry, cached=True, path=path, key=key)
+    # measured whatever /proc/cpuinfo says: a VM may hide avx512_bf16 that the CPU still runs
+    # a 256 screen first: emulated bf16 runs ~50x slower and would make the full probe take half a minute
+    fp32 = measure_matmul_flops("float32", n=256, repeats=repeats)
+    bf16 = measure_matmul_flops("bfloat16", n=256, repeats=repeats)
+    if bf16 >= fp32:
+        fp32 = measure_matmul_flops("float32", n=n, repeats=repeats)
+        bf16 = measure_matmul_flops("bfloat16", n=n, repeats=repeats)
+    else:
+        n = 256
+    entry = {"dtype": "bfloat16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "float32",
+             "fp32_gflops": round(fp32 / 1e9, 1), "bf16_gflops": round(bf16 / 1e9, 1),
+             "why": f"{n}x{n} matmul, bf16 {bf16 / fp32:.2f}x fp32, bf16 needs {BF16_MIN_SPEEDUP}x",
+             "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    cache[key] = entry
+    try:
+        with atomic_file(path) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(cache, f, indent=1)
+    except OSError as e:  # a read-only home still trains; it measures again next time
+        print(f"dtype probe: not cached ({e})", file=sys.stderr)
+    return entry["dtype"], dict(entry, cached=False, path=path, key=key)
+
+
+def describe_probe(entry):
+    """One line for the training log: what auto chose on this CPU and the figures behind it."""
+    return (f"dtype auto on this CPU: {entry['dtype']} (matmul fp32 {entry['fp32_gflops']:.0f} GFLOP/s, "
+            f"bf16 {entry['bf16_gflops']:.0f} GFLOP/s; {entry['why']}; "
+            + (f"cached {entry.get('measured', '')} in {entry['path']}, delete it to re-measure)" if entry["cached"]
+               else f"measured now, cached in {entry['path']})"))
+
+
+def pick_dtype(dtype="auto", device="cpu", training=False):
+    """Resolve 'auto' | 'float32' | 'bfloat16' | 'float16' to a name, checking it can work. On a CPU,
+    training=True makes 'auto' the probed fastest precision (probe_cpu_dtype), printed with its figures."""
     dev = torch.device(device).type
     if dtype == "auto":
+        if dev == "cpu" and training:
+            chosen, entry = probe_cpu_dtype()
+            print(describe_probe(entry), flush=True)
+            return chosen
         return auto_dtype(dev, torch.cuda.get_device_capability(device) if dev == "cuda" else None)
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")

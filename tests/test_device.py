@@ -54,3 +54,33 @@ def test_measured_limits_are_plausible():
     assert 1e8 < flops < 1e14  # a 256^3 matmul: well above 0.1 GFLOP/s, below any CPU's peak
     bandwidth = measure_copy_bandwidth(nbytes=8 << 20, repeats=2)
     assert 1e8 < bandwidth < 1e13
+
+
+def test_cpu_dtype_probe_measures_once_per_machine(tmp_path, monkeypatch, capsys):
+    import json
+    from nanophi import device
+    first, entry = device.probe_cpu_dtype(cache_dir=str(tmp_path), n=256, repeats=1)
+    assert first in ("float32", "bfloat16") and entry["cached"] is False
+    assert entry["fp32_gflops"] > 0 and entry["bf16_gflops"] > 0
+    # the rule, from the figures it printed: bf16 only with a clear lead
+    assert (first == "bfloat16") == (entry["bf16_gflops"] >= device.BF16_MIN_SPEEDUP * entry["fp32_gflops"])
+    saved = json.load(open(tmp_path / device.PROBE_FILE))
+    assert list(saved) == [entry["key"]] and saved[entry["key"]]["dtype"] == first
+    # another machine's entry (here: this key says bf16) is what auto then picks, without measuring
+    saved[entry["key"]]["dtype"] = "bfloat16"
+    saved["Other CPU | 64 threads | torch 0"] = {"dtype": "float32", "fp32_gflops": 1.0, "bf16_gflops": 0.5}
+    (tmp_path / device.PROBE_FILE).write_text(json.dumps(saved))
+    monkeypatch.setattr("nanophi.tokenizer.CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(device, "measure_matmul_flops", lambda *a, **k: pytest.fail("measured although cached"))
+    assert device.pick_dtype("auto", "cpu", training=True) == "bfloat16"
+    assert "dtype auto on this CPU: bfloat16 (matmul fp32" in capsys.readouterr().out
+    assert device.pick_dtype("auto", "cpu") == "float32"  # sampling, serving, eval: not probed
+    assert device.pick_dtype("float32", "cpu", training=True) == "float32"  # an explicit choice wins
+
+
+def test_cpu_dtype_probe_survives_a_broken_cache(tmp_path):
+    from nanophi import device
+    (tmp_path / device.PROBE_FILE).write_text("{not json")
+    chosen, entry = device.probe_cpu_dtype(cache_dir=str(tmp_path), n=256, repeats=1)
+    assert entry["cached"] is False and chosen in ("float32", "bfloat16")
+    assert device.probe_cpu_dtype(cache_dir=str(tmp_path), n=256, repeats=1)[1]["cached"] is True
