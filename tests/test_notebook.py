@@ -34,10 +34,11 @@ def test_notebook_runs_on_cpu(tmp_path, tiny_hf_dir, monkeypatch):
     monkeypatch.setenv("NANOPHI_NOTEBOOK_CPU", "1")
     monkeypatch.setenv("NANOPHI_NOTEBOOK_DIR", str(work))
     monkeypatch.setenv("NANOPHI_NOTEBOOK_BASE", tiny_hf_dir)
-    monkeypatch.setenv("NANOPHI_REPO", ROOT)
+    monkeypatch.setenv("NANOPHI_REPO_URL", ROOT)   # the clone and set-up cells run too: cloned from this checkout
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))  # stream chunks
+    assert os.path.isfile(tmp_path / "nanophi" / "train.py") and "setup: done" in out
     assert f"init_from = {tiny_hf_dir}" in out                  # a first session starts from the base directory
     assert "--- [Math]\n[Math] What is 17 + 25?\nAnswer:" in out and "--- [Chat]" in out
     table = (work / "out-nanophi" / "eval.md").read_text()
@@ -50,3 +51,38 @@ def test_notebook_runs_on_cpu(tmp_path, tiny_hf_dir, monkeypatch):
     NotebookClient(nb2, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     out2 = "".join(o.get("text", "") for o in nb2.cells[train].get("outputs", []))
     assert "init_from = resume" in out2 and "resumed from" in out2
+
+
+def run_until_error(tmp_path, env, monkeypatch):
+    """Execute the notebook as Run all does; return the first failing cell's index and its error text."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    with pytest.raises(CellExecutionError):
+        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    error = next(o for o in nb.cells[failed[0]].outputs if o.get("output_type") == "error")
+    ran = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count")]
+    return failed[0], f"{error['ename']}: {error['evalue']}", ran
+
+
+@pytest.mark.slow
+def test_notebook_without_repo_url_stops_at_the_first_cell(tmp_path, monkeypatch):
+    monkeypatch.delenv("NANOPHI_REPO_URL", raising=False)
+    cell, error, ran = run_until_error(tmp_path, {"NANOPHI_NOTEBOOK_CPU": "1",
+                                                  "NANOPHI_NOTEBOOK_DIR": str(tmp_path / "drive")}, monkeypatch)
+    first = next(i for i, (_, kind) in enumerate(sources()) if kind == "code")
+    assert cell == first and ran == [first]
+    assert error.startswith("SystemExit: Set REPO_URL in the first cell") and "\n" not in error
+
+
+@pytest.mark.slow
+def test_a_failed_step_stops_the_notebook_with_its_name(tmp_path, monkeypatch):
+    cell, error, ran = run_until_error(tmp_path, {"NANOPHI_NOTEBOOK_CPU": "1", "NANOPHI_NOTEBOOK_DIR": str(tmp_path / "drive"),
+                                                  "NANOPHI_REPO_URL": str(tmp_path / "no-such-repo")}, monkeypatch)
+    assert error.startswith("SystemExit: step 'clone' failed (exit 128)")
+    assert ran[-1] == cell      # nothing after the failed step ran
