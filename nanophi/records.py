@@ -266,7 +266,7 @@ def _hub_problem(hub, e, n_read, root):
     remote = root.startswith("hf://")
     if "GatedRepoError" in kinds or "gated" in low or " 401" in low or " 403" in low or "unauthorized" in low:
         why = (f"is gated: accept its terms on https://huggingface.co/datasets/{hub.repo} while logged in, "
-               f"then run `huggingface-cli login` (or set HF_TOKEN)")
+               f"then run `hf auth login` (or set HF_TOKEN)")
     elif remote and (os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
                      or any(k in NETWORK_ERRORS for k in kinds)):
         why = "is unreachable (no internet, or HF_HUB_OFFLINE=1 is set): hub sources need the network"
