@@ -945,8 +945,14 @@ def main(argv=None):
     """Train; argv as sys.argv[1:] (tests call main in-process). Returns a summary dict."""
     sources = {}  # which settings a config file or an argument set, in order
     config = configure(globals(), argv, sources=sources)
+    new_dir = not os.path.exists(out_dir)
     try:
         return train(config, sources)
+    except BaseException:  # a run that failed before writing anything leaves no empty out_dir behind
+        release_lock()
+        if new_dir and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+        raise
     finally:
         release_lock()
 

@@ -12,6 +12,8 @@ validation loss: weights only, in the training dtype), train.lock, log.jsonl.
 """
 import io
 import os
+import socket
+import urllib.parse
 from collections import namedtuple
 
 import torch
@@ -183,6 +185,36 @@ def is_hf_dir(path):
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
 
 
+def hub_reachable(timeout=3.0):
+    """None when the Hugging Face endpoint answers a TCP connect within timeout, else why not: transformers
+    would otherwise retry for about a minute and end in a long traceback."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return None
+    except OSError as e:
+        return f"{url.hostname} cannot be reached ({e})"
+
+
+def from_hub(name):
+    """GPT.from_pretrained for a gpt2 name or a local transformers directory; every failure is one line."""
+    if not os.path.isdir(name):
+        from huggingface_hub import try_to_load_from_cache
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            why = hub_reachable()
+            if why:
+                raise ValueError(f"{name} is not in the Hugging Face cache and {why}: connect to the internet, "
+                                 "or give a local transformers GPT-2 directory")
+    try:
+        return GPT.from_pretrained(name)
+    except (OSError, ValueError) as e:  # a typo'd name, a lost connection, an unsafe pytorch_model.bin
+        first = " ".join(str(e).split())
+        raise ValueError(f"{name}: {first[:300]}") from None
+
+
 def load_model(init_from="resume", out_dir="out", device="cpu", which="best", block_size=None):
     """
     A ready model (eval mode) for sampling, serving and evaluation, and a short description.
@@ -198,7 +230,7 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
         model = load_merged(init_from)
         source = init_from
     elif init_from in GPT2_NAMES or is_hf_dir(init_from):
-        model = GPT.from_pretrained(init_from)
+        model = from_hub(init_from)
         source = init_from
     else:
         raise ValueError(f"init_from={init_from!r}: expected 'resume', a .pt checkpoint, one of {GPT2_NAMES}, "

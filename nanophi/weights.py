@@ -95,8 +95,12 @@ class BF16Linear(nn.Module):
         on_cpu = self.weight.device.type == "cpu"
         self.gemv = gemv.kernel() if on_cpu else None
         self.bias_fp32 = None if linear.bias is None else linear.bias.detach().float()
-        self.packed = can_pack(self.weight.device)
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch) if self.packed else None
+        self.packed, self.packed_weight = can_pack(self.weight.device), None
+        if self.packed:
+            try:
+                self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch)
+            except RuntimeError:  # oneDNN's bf16 path needs avx512bw/vl/dq or avx_ne_convert: plain bf16 matmul
+                self.packed = False
 
     def forward(self, x):
         if self.gemv is not None and x.numel() <= SMALL_ROWS * self.in_features:  # at 4 rows oneDNN is faster

@@ -655,3 +655,19 @@ def test_gpt2_medium_save_sizes_from_a_meta_model():
     # 200 iterations, 4 h on a T4: ckpt.pt every 25 min (+ the end) and at most one best.pt per evaluation (40)
     per_run = (4 * 60 // 25 + 1) * fp16["resumable"] + 40 * fp16["best"]
     assert 70e9 < per_run < 75e9
+
+
+@pytest.mark.slow
+def test_hub_name_without_network_is_one_line_and_leaves_no_out_dir(data_dir, tmp_path):
+    # a closed port on loopback stands in for "no internet": transformers alone retries ~1 min, then a traceback
+    env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0")
+    out = tmp_path / "out"
+    for cmd in ([TRAIN, *train_args(data_dir, str(out), "--init_from=gpt2-medium")],
+                [os.path.join(ROOT, "sample.py"), "--init_from=gpt2", "--start=hi"]):
+        t0 = time.time()
+        r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("Overriding:")]
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "not in the Hugging Face cache and 127.0.0.1 cannot be reached" in lines[0]
+        assert time.time() - t0 < 60
+    assert not out.exists()
