@@ -469,15 +469,17 @@ def set_dropout(model, p):
 
 
 def build_model(ck, block, master):
-    """(model, lora_config, lora_base): from scratch, a pretrained model, or the checkpoint to
-    resume; wrapped with LoRA adapters when the run trains adapters (lora_config None otherwise)."""
-    lora_base = None
+    """(model, lora_config, lora_base, base_sha256): from scratch, a pretrained model, or the
+    checkpoint to resume; wrapped with LoRA adapters when the run trains adapters (lora_config None
+    otherwise; base_sha256 is the adapted base's weights_sha256, checked on resume)."""
+    lora_base = base_sha256 = None
     if ck is not None:
         if "lora" in ck:
-            lora_base = lora_lib.resolve_base(ck["lora_base"], out_dir)
+            lora_base, base_sha256 = lora_lib.resolve_base(ck["lora_base"], out_dir), ck.get("lora_base_sha256")
             try:
-                model = ckpt_lib.load_base(lora_base, ck["model_args"], os.path.join(out_dir, ckpt_lib.LATEST))
-            except FileNotFoundError as e:
+                model = ckpt_lib.load_base(lora_base, ck["model_args"], os.path.join(out_dir, ckpt_lib.LATEST),
+                                           base_sha256)
+            except (FileNotFoundError, ValueError) as e:  # the base gone, or trained further since
                 raise ConfigError(str(e)) from None
         else:
             model = ckpt_lib.model_from_checkpoint(ck)
@@ -504,12 +506,13 @@ def build_model(ck, block, master):
         lora_config = {"r": lora_rank, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
                        "target_modules": list(lora_targets)}
     else:
-        return model, None, lora_base
+        return model, None, lora_base, None
+    base_sha256 = base_sha256 or ckpt_lib.weights_sha256(model)  # before the adapters change its modules
     peft_model = lora_lib.wrap(model, lora_config["r"], lora_config["lora_alpha"], lora_config["lora_dropout"],
                                lora_config["target_modules"])
     if ck is not None:
         lora_lib.load_adapter_state(peft_model, ck["lora"])
-    return peft_model, lora_config, lora_base
+    return peft_model, lora_config, lora_base, base_sha256
 
 
 def memory_estimate(n_params, n_trainable, cfg, batch_size, dtype, gradient_checkpointing):
@@ -661,7 +664,7 @@ def prepare_run(config, sources):
     random.seed(seed)
     sampler = Sampler(train_data, mixture, block, seed)
 
-    model, lora_config, lora_base = build_model(ck, block, master)
+    model, lora_config, lora_base, base_sha256 = build_model(ck, block, master)
     gpt = model.get_base_model() if lora_config else model  # the plain GPT (modules shared with the wrapper)
     model_args, n_params = asdict(gpt.config), gpt.get_num_params()
     model.train()
@@ -669,7 +672,8 @@ def prepare_run(config, sources):
     run = Run(config=config, ddp=ddp, rank=rank, world=world, master=master, dev=dev, ptdtype=ptdtype,
               accum_local=gradient_accumulation_steps // world, block_size=block, max_iters=n_iters,
               tokens_per_iter=tokens_per_iter, sampler=sampler, raw_model=model, gpt=gpt, model_args=model_args,
-              n_params=n_params, lora_config=lora_config, lora_base=lora_base, autocast_ctx=autocast(dev, ptdtype),
+              n_params=n_params, lora_config=lora_config, lora_base=lora_base,
+              lora_base_sha256=base_sha256, autocast_ctx=autocast(dev, ptdtype),
               peak_flops=peak_flops(dev), data_fingerprint=fingerprint)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if master:
@@ -792,7 +796,7 @@ def checkpoint_state(run):
         st["scaler"] = run.scaler.state_dict()
     if run.lora_config:
         st.update(lora=lora_lib.adapter_state(run.raw_model), lora_config=run.lora_config,
-                  lora_base=lora_lib.portable_base(run.lora_base, out_dir))
+                  lora_base=lora_lib.portable_base(run.lora_base, out_dir), lora_base_sha256=run.lora_base_sha256)
     else:
         st["model"] = ckpt_lib.clean_state_dict(run.raw_model.state_dict())
     return st
@@ -801,7 +805,7 @@ def checkpoint_state(run):
 def best_state(run, st):
     """best.pt: what sample/serve/eval need: the weights (or adapter) in the training dtype; no
     optimizer, RNG or data position (resume reads ckpt.pt). fp16/bf16 halve it again."""
-    plain = ("model_args", "iter_num", "best_val_loss", "config", "lora_config", "lora_base")
+    plain = ("model_args", "iter_num", "best_val_loss", "config", "lora_config", "lora_base", "lora_base_sha256")
     keep = {k: st[k] for k in plain if k in st}
     save_dtype = getattr(torch, run.ptdtype)
     for k in ("model", "lora"):
@@ -821,12 +825,14 @@ def save(run, best=False, latest=True):
     if latest:
         ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.LATEST), st)
         if run.lora_config:
-            lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora"), run.lora_base, run.model_args)
+            lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora"), run.lora_base, run.model_args,
+                                  run.lora_base_sha256)
         run.saved_iter, run.saved_time = run.iter_num, time.time()
     if best:
         ckpt_lib.save_checkpoint(os.path.join(out_dir, ckpt_lib.BEST), best_state(run, st))
         if run.lora_config:
-            lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora_best"), run.lora_base, run.model_args)
+            lora_lib.save_adapter(run.raw_model, os.path.join(out_dir, "lora_best"), run.lora_base, run.model_args,
+                                  run.lora_base_sha256)
 
 
 def log_json(rec):

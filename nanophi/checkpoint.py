@@ -4,12 +4,13 @@ Checkpoint save/load and "give me a model" for every script: one definition.
 A checkpoint is a dict saved with torch.save: 'model' (raw, uncompiled state_dict), 'model_args'
 (GPTConfig fields), and whatever training adds (optimizer, iter_num, best_val_loss, RNG and
 sampler state, config); a LoRA run's holds 'lora' (adapter tensors), 'lora_config' and
-'lora_base' instead of 'model'. Writes are atomic (files.atomic_file), so a kill mid-write
+'lora_base' (and 'lora_base_sha256', the base's weights_sha256) instead of 'model'. Writes are atomic (files.atomic_file), so a kill mid-write
 leaves the previous checkpoint loadable.
 
 out_dir layout: ckpt.pt (latest, resumable: model, optimizer, RNG, data position), best.pt (lowest
 validation loss: weights only, in the training dtype), train.lock, log.jsonl.
 """
+import hashlib
 import io
 import os
 import socket
@@ -269,24 +270,40 @@ def load_for_inference(init_from, out_dir, device="auto", dtype="auto", weights=
 
 # ----------------------------------------------------------------------------- LoRA runs
 
-def load_base(base, model_args, owner):
+def weights_sha256(model):
+    """sha256 of a plain GPT's weights as loaded (names and fp32 values, in order): what a LoRA
+    adapter records of its base, so a base trained further or replaced is noticed."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_base(base, model_args, owner, sha256=None):
     """The base model an adapter was trained on, at the block_size it was trained with; owner (the
-    adapter folder or checkpoint) names what needs it when it is missing."""
+    adapter folder or checkpoint) names what needs it when it is missing or is no longer the base
+    it was trained on (sha256: the weights_sha256 recorded at training; older adapters have none)."""
     if base not in GPT2_NAMES and not os.path.exists(base):
         raise FileNotFoundError(f"{owner} is a LoRA adapter whose base model {base!r} is not there (moved or "
                                 f"deleted?); put the base back, or move it together with the adapter")
     model, _ = load_model(base, block_size=model_args.get("block_size"))
+    if sha256 and weights_sha256(model) != sha256:
+        raise ValueError(f"{owner} is a LoRA adapter trained on {base!r} with weights sha256 {sha256[:12]}..., but "
+                         f"{base!r} now holds other weights (trained further or replaced?); the adapter would "
+                         f"give other outputs: put that base back, or train the adapter again on this one")
     return model
 
 
 def load_merged(path):
     """An adapter directory -> its base with the adapter merged (plain GPT, eval mode, CPU)."""
     meta = lora.read_meta(path)
-    base = load_base(lora.resolve_base(meta["base"], path), meta["model_args"], path)
+    base = load_base(lora.resolve_base(meta["base"], path), meta["model_args"], path, meta.get("base_sha256"))
     return lora.merge_dir(base, path).eval()
 
 
 def merged_from_checkpoint(ckpt, path):
     """A LoRA run's ckpt.pt/best.pt at path (adapter tensors + base) -> merged plain GPT."""
-    base = load_base(lora.resolve_base(ckpt["lora_base"], os.path.dirname(path)), ckpt["model_args"], path)
+    base = load_base(lora.resolve_base(ckpt["lora_base"], os.path.dirname(path)), ckpt["model_args"], path,
+                     ckpt.get("lora_base_sha256"))
     return lora.merge(base, ckpt["lora"], ckpt["lora_config"]).eval()

@@ -4,7 +4,8 @@ hand-written set, a very low learning rate, many epochs, only a few MB of traine
 
 An adapter directory is peft's own (adapter_config.json + adapter_model.safetensors) plus
 nanophi_adapter.json naming the base model (`base`: a gpt2 name, a transformers directory or a
-.pt checkpoint) and its model_args. checkpoint.load_model accepts such a directory as init_from
+.pt checkpoint), the sha256 of its weights (`base_sha256`: checked at load, so a base trained
+further is refused rather than silently changing the adapter's output) and its model_args. checkpoint.load_model accepts such a directory as init_from
 and returns the base with the adapter merged in (a plain GPT), so sample.py, serve.py, eval.py
 and export work unchanged. This module knows peft only; loading base models is checkpoint.py's.
 """
@@ -53,11 +54,12 @@ def resolve_base(base, folder):
     return os.path.normpath(candidate) if os.path.exists(candidate) else base
 
 
-def save_adapter(peft_model, path, base, model_args):
+def save_adapter(peft_model, path, base, model_args, base_sha256):
     """Write the adapter directory atomically (filled under a temporary name, then swapped in)."""
     with atomic_dir(path) as tmp:
         peft_model.save_pretrained(tmp)
-        write_json_atomic(os.path.join(tmp, META), {"base": portable_base(base, path), "model_args": model_args})
+        write_json_atomic(os.path.join(tmp, META), {"base": portable_base(base, path), "base_sha256": base_sha256,
+                                                    "model_args": model_args})
     return path
 
 

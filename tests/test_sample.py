@@ -303,7 +303,7 @@ def test_chat_reply_cut_at_speaker_marker(tiny_model):
 
 def test_lora_adapter_dir_as_init_from(tiny_hf_dir, tmp_path):
     from nanophi import lora
-    from nanophi.checkpoint import load_model
+    from nanophi.checkpoint import load_model, weights_sha256
     from model import GPT
 
     def greedy(model, prompt, n=20):
@@ -313,13 +313,14 @@ def test_lora_adapter_dir_as_init_from(tiny_hf_dir, tmp_path):
 
     base = GPT.from_pretrained(tiny_hf_dir).eval()
     base_text = greedy(base, "The quick brown fox")
+    base_sha256 = weights_sha256(base)
     peft_model = lora.wrap(base, 4, 8, 0.0, lora.DEFAULT_TARGETS)
     torch.manual_seed(1)
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:  # peft starts B at zero (a no-op adapter): make it change the model
                 p.normal_(0, 0.5)
-    adir = lora.save_adapter(peft_model, str(tmp_path / "adapter"), tiny_hf_dir, {"block_size": 128})
+    adir = lora.save_adapter(peft_model, str(tmp_path / "adapter"), tiny_hf_dir, {"block_size": 128}, base_sha256)
     want = greedy(load_model(adir)[0], "The quick brown fox")
     assert want != base_text  # the adapter really changes the model
     r = run([f"--init_from={adir}", "--temperature=0", "--start=The quick brown fox", "--max_new_tokens=20"])

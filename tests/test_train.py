@@ -309,6 +309,28 @@ def test_lora_adapter_moves_with_its_base(data_dir, tmp_path, tiny_hf_dir):
         load_model(str(moved / "run" / "lora"))
 
 
+def test_lora_adapter_refuses_a_base_that_changed(data_dir, tmp_path):
+    """The adapter records its base's weights hash: a base trained further (here: other weights
+    written to the same folder) is refused by name, not merged into other outputs without a word."""
+    from configurator import ConfigError
+    from conftest import make_hf_dir
+    base = make_hf_dir(str(tmp_path / "base"))
+    out = str(tmp_path / "run")
+    run_main(train_args(data_dir, out, f"--init_from={base}", "--lora_rank=2", "--max_iters=1", "--eval_interval=100"))
+    meta = json.load(open(os.path.join(out, "lora", "nanophi_adapter.json")))
+    assert len(meta["base_sha256"]) == 64 and load_checkpoint(os.path.join(out, "ckpt.pt"))["lora_base_sha256"]
+    load_model(os.path.join(out, "lora"))  # the untouched base loads
+    make_hf_dir(base, seed=1)  # same shape, other weights
+    for init in (os.path.join(out, "lora"), os.path.join(out, "ckpt.pt"), os.path.join(out, "best.pt")):
+        with pytest.raises(ValueError, match=r"is a LoRA adapter trained on .*base' with weights sha256 [0-9a-f]{12}"
+                                             r"\.\.\., but .* now holds other weights"):
+            load_model(init)
+    args = [a for a in train_args(data_dir, out, "--init_from=resume", "--max_iters=2")
+            if not a.startswith(("--n_layer", "--n_head", "--n_embd"))]
+    with pytest.raises(ConfigError, match="now holds other weights"):
+        run_main(args)
+
+
 # ----------------------------------------------------------------------------- bad configs
 
 @pytest.mark.parametrize("extra, message", [
