@@ -13,6 +13,8 @@ validation loss: weights only, in the training dtype), train.lock, log.jsonl.
 import hashlib
 import io
 import os
+import pickle
+import re
 import socket
 import urllib.parse
 from collections import namedtuple
@@ -211,7 +213,12 @@ def from_hub(name):
                                  "or give a local transformers GPT-2 directory")
     try:
         return GPT.from_pretrained(name)
-    except (OSError, ValueError) as e:  # a typo'd name, a lost connection, an unsafe pytorch_model.bin
+    except pickle.UnpicklingError as e:  # torch's weights-only load refused a pytorch_model.bin that runs code
+        wants = re.search(r"GLOBAL (\S+)", str(e))
+        raise ValueError(f"{name}: its pytorch_model.bin holds more than weights (loading it would call "
+                         f"{wants.group(1) if wants else 'code'}), so it was refused; use a model.safetensors "
+                         f"copy of the model, or one from a source you trust") from None
+    except (OSError, ValueError) as e:  # a typo'd name, a lost connection, a malformed config.json
         first = " ".join(str(e).split())
         raise ValueError(f"{name}: {first[:300]}") from None
 

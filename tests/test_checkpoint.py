@@ -117,3 +117,34 @@ def test_malformed_checkpoints_are_one_line_errors_before_allocation(tmp_path):
     # a small file declaring a 13 GB model: refused by shape, nothing that size allocated
     args = dict(good["model_args"], n_embd=65536, n_layer=48, n_head=64)
     assert "model_args declare" in load({**good, "model_args": args}, "huge.pt")
+
+
+class _RunsCode:
+    """A pickle that calls os.system when unpickled: what an unsafe pytorch_model.bin holds."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hf_dir_with_an_unsafe_pytorch_model_bin_is_refused_in_one_line(tmp_path):
+    """A transformers folder whose pytorch_model.bin runs code: refused by torch's weights-only load
+    (nothing runs), and the refusal is one line naming the folder and the call, not a traceback
+    (an UnpicklingError passed through before) and not a hint to load it unsafely."""
+    from conftest import make_hf_dir
+    path = make_hf_dir(str(tmp_path / "hf"))
+    os.remove(os.path.join(path, "model.safetensors"))
+    marker = tmp_path / "ran"
+    torch.save({"transformer.wte.weight": _RunsCode(marker)}, os.path.join(path, "pytorch_model.bin"))
+    with pytest.raises(ValueError) as e:
+        load_model(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: its pytorch_model.bin holds more than weights") and "system" in msg, msg
+    assert "\n" not in msg and "weights_only" not in msg
+    assert not marker.exists()
+    p = subprocess.run([sys.executable, "sample.py", f"--init_from={path}", "--max_new_tokens=2"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and lines[-1].startswith("error: ") and "Traceback" not in p.stderr, p.stderr
+    assert not marker.exists()
