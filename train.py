@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from configurator import ConfigError, at_least, between, configure, matches, one_of
+from configurator import ConfigError, at_least, between, configure, matches, one_of, run_main
 from model import GPT, CausalSelfAttention, GPTConfig
 from nanophi import checkpoint as ckpt_lib
 from nanophi import lora as lora_lib
@@ -743,6 +743,10 @@ def estimate_loss(run):
     return out
 
 
+class Diverged(RuntimeError):
+    """The loss went to inf/NaN: the run stops with one line (exit 1); the last ckpt.pt stays as it was."""
+
+
 def train_step(run):
     """One optimizer step over the global batch; returns its mean loss per target. Every process
     draws the same global batch (same sampler state) and takes its own micro-batches: DDP == one process."""
@@ -765,7 +769,8 @@ def train_step(run):
     lossf = loss_sum.item() / n_targets
     if not math.isfinite(lossf) and not run.scaler.is_enabled():  # fp16's scaler skips such steps itself
         hint = "lower learning_rate" + ("" if run.ptdtype == "float32" else " or use dtype=float32")
-        raise RuntimeError(f"iter {run.iter_num}: loss is {lossf}; {hint}")
+        kept = f"; {ckpt_lib.LATEST} from iter {run.saved_iter} is kept" if run.saved_iter >= 0 else ""
+        raise Diverged(f"iter {run.iter_num}: loss is {lossf}; {hint}{kept}")
     if grad_clip:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), grad_clip)
@@ -985,11 +990,5 @@ def train(config, sources):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except WriteError as e:  # a full disk, say: the previous checkpoint is still there
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    # a full disk (the previous checkpoint is still there) or a diverged loss: one line, exit 1
+    run_main(main, sys.argv[1:], errors=((WriteError, 1), (Diverged, 1)))

@@ -6,6 +6,7 @@ datafiles.SplitWriter and textformat (the real data layout), real subprocesses f
 import json
 import os
 import random
+import re
 import runpy
 import signal
 import subprocess
@@ -329,6 +330,21 @@ def test_lora_adapter_refuses_a_base_that_changed(data_dir, tmp_path):
             if not a.startswith(("--n_layer", "--n_head", "--n_embd"))]
     with pytest.raises(ConfigError, match="now holds other weights"):
         run_main(args)
+
+
+@pytest.mark.slow
+def test_diverged_loss_is_one_line_without_a_dtype_hint_in_fp32(data_dir, tmp_path):
+    """A learning rate that blows the weights up: the run stops with one `error:` line (exit 1) that
+    gives the fix that applies (an fp32 run is not told to use float32) and keeps the last ckpt.pt."""
+    out = tmp_path / "nan"
+    p = run_cli(*train_args(data_dir, str(out), "--learning_rate=1e30", "--min_lr=1e29", "--dtype=float32",
+                            "--max_iters=6", "--eval_interval=1", "--always_save_checkpoint=True"), cwd=ROOT)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert re.fullmatch(r"error: iter \d+: loss is nan; lower learning_rate; ckpt.pt from iter \d+ is kept",
+                        lines[-1]), lines[-1]
+    ck = load_checkpoint(str(out / "ckpt.pt"))
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
 # ----------------------------------------------------------------------------- bad configs
