@@ -8,6 +8,7 @@ import os
 import random
 import re
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from nanophi import textformat
 from conftest import ROOT
 from nanophi.checkpoint import load_checkpoint, load_model
 from nanophi.datafiles import SplitWriter, TaskSplit
-from nanophi.tokenizer import EOT_ID
+from nanophi.tokenizer import EOT_ID, decode
 
 TRAIN = os.path.join(ROOT, "train.py")
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=1",
@@ -345,6 +346,52 @@ def test_diverged_loss_is_one_line_without_a_dtype_hint_in_fp32(data_dir, tmp_pa
                         lines[-1]), lines[-1]
     ck = load_checkpoint(str(out / "ckpt.pt"))
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def publish_set(data_dir, task, word, n):
+    """A prepared set published as another process's data prep does it: a staging folder, one switch
+    of .current, then its cleanup removes the old set's folder."""
+    from nanophi.datafiles import new_staging, publish
+    task_dir = os.path.join(data_dir, task)
+    old = os.path.realpath(os.path.join(task_dir, ".current")) if os.path.islink(os.path.join(task_dir, ".current")) else None
+    folder = new_staging(task_dir)
+    for split, k in (("train", n), ("val", 3)):
+        w = SplitWriter(folder, split)
+        for _ in range(k):
+            w.add(*textformat.encode_example(textformat.textbook(f"{word} " * 40)))
+        w.commit()
+    publish(task_dir, folder)
+    if old:  # (publish's own cleanup spares another live process's folders)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@pytest.mark.parametrize("when", ["after the folder is read", "after train is opened"])
+def test_train_and_val_come_from_one_prepared_set_while_it_is_republished(tmp_path, when):
+    """A re-preparation publishing (and removing the old set) while a run opens the task: train and
+    val are never from two sets, and the removed folder is not a crash: the task is opened again."""
+    data_dir = str(tmp_path / "data")
+    publish_set(data_dir, "textbook", "old", 8)
+    g = runpy.run_path(TRAIN, run_name="train_under_test")
+    opened, republished = [], []
+
+    def republish():
+        if not republished:
+            republished.append(publish_set(data_dir, "textbook", "new", 9))
+
+    def racing_split(data_dir_, task, split, files=None):
+        if when == "after the folder is read":
+            republish()
+        ts = TaskSplit(data_dir_, task, split, files)
+        opened.append(split)
+        if when == "after train is opened":
+            republish()
+        return ts
+
+    g["open_tasks"].__globals__["TaskSplit"] = racing_split  # run_path returned a copy of the globals
+    data, _ = g["open_tasks"](data_dir, {"textbook": 1.0}, 32)
+    words = {s: set(re.findall(r"\b(old|new)\b", decode(w.s.tokens[:].tolist()))) for s, w in data["textbook"].items()}
+    assert words["train"] == words["val"] == {"new"}, words
+    assert data["textbook"]["train"].s.n_docs == 9
 
 
 # ----------------------------------------------------------------------------- bad configs
