@@ -27,7 +27,8 @@ from nanophi.tokenizer import EOT_ID, decode
 
 TRAIN = os.path.join(ROOT, "train.py")
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=1",
-        "--warmup_iters=1", "--learning_rate=3e-3", "--min_lr=3e-4", "--plot=False", "--compile=False"]
+        "--warmup_iters=1", "--learning_rate=3e-3", "--min_lr=3e-4", "--plot=False", "--compile=False",
+        "--dtype=float32"]  # exact comparisons: on a CPU with AMX the dtype probe picks bf16 for auto
 TASKS = "--tasks={'math': 1.0, 'textbook': 1.0, 'chat': 0.5}"
 
 
