@@ -1,12 +1,16 @@
 """
 NanoPhi beside llama.cpp on the same random GPT-2 124M weights, interleaved row by row: decoding at
-batch 1 (context 0 and 896) and prefill of 512 tokens, fp32 vs F32, bf16 vs F16, int8 vs Q8_0, with the
-load average and this machine's copy bandwidth printed beside them. Builds nothing: give it a llama.cpp
-build (docs/benchmarks.md says how to make one offline).
+batch 1 (context 0 and 896) and prefill of 512 tokens, fp32 vs F32, bf16 vs F16, int8 vs Q8_0; then
+the servers (serve.py against llama-server, 8 slots each): one request at a time, 8 concurrent streams
+of 48-128 tokens, time to first token and peak memory. The load average and this machine's copy
+bandwidth are printed beside them. Builds nothing: give it a llama.cpp build (docs/benchmarks.md says
+how to make one offline).
 
     python bench/bench_llamacpp.py --llama_cpp=$HOME/llama.cpp   # holds build/bin/llama-bench, convert_hf_to_gguf.py
+    python bench/bench_llamacpp.py --llama_cpp=... --servers=False --json=llamacpp.json
 """
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -22,6 +26,8 @@ sys.path.insert(0, ROOT)
 from model import GPT, GPTConfig  # noqa: E402
 from nanophi.checkpoint import save_checkpoint  # noqa: E402
 from nanophi.device import measure_copy_bandwidth  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_serve import free_port, pct, stream_client  # noqa: E402  (the same client for both servers)
 
 BUILD_HINT = ("bench_llamacpp.py: give --llama_cpp=<llama.cpp dir> with build/bin/llama-bench, llama-batched-bench, "
               "llama-server, llama-quantize and convert_hf_to_gguf.py; to build one offline see docs/benchmarks.md "
@@ -98,11 +104,99 @@ def our_rate(model, repeats, prompt=0, new=0, depth=0):
     return statistics.median(times)
 
 
+STREAMS = 8
+STREAM_TOKENS = [48, 64, 80, 96, 112, 128, 56, 72]  # one request per stream, 48-128 tokens each
+
+
+def wait_ready(proc, url, what):
+    import httpx
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"bench_llamacpp.py: {what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"bench_llamacpp.py: {what} did not answer /health in 120 s")
+
+
+def peak_mb(pid):
+    """The process's peak resident memory (VmHWM) in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def body(i):
+    return {"prompt": f"Stream {i} writes about the number {i * 7919 % 1000}:", "max_tokens": STREAM_TOKENS[i],
+            "temperature": 0, "ignore_eos": True}
+
+
+async def streams(url):
+    """STREAMS streaming requests at once: (aggregate tok/s, time to first token p50)."""
+    import httpx
+    async with httpx.AsyncClient(timeout=600) as c:
+        t = time.perf_counter()
+        rs = await asyncio.gather(*(stream_client(c, url, "/v1/completions", body(i), i) for i in range(STREAMS)))
+        wall = time.perf_counter() - t
+    bad = [r for r in rs if "error" in r or not r["done"]]
+    if bad:
+        raise SystemExit(f"bench_llamacpp.py: {url}: a stream failed: {bad[0]}")
+    return sum(STREAM_TOKENS) / wall, pct([r["ttft"] for r in rs], 50)
+
+
+def one_at_a_time(url):
+    """The same requests in turn, whole (not streamed): tok/s over all of them, tokens counted by the server."""
+    import httpx
+    tokens, t = 0, time.perf_counter()
+    with httpx.Client(timeout=600) as c:
+        for i in range(STREAMS):
+            r = c.post(url + "/v1/completions", json=body(i))
+            r.raise_for_status()
+            tokens += r.json()["usage"]["completion_tokens"]
+    return tokens / (time.perf_counter() - t)
+
+
+def serve_figures(cmd, port, what):
+    """Start a server, measure it (one at a time, 8 streams, peak memory), stop it."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, what)
+        one = one_at_a_time(url)
+        many, ttft = asyncio.run(streams(url))
+        return {"one": one, "streams": many, "ttft": ttft, "peak_mb": peak_mb(proc.pid)}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def server_rows(tools, gguf, ckpt, ours_fmt, llama_fmt, threads):
+    """(name, llama.cpp, NanoPhi, ratio) rows for llama-server against serve.py; ratios > 1 favour NanoPhi."""
+    port = free_port()
+    theirs = serve_figures([tools["llama-server"], "-m", gguf, "-t", str(threads), "-np", str(STREAMS),
+                            "-c", str(STREAMS * 1024), "--host", "127.0.0.1", "--port", str(port)], port, "llama-server")
+    port = free_port()
+    ours = serve_figures([sys.executable, "serve.py", f"--init_from={ckpt}", f"--port={port}",
+                          f"--max_batch={STREAMS}", f"--weights={ours_fmt}", "--access_log=False"], port, "serve.py")
+    tag = f"{ours_fmt} vs {llama_fmt}"
+    return [(f"server, one request at a time, {tag} (tok/s)", theirs["one"], ours["one"], ours["one"] / theirs["one"]),
+            (f"server, {STREAMS} streams of 48-128 tokens, {tag} (tok/s)", theirs["streams"], ours["streams"],
+             ours["streams"] / theirs["streams"]),
+            (f"server, first token p50 at {STREAMS} streams, {tag} (s)", theirs["ttft"], ours["ttft"],
+             theirs["ttft"] / ours["ttft"]),
+            (f"server peak memory, {tag} (MB)", theirs["peak_mb"], ours["peak_mb"], theirs["peak_mb"] / ours["peak_mb"])]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--llama_cpp", default="", help="llama.cpp source tree with a build")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--servers", default="True", choices=["True", "False"], help="also the llama-server rows")
+    p.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = p.parse_args()
     if not args.llama_cpp:
         print(BUILD_HINT, file=sys.stderr)
@@ -113,23 +207,39 @@ def main():
         sys.exit(2)
     from nanophi.weights import apply_weights, resolve_weights
     torch.set_num_threads(args.threads)
+    rows = []
+
+    def show(name, theirs, ours, ratio):
+        rows.append({"metric": name, "llama.cpp": round(theirs, 3), "nanophi": round(ours, 3),
+                     "ratio": round(ratio, 3), "load_avg": os.getloadavg()[0]})
+        print(f"{name:58} {theirs:10.2f} {ours:10.2f} {ratio:6.2f}  {os.getloadavg()[0]:.2f}", flush=True)
+
     with tempfile.TemporaryDirectory() as work:
         ggufs = convert(args.llama_cpp, tools, export_random(work), work)
         bandwidth = measure_copy_bandwidth()
         print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; {args.threads} threads; {args.repeats} repetitions "
-              f"(llama-bench's mean, our median)")
-        print(f"{'metric (GPT-2 124M)':44} {'llama.cpp':>10} {'NanoPhi':>10} {'ratio':>6}  load avg")
+              f"(llama-bench's mean, our median); ratio = NanoPhi / llama.cpp (for time and memory: llama.cpp / NanoPhi)")
+        print(f"{'metric (GPT-2 124M)':58} {'llama.cpp':>10} {'NanoPhi':>10} {'ratio':>6}  load avg")
         for ours_fmt, llama_fmt in FORMATS:
             model = GPT.from_pretrained(os.path.join(work, "hf")).eval()
             model = apply_weights(model, resolve_weights(ours_fmt, "cpu", "bfloat16" if ours_fmt == "bf16" else "float32"))
-            for name, test in ((f"decode batch 1, context 0, {ours_fmt} vs {llama_fmt}", dict(new=64)),
-                               (f"decode batch 1, context 896, {ours_fmt} vs {llama_fmt}", dict(new=64, depth=896)),
-                               (f"prefill 512, {ours_fmt} vs {llama_fmt}", dict(prompt=512))):
+            for name, test in ((f"decode batch 1, context 0, {ours_fmt} vs {llama_fmt} (tok/s)", dict(new=64)),
+                               (f"decode batch 1, context 896, {ours_fmt} vs {llama_fmt} (tok/s)", dict(new=64, depth=896)),
+                               (f"prefill 512, {ours_fmt} vs {llama_fmt} (tok/s)", dict(prompt=512))):
                 theirs = llama_rate(tools, ggufs[llama_fmt], args.threads, args.repeats, **test)
                 with torch.no_grad():
                     ours = our_rate(model, args.repeats, **test)
-                print(f"{name:44} {theirs:10.1f} {ours:10.1f} {ours / theirs:6.2f}  {os.getloadavg()[0]:.2f}")
-
+                show(name, theirs, ours, ours / theirs)
+            del model
+            if args.servers == "True":
+                for row in server_rows(tools, ggufs[llama_fmt], os.path.join(work, "random.pt"), ours_fmt, llama_fmt,
+                                       args.threads):
+                    show(*row)
+        print(f"bound: batch-1 fp32 decoding reads about 500 MB of weights per token: at most "
+              f"{bandwidth / 500e6:.0f} tok/s at this copy bandwidth (bf16 half of that, int8 a quarter)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"copy_bandwidth_gbs": bandwidth / 1e9, "threads": args.threads, "rows": rows}, f, indent=1)
 
 if __name__ == "__main__":
     main()
