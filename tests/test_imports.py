@@ -1,5 +1,5 @@
 """The package's modules import each other without a cycle, counting imports inside functions, and the
-data filters (quality, decontam) stand on the data leaves only."""
+data filters (quality, decontam) stand on the data leaves only; docs/code.md maps every module."""
 import ast
 import glob
 import os
@@ -90,3 +90,10 @@ def test_filters_import_only_the_data_leaves():
     for m in sorted(DATA_LEAVES):
         beyond = reachable(graph, m) - DATA_LEAVES
         assert not beyond, f"nanophi/{m}.py is meant to be a data leaf but imports {sorted(beyond)}"
+
+
+def test_package_map_names_every_module():
+    doc = open(os.path.join(os.path.dirname(PKG), "docs", "code.md")).read()
+    missing = [m for m in sorted(package_imports()) if f"`{m}.py`" not in doc]
+    assert not missing, f"docs/code.md's package map does not name {missing}"
+
