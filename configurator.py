@@ -12,10 +12,16 @@ choice checks beside its settings, run once every override is in:
 
     CHECKS = {"max_iters": at_least(0), "dtype": one_of("auto", "float32", "bfloat16", "float16")}
 
---help prints every setting with the comment written beside it in the script. Every script's
-__main__ ends the same way (run_main): bad settings, one `config error: ...` line, exit status 2;
-bad input (a missing checkpoint, an unreadable file), one `error: ...` line, the status the script
-gives (2 for sample.py, serve.py and eval.py; train.py's failed write 1); Ctrl-C, exit status 130.
+--help prints every setting with the comment written beside it in the script. A setting that is
+unknown, of the wrong type or fails a check ends the script with one `config error: ...` line and
+exit status 2 (configure does it on the command line; run_main for a ConfigError raised later).
+run_main(main, argv, errors) ends a script's __main__: each (exception class, status) it is given
+becomes one `error: ...` line and that status (bad input: 2 in sample.py, serve.py, eval.py and the
+data/ loop scripts; 1 for a failing endpoint in data/quality.py and data/synthesize.py), Ctrl-C exit
+status 130. train.py goes through run_main too (a failed write or a diverged loss: `error: ...`, 1);
+its Ctrl-C or SIGTERM saves first, then exits 128 + the signal, so 130 for Ctrl-C. Scripts that end
+their own way: export.py (`export.py: ...`, 2) and the data/<task>/prepare.py scripts (bad input and
+checks found while preparing: `error: ...`, 1).
 """
 import ast
 import difflib

@@ -468,7 +468,7 @@ def set_dropout(model, p):
             m.dropout = p
 
 
-def build_model(ck, block, master):
+def build_model(ck, run_block_size, master):
     """(model, lora_config, lora_base, base_sha256): from scratch, a pretrained model, or the
     checkpoint to resume; wrapped with LoRA adapters when the run trains adapters (lora_config None
     otherwise; base_sha256 is the adapted base's weights_sha256, checked on resume)."""
@@ -484,7 +484,7 @@ def build_model(ck, block, master):
         else:
             model = ckpt_lib.model_from_checkpoint(ck)
     elif init_from == "scratch":
-        model = GPT(GPTConfig(block_size=block, vocab_size=50304, n_layer=n_layer, n_head=n_head,
+        model = GPT(GPTConfig(block_size=run_block_size, n_layer=n_layer, n_head=n_head,
                               n_embd=n_embd, dropout=dropout, bias=bias))
     else:
         try:
@@ -494,10 +494,11 @@ def build_model(ck, block, master):
         lora_base = os.path.abspath(source) if os.path.exists(source) else source
         had = model.config.block_size
         if master:
-            print(f"init from {source}" + ("" if had == block else
-                  f": context {'grown' if block > had else 'cropped'} from {had} to block_size {block} positions"
-                  + (" (new positions interpolated: give it training)" if block > had else "")))
-        model.resize_block_size(block)
+            grown = run_block_size > had
+            print(f"init from {source}" + ("" if had == run_block_size else
+                  f": context {'grown' if grown else 'cropped'} from {had} to block_size {run_block_size} positions"
+                  + (" (new positions interpolated: give it training)" if grown else "")))
+        model.resize_block_size(run_block_size)
     set_dropout(model, ck["model_args"].get("dropout", dropout) if ck is not None else dropout)
     model.config.gradient_checkpointing = gradient_checkpointing
     if ck is not None and "lora" in ck:
@@ -634,13 +635,14 @@ def prepare_run(config, sources):
     except ValueError as e:
         raise ConfigError(str(e)) from None
     ck = load_resume_checkpoint(sources, master) if init_from == "resume" else None
-    block = ck["model_args"]["block_size"] if ck is not None else block_size  # the checkpoint decides the shape
-    data, mixture = open_tasks(data_dir, tasks, block)  # all data errors before any compute
+    # on resume the checkpoint decides the shape, whatever block_size says
+    run_block_size = ck["model_args"]["block_size"] if ck is not None else block_size
+    data, mixture = open_tasks(data_dir, tasks, run_block_size)  # all data errors before any compute
     fingerprint = data_fingerprint(data)
     if ck is not None:
         check_data_fingerprint(ck, fingerprint)
     train_data = {t: d["train"] for t, d in data.items()}
-    tokens_per_iter = batch_size * block * gradient_accumulation_steps
+    tokens_per_iter = batch_size * run_block_size * gradient_accumulation_steps
     n_iters = count_iters(train_data, tokens_per_iter, sources, master)
     if decay_lr and warmup_iters >= n_iters and master:
         print(f"WARNING: warmup_iters ({warmup_iters}) >= max_iters ({n_iters}): the run never leaves warmup "
@@ -658,19 +660,19 @@ def prepare_run(config, sources):
         total_weight = sum(mixture.values())
         print("tasks: " + ", ".join(f"{t} {w / total_weight:.2f} ({fmt_tokens(len(train_data[t].s))} train, "
                                     f"{fmt_tokens(len(data[t]['val'].s))} val)" for t, w in mixture.items()))
-        print(f"tokens per iteration: {tokens_per_iter:,} = {batch_size} rows x {block} x "
+        print(f"tokens per iteration: {tokens_per_iter:,} = {batch_size} rows x {run_block_size} x "
               f"{gradient_accumulation_steps} accumulation ({world} process{'es' if world > 1 else ''})")
     torch.manual_seed(seed + rank)
     random.seed(seed)
-    sampler = Sampler(train_data, mixture, block, seed)
+    sampler = Sampler(train_data, mixture, run_block_size, seed)
 
-    model, lora_config, lora_base, base_sha256 = build_model(ck, block, master)
+    model, lora_config, lora_base, base_sha256 = build_model(ck, run_block_size, master)
     gpt = model.get_base_model() if lora_config else model  # the plain GPT (modules shared with the wrapper)
     model_args, n_params = asdict(gpt.config), gpt.get_num_params()
     model.train()
     model.to(dev)
     run = Run(config=config, ddp=ddp, rank=rank, world=world, master=master, dev=dev, ptdtype=ptdtype,
-              accum_local=gradient_accumulation_steps // world, block_size=block, max_iters=n_iters,
+              accum_local=gradient_accumulation_steps // world, block_size=run_block_size, max_iters=n_iters,
               tokens_per_iter=tokens_per_iter, sampler=sampler, raw_model=model, gpt=gpt, model_args=model_args,
               n_params=n_params, lora_config=lora_config, lora_base=lora_base,
               lora_base_sha256=base_sha256, autocast_ctx=autocast(dev, ptdtype),

@@ -18,6 +18,7 @@ import os
 import re
 
 from nanophi import records
+from nanophi.features import HASHING, Features
 from nanophi.records import DataError, normalise, read_humaneval, words
 
 MBPP_HUB = ("google-research-datasets/mbpp", "full")
@@ -183,12 +184,11 @@ class ASTIndex:
 # ---------------------------------------------------------------------------------------------
 # the scan
 
-def scan(docs, problems, features="hashing", embed_threshold=0.85, ast_threshold=0.9, batch_size=256, top_k=3,
+def scan(docs, problems, features=HASHING, embed_threshold=0.85, ast_threshold=0.9, batch_size=256, top_k=3,
          progress=True):
     """docs: (where, key, text). Returns (dropped [{"key", "where", "reason"}], closest per problem, counts)."""
     import sys
     from tqdm import tqdm
-    from nanophi.quality import Features
     feats = Features(features)
     bench = feats([p["text"] for p in problems])
     index = ASTIndex(problems)

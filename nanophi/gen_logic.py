@@ -76,38 +76,38 @@ def _logic_place(rng):
     return {"kind": "place", "question": " ".join(facts) + f" Is {a} in {b}?", "answer": answer}
 
 
+# One row per syllogism form: two premises ("all"/"no", subject, predicate), the question, and the
+# claim it asks about. Letters name the three nonsense words; the row order is the form number.
+_SYLLOGISMS = [
+    (("all", "A", "B"), ("all", "B", "C"), "Are all {A} {C}?", ("all", "A", "C")),
+    (("all", "A", "B"), ("no", "B", "C"), "Can one of the {A} be one of the {C}?", ("some", "A", "C")),
+    (("all", "A", "B"), ("all", "C", "B"), "Must all {A} be {C}?", ("all", "A", "C")),
+    (("no", "A", "B"), ("all", "C", "B"), "Can one of the {C} be one of the {A}?", ("some", "C", "A")),
+    (("all", "A", "B"), ("all", "B", "C"), "Must all {C} be {A}?", ("all", "C", "A")),
+    (("all", "A", "B"), ("no", "B", "C"), "Is it true that no {A} are {C}?", ("no", "A", "C")),
+    (("all", "A", "B"), ("all", "B", "C"), "Can one of the {A} be one of the {C}?", ("some", "A", "C")),
+]
+
+
 def _logic_syllogism(rng):
     """Syllogisms over nonsense words, each checked by sympy."""
+    words = dict(zip("ABC", rng.sample(_NONSENSE, 3)))
+    return syllogism(_SYLLOGISMS[rng.randrange(len(_SYLLOGISMS))], words)
+
+
+def syllogism(row, words):
+    """The item of one _SYLLOGISMS row with words {'A': ..., 'B': ..., 'C': ...}, its answer from sympy."""
     from sympy import symbols
     from sympy.logic.boolalg import And, Implies, Not
-    A, B, C = rng.sample(_NONSENSE, 3)
-    a, b, c = symbols("a b c")
-    form = rng.randrange(7)
-    if form == 0:
-        prem, text = And(Implies(a, b), Implies(b, c)), f"All {A} are {B}. All {B} are {C}."
-        q, test, mode = f"Are all {A} {C}?", And(a, Not(c)), "valid"
-    elif form == 1:
-        prem, text = And(Implies(a, b), Implies(b, Not(c))), f"All {A} are {B}. No {B} are {C}."
-        q, test, mode = f"Can one of the {A} be one of the {C}?", And(a, c), "possible"
-    elif form == 2:
-        prem, text = And(Implies(a, b), Implies(c, b)), f"All {A} are {B}. All {C} are {B}."
-        q, test, mode = f"Must all {A} be {C}?", And(a, Not(c)), "valid"
-    elif form == 3:
-        prem, text = And(Implies(a, Not(b)), Implies(c, b)), f"No {A} are {B}. All {C} are {B}."
-        q, test, mode = f"Can one of the {C} be one of the {A}?", And(c, a), "possible"
-    elif form == 4:
-        prem, text = And(Implies(a, b), Implies(b, c)), f"All {A} are {B}. All {B} are {C}."
-        q, test, mode = f"Must all {C} be {A}?", And(c, Not(a)), "valid"
-    elif form == 5:
-        prem, text = And(Implies(a, b), Implies(b, Not(c))), f"All {A} are {B}. No {B} are {C}."
-        q, test, mode = f"Is it true that no {A} are {C}?", And(a, c), "valid"
-    else:
-        prem, text = And(Implies(a, b), Implies(b, c)), f"All {A} are {B}. All {B} are {C}."
-        q, test, mode = f"Can one of the {A} be one of the {C}?", And(a, c), "possible"
-    sat = _satisfiable(And(prem, test))
-    # "valid": the conclusion holds iff its counterexample is impossible; "possible": iff satisfiable
-    answer = ("no" if sat else "yes") if mode == "valid" else ("yes" if sat else "no")
-    return {"kind": "syllogism", "question": f"{text} {q}", "answer": answer}
+    var = dict(zip("ABC", symbols("a b c")))
+    *premises, question, (claim, x, y) = row
+    prem = And(*[Implies(var[s], var[p] if q == "all" else Not(var[p])) for q, s, p in premises])
+    text = " ".join(f"{q.capitalize()} {words[s]} are {words[p]}." for q, s, p in premises)
+    # "all x y" fails on an x that is not y, "no x y" on an x that is y; "some x y" holds if one can exist
+    case = And(var[x], Not(var[y])) if claim == "all" else And(var[x], var[y])
+    sat = _satisfiable(And(prem, case))
+    answer = ("yes" if sat else "no") if claim == "some" else ("no" if sat else "yes")
+    return {"kind": "syllogism", "question": f"{text} {question.format(**words)}", "answer": answer}
 
 
 def _logic_entail(rng):

@@ -72,32 +72,6 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
     assert load_checkpoint(path)["iter_num"] == 1
 
 
-def test_atomic_file_and_dir_keep_the_old_version_on_failure(tmp_path):
-    from nanophi.files import WriteError, atomic_dir, atomic_file, write_text_atomic
-    path = str(tmp_path / "a.txt")
-    write_text_atomic(path, "old")
-    with pytest.raises(RuntimeError):
-        with atomic_file(path) as tmp:
-            open(tmp, "w").write("half")
-            raise RuntimeError("killed mid-write")
-    assert open(path).read() == "old" and os.listdir(tmp_path) == ["a.txt"]
-    folder = str(tmp_path / "adapter")
-    with atomic_dir(folder) as tmp:
-        open(os.path.join(tmp, "w.bin"), "w").write("1")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(folder) as tmp:
-            open(os.path.join(tmp, "w.bin"), "w").write("2")
-            raise RuntimeError("killed mid-write")
-    assert open(os.path.join(folder, "w.bin")).read() == "1"
-    with atomic_dir(folder) as tmp:  # replaced whole: the old folder's files do not linger
-        open(os.path.join(tmp, "other.bin"), "w").write("3")
-    assert os.listdir(folder) == ["other.bin"] and sorted(os.listdir(tmp_path)) == ["a.txt", "adapter"]
-    assert oct(os.stat(folder).st_mode & 0o777) != oct(0o700)  # ordinary output, not a private temp dir
-    with pytest.raises(WriteError, match=r"could not write .*nofile/x.txt: File exists"):
-        open(tmp_path / "nofile", "w").close()
-        write_text_atomic(str(tmp_path / "nofile" / "x.txt"), "x")
-
-
 def test_malformed_checkpoints_are_one_line_errors_before_allocation(tmp_path):
     model = tiny()
     good = {"model": model.state_dict(), "model_args": asdict(model.config)}

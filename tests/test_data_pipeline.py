@@ -128,18 +128,6 @@ def test_bad_input_names_file_line_field(tmp_path, content, message):
     assert meta["skipped_examples"][0].startswith(str(path) + ":2: ")
 
 
-def test_bad_chat_turns_name_the_field(tmp_path):
-    chat = records.load_prepare("chat")
-    path = jsonl(tmp_path / "c.jsonl", [
-        {"id": "a", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
-        {"id": "b", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]}])
-    with pytest.raises(records.DataError, match=r"c\.jsonl:2: field 'turns\[1\]\.role': must be 'user' or 'assistant', got 'robot'"):
-        chat.main([f"--out_dir={tmp_path}", "--progress=False", f"--source={path}"])
-    jsonl(tmp_path / "c.jsonl", [{"id": "b", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ["x"]}]}])
-    with pytest.raises(records.DataError, match=r"c\.jsonl:1: field 'turns\[1\]\.content': expected str, got list"):
-        chat.main([f"--out_dir={tmp_path}", "--progress=False", f"--source={path}"])
-
-
 def test_empty_sources(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(records.DataError, match=r"empty\.jsonl: empty source"):

@@ -1,4 +1,5 @@
-"""nanophi/records.py: sources that are bad say what is wrong with them, and where."""
+"""nanophi/records.py: sources that are bad say what is wrong with them, and where; which schema and hub
+files a source resolves to; field errors of the chat mapping name the field."""
 import json
 import os
 import subprocess
@@ -10,6 +11,21 @@ from nanophi import records, textformat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = [records.Schema("text", ["text"], lambda r: [textformat.textbook(records.need(r, "text"))])]
+
+
+def load(task):
+    return records.load_prepare(task)
+
+
+def run(task, tmp_path, *args):
+    return load(task).main([f"--out_dir={tmp_path}", "--progress=False", *args])
+
+
+def jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
 
 
 def first_record(spec, max_mb=0):
@@ -90,3 +106,32 @@ def test_prepare_script_names_the_directory(tmp_path):
                         "--progress=False"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert f"{d}: is a directory, not a file" in r.stderr.strip().splitlines()[-1]
+
+
+def test_schema_detection_and_unknown_source(tmp_path):
+    (tmp_path / "odd.jsonl").write_text('{"title": "x", "body": "y"}\n')
+    with pytest.raises(records.DataError, match=r"odd.jsonl: the first record's fields \['body', 'title'\] match no schema.*"
+                                                 r"meta-math/MetaMathQA \['query', 'response'\]"):
+        run("math", tmp_path, f"--source={tmp_path / 'odd.jsonl'}")
+    with pytest.raises(records.DataError, match="not 'offline', 'hub', a known hub dataset"):
+        run("math", tmp_path, "--source=nowhere/nothing")
+    # hub names resolve to the datasets mapping (not opened here: no network in tests)
+    srcs = records.resolve_sources("hub", load("chat").SCHEMAS, [])
+    assert [s.name for s in srcs] == ["bavard/personachat_truecased", "AlekseyKorshuk/persona-chat", "PygmalionAI/PIPPA"]
+    # hub sources are pinned data files, never a loading script
+    assert [(s.hub.repo, s.hub.path()) for s in load("code").SCHEMAS if s.hub] == [
+        ("code-search-net/code_search_net", "hf://datasets/code-search-net/code_search_net/data/python.zip"),
+        ("garage-bAInd/Open-Platypus",
+         "hf://datasets/garage-bAInd/Open-Platypus@refs/convert/parquet/default/train/*.parquet")]
+
+
+def test_bad_chat_turns_name_the_field(tmp_path):
+    chat = records.load_prepare("chat")
+    path = jsonl(tmp_path / "c.jsonl", [
+        {"id": "a", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"id": "b", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]}])
+    with pytest.raises(records.DataError, match=r"c\.jsonl:2: field 'turns\[1\]\.role': must be 'user' or 'assistant', got 'robot'"):
+        chat.main([f"--out_dir={tmp_path}", "--progress=False", f"--source={path}"])
+    jsonl(tmp_path / "c.jsonl", [{"id": "b", "system": None, "turns": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ["x"]}]}])
+    with pytest.raises(records.DataError, match=r"c\.jsonl:1: field 'turns\[1\]\.content': expected str, got list"):
+        chat.main([f"--out_dir={tmp_path}", "--progress=False", f"--source={path}"])

@@ -118,23 +118,6 @@ def test_parquet_and_text_files(tmp_path):
     assert docs == ["[Textbook] First document.\nStill first.<|endoftext|>", "[Textbook] Second document.<|endoftext|>"]
 
 
-def test_schema_detection_and_unknown_source(tmp_path):
-    (tmp_path / "odd.jsonl").write_text('{"title": "x", "body": "y"}\n')
-    with pytest.raises(records.DataError, match=r"odd.jsonl: the first record's fields \['body', 'title'\] match no schema.*"
-                                                 r"meta-math/MetaMathQA \['query', 'response'\]"):
-        run("math", tmp_path, f"--source={tmp_path / 'odd.jsonl'}")
-    with pytest.raises(records.DataError, match="not 'offline', 'hub', a known hub dataset"):
-        run("math", tmp_path, "--source=nowhere/nothing")
-    # hub names resolve to the datasets mapping (not opened here: no network in tests)
-    srcs = records.resolve_sources("hub", load("chat").SCHEMAS, [])
-    assert [s.name for s in srcs] == ["bavard/personachat_truecased", "AlekseyKorshuk/persona-chat", "PygmalionAI/PIPPA"]
-    # hub sources are pinned data files, never a loading script
-    assert [(s.hub.repo, s.hub.path()) for s in load("code").SCHEMAS if s.hub] == [
-        ("code-search-net/code_search_net", "hf://datasets/code-search-net/code_search_net/data/python.zip"),
-        ("garage-bAInd/Open-Platypus",
-         "hf://datasets/garage-bAInd/Open-Platypus@refs/convert/parquet/default/train/*.parquet")]
-
-
 def test_offline_sources_small(tmp_path):
     for task in ("textbook", "code", "excerpt"):
         meta = run(task, tmp_path, "--max_docs=25")

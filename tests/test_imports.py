@@ -1,4 +1,5 @@
-"""The package's modules import each other without a cycle, counting imports inside functions."""
+"""The package's modules import each other without a cycle, counting imports inside functions, and the
+data filters (quality, decontam) stand on the data leaves only; docs/code.md maps every module."""
 import ast
 import glob
 import os
@@ -23,6 +24,16 @@ def package_imports():
                     deps.add(node.module.split(".")[1])
         graph[m] = deps & mods - {m}
     return graph
+
+
+def reachable(graph, module):
+    """Every package module that module imports, directly or through others."""
+    seen, todo = set(), [module]
+    while todo:
+        for d in graph[todo.pop()] - seen:
+            seen.add(d)
+            todo.append(d)
+    return seen
 
 
 def find_cycle(graph):
@@ -61,3 +72,28 @@ def test_no_import_cycle():
     assert "dataprep" in graph and graph["dataprep"], "the parser found no imports at all"
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# the modules records, readers, features and writing stand on; none of them imports a filter or the pipeline
+DATA_LEAVES = {"records", "features", "files", "tokenizer", "textformat", "tasks", "llm", "offline_sources"}
+
+
+def test_reachable_follows_imports_through_others():
+    assert reachable({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}, "a") == {"b", "c"}
+
+
+def test_filters_import_only_the_data_leaves():
+    graph = package_imports()
+    for m in ("quality", "decontam"):
+        beyond = reachable(graph, m) - DATA_LEAVES
+        assert not beyond, f"nanophi/{m}.py imports {sorted(beyond)}, which are not data leaves {sorted(DATA_LEAVES)}"
+    for m in sorted(DATA_LEAVES):
+        beyond = reachable(graph, m) - DATA_LEAVES
+        assert not beyond, f"nanophi/{m}.py is meant to be a data leaf but imports {sorted(beyond)}"
+
+
+def test_package_map_names_every_module():
+    doc = open(os.path.join(os.path.dirname(PKG), "docs", "code.md")).read()
+    missing = [m for m in sorted(package_imports()) if f"`{m}.py`" not in doc]
+    assert not missing, f"docs/code.md's package map does not name {missing}"
+

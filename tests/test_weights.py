@@ -1,20 +1,16 @@
 """nanophi/weights.py: bf16 and int8 weights close to fp32 on a tiny model; sample.py with each format;
-nanophi/gemv.py's bf16 kernel against F.linear, and BF16Linear with and without it."""
+BF16Linear with and without nanophi/gemv.py's kernel (the kernel itself: test_gemv.py)."""
 import copy
 import os
-import platform
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from conftest import ROOT
 from nanophi.device import cpu_has_bf16
 from nanophi.engine import Engine, Row
-from nanophi import gemv
 from nanophi.weights import (SMALL_ROWS, BF16Linear, PackedLinear, apply_weights, can_pack, resolve_weights,
                              weight_bytes_per_token)
 
@@ -93,44 +89,6 @@ def test_sample_rejects_unknown_format(tiny_out_dir):
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2
     assert "weights must be one of auto, fp32, bf16, int8; got 'fp8'" in r.stderr and "Traceback" not in r.stderr
-
-
-def gemv_expected():
-    """Where the kernel must build and run (setup.sh builds it): x86-64 Linux, a C++ compiler, AVX-512."""
-    try:
-        avx512 = "avx512f" in open("/proc/cpuinfo").read()
-    except OSError:
-        avx512 = False
-    return (sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("c++") is not None
-            and avx512 and os.environ.get("NANOPHI_GEMV", "1") != "0")
-
-
-@pytest.fixture(scope="module")
-def gemv_op():
-    op = gemv.kernel()
-    if op is None:
-        assert not gemv_expected(), "the bf16 gemv kernel should build here (see the warning above)"
-        pytest.skip("no bf16 gemv kernel on this machine")
-    return op
-
-
-# odd sizes reach every path: pairs of weight rows and a leftover one, 32- and 16-wide steps and the
-# scalar K tail (53 = 32 + 16 + 5), bands split between threads (N = 4099), pairs of x rows and a
-# leftover one (M = 3)
-@pytest.mark.parametrize("shape,K,N,bias", [
-    ((1, 53), 53, 37, True), ((2, 771), 771, 130, True), ((1, 48), 48, 5, False), ((3, 100), 100, 7, True),
-    ((2, 1, 67), 67, 9, False), ((1, 2, 67), 67, 9, True), ((1, 64), 64, 4099, True), ((2, 16), 16, 1, True)])
-def test_gemv_equals_fp32_linear(gemv_op, shape, K, N, bias):
-    g = torch.Generator().manual_seed(K * N)
-    x = torch.randn(shape, generator=g)
-    w = torch.randn(N, K, generator=g).bfloat16()
-    b = torch.randn(N, generator=g) if bias else None
-    got = gemv_op(x, w, b)
-    want = F.linear(x.double(), w.double(), None if b is None else b.double())
-    assert got.dtype == torch.float32 and got.shape == (*shape[:-1], N)
-    # fp32 accumulation of exact products: rounding only (activations rounded to bf16 would be ~1e-2 off)
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * K ** 0.5)
-    torch.testing.assert_close(got, F.linear(x, w.float(), b), rtol=1e-5, atol=1e-5 * K ** 0.5)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 8])

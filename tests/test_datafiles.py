@@ -1,5 +1,6 @@
-"""Prepared data become visible all at once: kill -9 at every publishing step leaves the old or the
-new set (tokens, masks, offsets, meta.json, eval.jsonl), never a mix; leftovers are cleaned."""
+"""nanophi/datafiles.py: split files written and read back with their checks; prepared data become
+visible all at once: kill -9 at every publishing step leaves the old or the new set (tokens, masks,
+offsets, meta.json, eval.jsonl), never a mix; leftovers are cleaned."""
 import glob
 import json
 import os
@@ -11,8 +12,9 @@ import sys
 import pytest
 
 from nanophi import dataprep, records, textformat
+from nanophi import datafiles
 from nanophi.datafiles import CURRENT, TaskSplit
-from nanophi.tokenizer import decode
+from nanophi.tokenizer import EOT_ID, decode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = [records.Schema("text", ["text"], lambda r: [textformat.textbook(records.need(r, "text"))])]
@@ -138,3 +140,65 @@ def test_legacy_prepared_data_still_load(tmp_path):
     n = TaskSplit(str(tmp_path), "math", "train").n_docs
     legacy_layout(tmp_path / "math")
     assert TaskSplit(str(tmp_path), "math", "train").n_docs == n
+
+
+def write_split(task_dir, split, docs):
+    w = datafiles.SplitWriter(str(task_dir), split)
+    for ids, mask in docs:
+        w.add(ids, mask)
+    w.commit()
+    return w
+
+
+def test_split_files_read_back_as_written(tmp_path):
+    docs = [([10, 11, EOT_ID], [0, 1, 1]), ([7, EOT_ID], [1, 1]), ([5, 6, 7, 8, EOT_ID], [0, 0, 0, 1, 1])]
+    w = write_split(tmp_path / "math", "train", docs)
+    assert (w.n_docs, w.n_tokens, w.n_trained) == (3, 10, 6)
+    s = TaskSplit(str(tmp_path), "math", "train")
+    assert len(s) == 10 and s.n_docs == 3 and s.meta == {}
+    for i, (ids, mask) in enumerate(docs):
+        got_ids, got_mask = s.document(i)
+        assert got_ids.tolist() == ids and got_mask.tolist() == mask
+    assert sorted(os.listdir(tmp_path / "math")) == ["train.bin", "train_docs.bin", "train_mask.bin"]
+
+
+@pytest.mark.parametrize("ids,mask,message", [
+    ([1, 2], [1, 1], r"doc 3: a document must be non-empty and end with end-of-text 50256"),
+    ([], [], r"doc 3: a document must be non-empty"),
+    ([1, EOT_ID], [1], r"doc 3: mask length 1 != token count 2"),
+    ([70000, EOT_ID], [1, 1], r"doc 3: token id 70000 does not fit uint16"),
+])
+def test_a_bad_document_is_named_and_abort_leaves_nothing(tmp_path, ids, mask, message):
+    w = datafiles.SplitWriter(str(tmp_path), "val")
+    with pytest.raises(ValueError, match=message):
+        w.add(ids, mask, "doc 3")
+    w.abort()
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_or_disagreeing_split_files_are_one_line_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"task 'math': missing .*train.bin.*; run `python data/math/prepare.py` first"):
+        TaskSplit(str(tmp_path), "math", "train")
+    write_split(tmp_path / "math", "train", [([1, 2, EOT_ID], [1, 1, 1])])
+    with open(tmp_path / "math" / "train_mask.bin", "ab") as f:
+        f.write(b"\x01")  # one mask byte more than tokens
+    with pytest.raises(ValueError, match=r"task 'math' train: tokens, mask and document offsets disagree "
+                                         r"\(3 tokens, 4 mask, last offset 3\)"):
+        TaskSplit(str(tmp_path), "math", "train")
+
+
+def test_publish_switches_sets_and_keeps_only_the_current_folder(tmp_path):
+    task_dir = str(tmp_path / "math")
+    for version, n in (("old", 1), ("new", 2)):
+        staging = datafiles.new_staging(task_dir)
+        for split in datafiles.SPLITS:
+            write_split(staging, split, [([n, EOT_ID], [1, 1])] * n)
+        datafiles.write_json_atomic(os.path.join(staging, "meta.json"), {"version": version})
+        datafiles.write_eval(staging, [{"question": version, "answer": str(n)}])
+        datafiles.publish(task_dir, staging)
+        assert datafiles.prepared_dir(task_dir) == os.path.realpath(staging)
+        s = TaskSplit(str(tmp_path), "math", "val")
+        assert s.n_docs == n and s.meta == {"version": version}
+        assert json.loads(open(os.path.join(task_dir, "eval.jsonl")).read())["question"] == version
+    assert glob.glob(os.path.join(task_dir, ".prepared-*")) == [staging]  # the old set's folder is gone
+

@@ -1,0 +1,61 @@
+"""nanophi/gemv.py: the bf16-weight kernel against F.linear where it builds, and its one-line
+fallback where it does not."""
+import os
+import platform
+import shutil
+import sys
+import warnings
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from nanophi import gemv
+
+
+def gemv_expected():
+    """Where the kernel must build and run (setup.sh builds it): x86-64 Linux, a C++ compiler, AVX-512."""
+    try:
+        avx512 = "avx512f" in open("/proc/cpuinfo").read()
+    except OSError:
+        avx512 = False
+    return (sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("c++") is not None
+            and avx512 and os.environ.get("NANOPHI_GEMV", "1") != "0")
+
+
+@pytest.fixture(scope="module")
+def gemv_op():
+    op = gemv.kernel()
+    if op is None:
+        assert not gemv_expected(), "the bf16 gemv kernel should build here (see the warning above)"
+        pytest.skip("no bf16 gemv kernel on this machine")
+    return op
+
+
+# odd sizes reach every path: pairs of weight rows and a leftover one, 32- and 16-wide steps and the
+# scalar K tail (53 = 32 + 16 + 5), bands split between threads (N = 4099), pairs of x rows and a
+# leftover one (M = 3)
+@pytest.mark.parametrize("shape,K,N,bias", [
+    ((1, 53), 53, 37, True), ((2, 771), 771, 130, True), ((1, 48), 48, 5, False), ((3, 100), 100, 7, True),
+    ((2, 1, 67), 67, 9, False), ((1, 2, 67), 67, 9, True), ((1, 64), 64, 4099, True), ((2, 16), 16, 1, True)])
+def test_gemv_equals_fp32_linear(gemv_op, shape, K, N, bias):
+    g = torch.Generator().manual_seed(K * N)
+    x = torch.randn(shape, generator=g)
+    w = torch.randn(N, K, generator=g).bfloat16()
+    b = torch.randn(N, generator=g) if bias else None
+    got = gemv_op(x, w, b)
+    want = F.linear(x.double(), w.double(), None if b is None else b.double())
+    assert got.dtype == torch.float32 and got.shape == (*shape[:-1], N)
+    # fp32 accumulation of exact products: rounding only (activations rounded to bf16 would be ~1e-2 off)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * K ** 0.5)
+    torch.testing.assert_close(got, F.linear(x, w.float(), b), rtol=1e-5, atol=1e-5 * K ** 0.5)
+
+
+def test_nanophi_gemv_0_gives_none_after_one_warning(monkeypatch):
+    monkeypatch.setenv("NANOPHI_GEMV", "0")
+    monkeypatch.setattr(gemv, "_state", {})  # as a fresh process: the kernel not yet asked for
+    with pytest.warns(UserWarning, match=r"^bf16 gemv kernel unavailable \(NANOPHI_GEMV=0\); bf16 weights use oneDNN"):
+        assert gemv.kernel() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked again: the answer is remembered, no second warning
+        assert gemv.kernel() is None
