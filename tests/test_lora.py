@@ -46,10 +46,11 @@ def test_adapter_dir_stores_its_base_relative_and_resolves_it_back(tmp_path):
     base.mkdir(parents=True)
     path = str(tmp_path / "runs" / "adapter")
     assert not lora.is_adapter_dir(path)
-    lora.save_adapter(perturbed(tiny_gpt()), path, str(base), {"block_size": 32})
+    lora.save_adapter(perturbed(tiny_gpt()), path, str(base), {"block_size": 32}, "ab" * 32)
     assert lora.is_adapter_dir(path)
     meta = lora.read_meta(path)
-    assert meta == {"base": os.path.join("..", "..", "models", "base"), "model_args": {"block_size": 32}}
+    assert meta == {"base": os.path.join("..", "..", "models", "base"), "base_sha256": "ab" * 32,
+                    "model_args": {"block_size": 32}}
     assert lora.resolve_base(meta["base"], path) == str(base)
     # a hub name is not a path: stored and resolved as it is
     assert lora.portable_base("gpt2", path) == "gpt2" and lora.resolve_base("gpt2", path) == "gpt2"
@@ -58,7 +59,7 @@ def test_adapter_dir_stores_its_base_relative_and_resolves_it_back(tmp_path):
 
 def test_merge_from_state_equals_merge_from_dir_and_changes_the_model(tmp_path):
     peft_model = perturbed(tiny_gpt())
-    path = lora.save_adapter(peft_model, str(tmp_path / "adapter"), "gpt2", {})
+    path = lora.save_adapter(peft_model, str(tmp_path / "adapter"), "gpt2", {}, None)
     state = lora.adapter_state(peft_model)
     lora_config = peft_model.peft_config["default"]
     from_state = lora.merge(tiny_gpt(), state, {"r": lora_config.r, "lora_alpha": lora_config.lora_alpha,
