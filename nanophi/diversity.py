@@ -68,10 +68,8 @@ def clusters(sets, k=20, seed=1337, max_docs=3000):
 
 
 def length_histogram(sets, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
+    from nanophi.plots import new_figure, save_png
+    fig, ax = new_figure((7, 4))
     top = max(max(len(words(t)) for t in ts) for ts in sets.values())
     for name, ts in sets.items():
         ax.hist([len(words(t)) for t in ts], bins=40, range=(0, top), alpha=0.5, density=True, label=name)
@@ -79,10 +77,7 @@ def length_histogram(sets, path):
     ax.set_ylabel("share of documents")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from nanophi.files import atomic_file
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def report(sets, out_dir, k=20, seed=1337):

@@ -100,12 +100,6 @@ def write_text_atomic(path, text):
             f.write(text)
 
 
-def write_bytes_atomic(path, data):
-    with atomic_file(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-
 def write_json_atomic(path, obj):
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

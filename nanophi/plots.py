@@ -1,8 +1,25 @@
-"""Loss-curve PNGs from a run's log.jsonl (written by train.py, shown by eval.py)."""
+"""PNG figures: the one way to draw off-screen and write a figure (new_figure, save_png), and the
+loss curves from a run's log.jsonl (written by train.py, shown by eval.py)."""
 import json
 import os
 
 from nanophi.files import atomic_file
+
+
+def new_figure(size=(7, 4)):
+    """(figure, axes) drawn off-screen: no display needed (Colab, servers, CI)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt.subplots(figsize=size)
+
+
+def save_png(fig, path, dpi=100):
+    """Write the figure to path atomically (the old PNG stays until the new one is whole) and free it."""
+    import matplotlib.pyplot as plt
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
 
 
 def read_log(out_dir):
@@ -26,14 +43,11 @@ def read_log(out_dir):
 
 def plot_losses(out_dir):
     """out_dir/loss_<task>.png for every task (and 'all'); returns the paths written."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
     train, evals = read_log(out_dir)
     names = sorted({k for e in evals for k in e["val"]}, key=lambda k: (k == "all", k))
     written = []
     for name in names:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = new_figure((6, 4))
         if name == "all" and train:
             ax.plot([r["iter"] for r in train], [r["loss"] for r in train], alpha=0.4, label="train (batch)")
         for split in ("train", "val"):
@@ -45,8 +59,6 @@ def plot_losses(out_dir):
         ax.set_title(f"{name} loss")
         ax.legend()
         path = os.path.join(out_dir, f"loss_{name}.png")
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=80)
-        plt.close(fig)
+        save_png(fig, path, dpi=80)
         written.append(path)
     return written

@@ -332,18 +332,14 @@ def score_documents(docs, scorer, out_dir, batch_size=512, top_k=10, progress=Tr
 
 
 def score_histogram(scores, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
+    from nanophi.plots import new_figure, save_png
+    fig, ax = new_figure((7, 4))
     ax.hist(scores, bins=40, range=(0, 1), color="#3b7dd8")
     ax.set_xlabel("P(educational)")
     ax.set_ylabel("documents")
     ax.set_title(title)
     fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _quote(text):
