@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from configurator import ConfigError, at_least, config_keys, configure, one_of, run_main
 from nanophi.checkpoint import default_out_dir
-from nanophi.datafiles import write_text_atomic
+from nanophi.datafiles import inputs_targets, write_text_atomic
 from nanophi.tasks import QA_TASKS
 
 # -----------------------------------------------------------------------------
@@ -106,8 +106,7 @@ def loss_rows(split, block, limit=0):
     n = split.n_docs if not limit else min(limit, split.n_docs)
     for i in range(n):
         ids, mask = split.document(i)
-        inp = ids[:-1]
-        tgt = np.where(mask[1:] == 1, ids[1:], -1)
+        inp, tgt = inputs_targets(ids, mask)
         for a in range(0, len(inp), block):
             if (tgt[a:a + block] != -1).any():
                 rows.append((inp[a:a + block], tgt[a:a + block]))

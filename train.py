@@ -33,7 +33,7 @@ from configurator import ConfigError, at_least, between, configure, matches, one
 from model import GPT, CausalSelfAttention, GPTConfig
 from nanophi import checkpoint as ckpt_lib
 from nanophi import lora as lora_lib
-from nanophi.datafiles import TaskSplit, prepared_dir
+from nanophi.datafiles import TaskSplit, inputs_targets, prepared_dir
 from nanophi.files import WriteError, write_text_atomic
 from nanophi.device import (CPU_COMPILE_MIN_ITERS, autocast, check_device, compile_by_default, device_name,
                             peak_flops, pick_device, pick_dtype)
@@ -209,8 +209,7 @@ class SplitWindows:
             pad = T + 1 - len(toks)
             toks = np.concatenate([toks, np.full(pad, self.eot, dtype=np.int64)])
             msk = np.concatenate([msk, np.zeros(pad, dtype=np.int64)])
-        x, y = toks[:-1], toks[1:].copy()
-        y[msk[1:] == 0] = -1
+        x, y = inputs_targets(toks, msk)
         y[x == self.eot] = -1  # never predict the next document from the end of this one
         if not self.packing:
             y[max(0, int(self.doc_end[k]) - s - 1):] = -1

@@ -41,6 +41,12 @@ PUBLISHED = ("train.bin", "train_mask.bin", "train_docs.bin", "val.bin", "val_ma
              "meta.json", "eval.jsonl")
 
 
+def inputs_targets(tokens, mask):
+    """(x, y) of a token window and its loss mask, the one rule train.py and eval.py share: y[t] is
+    tokens[t + 1] where mask[t + 1] is 1 (a trained token), else -1 (no loss there)."""
+    return tokens[:-1], np.where(mask[1:] == 1, tokens[1:], -1)
+
+
 def write_eval(task_dir, items):
     """<task_dir>/eval.jsonl ({"question", "answer", "kind"}), atomically."""
     os.makedirs(task_dir, exist_ok=True)
