@@ -332,8 +332,8 @@ def summary_table(metas):
     rows = [head, "|" + "---|" * 15]
     for m in metas:
         sp, dc = m["splits"], m["decontamination"]
-        # '-': no quality filter ran (meta.json's quality is null then)
-        quality = f"{m['quality']['dropped']:,} of {m['quality']['dropped'] + m['quality']['kept']:,}" if m.get("quality") else "-"
+        q = m.get("quality")  # None: no quality filter ran, shown as '-' (not as 0 dropped)
+        quality = f"{q['dropped']:,} of {q['dropped'] + q['kept']:,}" if q else "-"
         rows.append(f"| {m['task']} | {', '.join(f'{k} ({v:,})' for k, v in m['sources'].items())} | {m['records']:,} "
                     f"| {sp['train']['documents']:,} | {sp['train']['tokens']:,} | {sp['val']['documents']:,} "
                     f"| {sp['val']['tokens']:,} | {m['dedup']['exact']:,} | {m['dedup']['near']:,} "
