@@ -1,7 +1,8 @@
 """
 Measure what a finetune bought, per task: losses on the prepared validation data, exact-match on
 held-out questions (plain, few-shot, and with different tags), and HumanEval with the code run in
-a sandbox. Two models side by side with deltas in comparison mode.
+a sandbox. Two models side by side with deltas in comparison mode; an exact match on a small answer
+set (yes/no, true/false) beside its chance and majority baselines, flagged when not above them.
 
     python eval.py                                          # out_dir's best checkpoint, every metric
     python eval.py --init_from=gpt2-medium --limit=20       # a base model, quickly
