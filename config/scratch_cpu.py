@@ -13,9 +13,10 @@ dropout = 0.0
 batch_size = 8
 gradient_accumulation_steps = 1
 max_iters = 300
-# measured here (2-core Xeon, dtype=auto chose bf16), never idle: other engineers' jobs shared the cores.
-# 0.45-0.54 s/iteration at load average 2-3 (iterations 20-30), so ~2.5 minutes for 300; at load 5 a
-# 60-iteration run took 237 s with its two evaluations and saves (3.9 s/iteration)
+# measured on a 2-core Xeon (dtype=auto chose bf16), never idle: other engineers' jobs shared the cores.
+# The logged iterations took 0.40-0.58 s while the cores were free of them (300 x 0.5 s: ~3 minutes
+# idle, not measured whole) and 2.7-6.3 s while shared; the whole 300-iteration run took 773 s under
+# that load (load average 2-4), val loss all 10.77 -> 4.92
 eval_interval = 100
 eval_iters = 1
 always_save_checkpoint = False
