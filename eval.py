@@ -1,7 +1,8 @@
 """
 Measure what a finetune bought, per task: losses on the prepared validation data, exact-match on
 held-out questions (plain, few-shot, and with different tags), and HumanEval with the code run in
-a sandbox. Two models side by side with deltas in comparison mode.
+a sandbox. Two models side by side with deltas in comparison mode; an exact match on a small answer
+set (yes/no, true/false) beside its chance and majority baselines, flagged when not above them.
 
     python eval.py                                          # out_dir's best checkpoint, every metric
     python eval.py --init_from=gpt2-medium --limit=20       # a base model, quickly
@@ -26,7 +27,8 @@ from torch.nn import functional as F
 
 from configurator import ConfigError, at_least, config_keys, configure, one_of, run_main
 from nanophi.checkpoint import default_out_dir
-from nanophi.datafiles import inputs_targets, write_text_atomic
+from nanophi.datafiles import inputs_targets
+from nanophi.files import write_jsonl_atomic, write_text_atomic
 from nanophi.tasks import QA_TASKS
 
 # -----------------------------------------------------------------------------
@@ -243,21 +245,62 @@ def qa_prompts(task, items, tag=None, shots=0):
 
 
 def exact_match(model, task, items, key, tag=None, shots=0, gen_args=None):
-    """Share of items answered exactly; metrics under `key` (and key/<kind>), plus the answers."""
+    """Share of items answered exactly; metrics under `key` (and key/<kind>), plus the answers and,
+    where the answers form a small set, the chance and majority baselines of each key."""
     eot = set()
     answers = complete(model, qa_prompts(task, items, tag, shots), stops=("\n",), desc=key, ended_at_eot=eot, **gen_args)
     hits = [same_answer(a[0], it["answer"]) for a, it in zip(answers, items)]
     # how often the answer ends as training taught it, with end-of-text (not running on to a new line)
     out = {key: sum(hits) / len(items), f"eot/{key}": len(eot) / len(items)}
     counts = {key: len(items), f"eot/{key}": len(items)}
+    baselines = {key: answer_baselines(items)}
     kinds = sorted({it["kind"] for it in items if isinstance(it.get("kind"), str)})
     for kind in kinds if len(kinds) > 1 else []:
-        sel = [h for h, it in zip(hits, items) if it.get("kind") == kind]
-        out[f"{key}/{kind}"] = sum(sel) / len(sel)
+        sel = [(h, it) for h, it in zip(hits, items) if it.get("kind") == kind]
+        out[f"{key}/{kind}"] = sum(h for h, _ in sel) / len(sel)
         counts[f"{key}/{kind}"] = len(sel)
+        baselines[f"{key}/{kind}"] = answer_baselines([it for _, it in sel])
     details = [{"question": it["question"], "answer": it["answer"], "output": a[0], "correct": h}
                for it, a, h in zip(items, answers, hits)]
-    return out, counts, details
+    return out, counts, details, {k: b for k, b in baselines.items() if b}
+
+
+# ----------------------------------------------------------------------------- baselines of small answer sets
+# A yes/no question answered right half the time shows nothing learned. Where the gold answers of a
+# metric's items form a small set, its score is shown beside two baselines and tested against them.
+
+SMALL_ANSWER_SET = 10  # at most this many distinct (normalised) gold answers per kind of item ...
+# ... and at most half as many distinct answers as items: answers that repeat (numbers mostly do not)
+
+
+def answer_baselines(items):
+    """{"answers", "chance", "majority", "ln_answers"} of items whose answers form a small set, else None.
+    Per kind of item (items without a kind are one kind): chance = 1 / the kind's distinct gold
+    answers, majority = whether the gold is the kind's most common one; both averaged over items."""
+    by_kind = {}
+    for it in items:
+        by_kind.setdefault(it.get("kind"), []).append(normalize(it["answer"]))
+    sets = {k: set(golds) for k, golds in by_kind.items()}
+    n_answers = sum(len(s) for s in sets.values())
+    if not items or max(len(s) for s in sets.values()) > SMALL_ANSWER_SET or n_answers > len(items) / 2:
+        return None
+    chance = sum(len(golds) / len(sets[k]) for k, golds in by_kind.items()) / len(items)
+    majority = sum(max(golds.count(a) for a in sets[k]) for k, golds in by_kind.items()) / len(items)
+    ln_answers = sum(len(golds) * math.log(len(sets[k])) for k, golds in by_kind.items()) / len(items)
+    return {"answers": n_answers, "chance": chance, "majority": majority, "ln_answers": ln_answers}
+
+
+def binomial_tail(k, n, p):
+    """P(X >= k) for X ~ Binomial(n, p): the chance of k or more right answers by guessing at rate p."""
+    if k <= 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+
+
+def above_baseline(score, n, base):
+    """(one-sided p-value of the score against the stronger baseline, whether p < 0.05)."""
+    p = binomial_tail(round(score * n), n, max(base["chance"], base["majority"]))
+    return p, p < 0.05
 
 
 # ----------------------------------------------------------------------------- HumanEval
@@ -337,20 +380,16 @@ def _lines(path, stream_jsonl):
         raise ValueError(f"{path}: a line is not valid JSON ({e})") from None
 
 
-def write_jsonl_atomic(path, rows):
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
 # ----------------------------------------------------------------------------- one model
 
 def evaluate(model, cfg, task_names, qa_tasks, problems, autocast_ctx, label, out_prefix):
-    """Every selected metric for one model -> (metrics, counts, details)."""
+    """Every selected metric for one model -> (metrics, counts, details, baselines)."""
     from nanophi.datafiles import TaskSplit
     from nanophi.textformat import TAGS, code_exercise, encode_prompt
     from nanophi.tokenizer import encode
     dev = next(model.parameters()).device
     block = min(cfg["block_size"] or model.config.block_size, model.config.block_size)
-    metrics, counts, details = {}, {}, {}
+    metrics, counts, details, baselines = {}, {}, {}, {}
     sel = cfg["metrics"]
     if "loss" in sel and task_names:
         total = dict(nats=0.0, tokens=0, text_nats=0.0, bytes=0)
@@ -367,23 +406,30 @@ def evaluate(model, cfg, task_names, qa_tasks, problems, autocast_ctx, label, ou
     greedy = dict(n=1, batch_size=cfg["batch_size"], temperature=0.0, max_new_tokens=cfg["qa_max_new_tokens"],
                   autocast_ctx=autocast_ctx)
     for task, items in qa_tasks.items():
+        small = answer_baselines(items)
+        if small and f"loss/{task}" in metrics:  # the loss of a uniform guess among the answers, for reference
+            baselines[f"loss/{task}"] = {"ln_answers": small["ln_answers"]}
         if "qa" in sel:
-            m, c, d = exact_match(model, task, items, f"em/{task}", gen_args=greedy)
+            m, c, d, b = exact_match(model, task, items, f"em/{task}", gen_args=greedy)
             metrics.update(m)
             counts.update(c)
+            baselines.update(b)
             details[f"em/{task}"] = d
         if "fewshot" in sel and cfg["few_shot"] > 0:
-            m, c, d = exact_match(model, task, items, f"fewshot/{task}", shots=cfg["few_shot"], gen_args=greedy)
+            m, c, d, b = exact_match(model, task, items, f"fewshot/{task}", shots=cfg["few_shot"], gen_args=greedy)
             metrics.update(m)
             counts.update(c)
+            baselines.update(b)
             details[f"fewshot/{task}"] = d
         if "tags" in sel and task == cfg["tag_task"]:
             for tag in cfg["tag_variants"]:
                 key = f"tag/{task}/{tag.strip() or 'none'}"
+                if small:
+                    baselines[key] = small
                 if tag.strip() == TAGS[task] and f"em/{task}" in metrics:  # the same prompts as em/<task>
                     metrics[key], counts[key] = metrics[f"em/{task}"], counts[f"em/{task}"]
                     continue
-                m, c, d = exact_match(model, task, items, key, tag=tag, gen_args=greedy)
+                m, c, d, _ = exact_match(model, task, items, key, tag=tag, gen_args=greedy)
                 metrics[key], counts[key] = m[key], c[key]
                 details[key] = d
     if "humaneval" in sel and problems:
@@ -403,7 +449,7 @@ def evaluate(model, cfg, task_names, qa_tasks, problems, autocast_ctx, label, ou
         details["humaneval"] = d
         details["humaneval_samples_file"] = path
         details["sandbox_isolation"] = isolation
-    return metrics, counts, details
+    return metrics, counts, details, baselines
 
 
 # ----------------------------------------------------------------------------- report
@@ -429,27 +475,57 @@ def fmt_delta(key, a, b):
     return f"{d:+.4f}" if abs(d) < 1000 else f"{d:+.4g}"
 
 
+def fmt_score(key, v, n, base):
+    """A score; beside a baseline, its one-sided p-value, flagged when not significantly above."""
+    if v is None or not base or "chance" not in base or not n:
+        return fmt(key, v)
+    p, above = above_baseline(v, n, base)
+    return f"{fmt(key, v)} ({'' if above else 'not above: '}p={p:.2g})"
+
+
+def baseline_cells(base):
+    """The chance and majority columns of a row: rates for exact match, ln(#answers) for a loss."""
+    if not base:
+        return ["", ""]
+    if "chance" not in base:
+        return [f"{base['ln_answers']:.4f} (ln #answers)", ""]
+    return [f"{100 * base['chance']:.1f}%", f"{100 * base['majority']:.1f}%"]
+
+
+BASELINE_NOTE = ("chance: a uniform guess among the gold answers each kind of item has; majority: always the kind's "
+                 "most common gold answer; 'not above': not significantly above the stronger of the two "
+                 "(one-sided exact binomial test over the n items, p >= 0.05); a loss row's chance: ln(#answers), "
+                 "the loss of a uniform guess per answer (the loss also counts end-of-text)")
+
+
 def markdown_table(models):
-    """One row per metric; one column per model; with two models, a delta column (second - first)."""
-    keys = []
+    """One row per metric; one column per model; with two models, a delta column (second - first);
+    where a metric has baselines (small answer sets), chance and majority columns."""
+    keys, baselines = [], {}
     for m in models:
         keys += [k for k in m["metrics"] if k not in keys]
-    head = ["metric"] + [m["label"] for m in models] + (["delta"] if len(models) == 2 else []) + ["n"]
+        for k, b in m.get("baselines", {}).items():
+            baselines.setdefault(k, b)  # item-determined: the same for every model on the same items
+    head = (["metric"] + [m["label"] + (" (not re-run)" if m.get("rerun") is False else "") for m in models]
+            + (["delta"] if len(models) == 2 else []) + ["n"] + (["chance", "majority"] if baselines else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for k in keys:
         vals = [m["metrics"].get(k) for m in models]
-        row = [k] + [fmt(k, v) for v in vals]
+        n = next((m["counts"][k] for m in models if k in m["counts"]), None)
+        row = [k] + [fmt_score(k, v, n, baselines.get(k)) for v in vals]
         if len(models) == 2:
             row.append(fmt_delta(k, *vals))
-        n = next((m["counts"][k] for m in models if k in m["counts"]), None)
         row.append("" if n is None else str(n))
+        if baselines:
+            row += baseline_cells(baselines.get(k))
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + (f"\n\n{BASELINE_NOTE}" if baselines else "")
 
 
 def describe(cfg, report):
     """One line under the title: what was run, so two tables can be compared."""
-    parts = [f"{m['role'] if 'role' in m else 'samples'}: {m['label']}" for m in report["models"]]
+    parts = [f"{m['role'] if 'role' in m else 'samples'}: {m['label']}"
+             + (f" (measured {m['measured']}, not re-run)" if m.get("rerun") is False else "") for m in report["models"]]
     if cfg["limit"]:
         parts.append(f"limit {cfg['limit']} (documents per task for losses, questions per task, HumanEval problems)")
     if "humaneval" in cfg["metrics"] or cfg["humaneval_samples"]:
@@ -482,6 +558,66 @@ def training_plots(out_dir):
     except (ValueError, KeyError, TypeError) as e:
         log(f"warning: no training plots: {out_dir}/log.jsonl has a line eval cannot read ({type(e).__name__}: {e})")
         return []
+
+
+# ----------------------------------------------------------------------------- an earlier comparison
+# eval.md usually holds the main job's base-vs-finetuned table. Evaluating one model again keeps the
+# stored base beside it when that was measured the same way on the same data, else sets the old table aside.
+
+# settings that choose the model, the output or the speed, not what a model scores
+_NOT_MEASURED = ("init_from", "which", "compare_with", "out_dir", "results", "batch_size", "sandbox_workers")
+
+
+def data_fingerprint(cfg, loss_tasks, qa_tasks):
+    """What the metrics are measured on: per task, the validation split's size and a hash of the eval items."""
+    import hashlib
+    from nanophi.datafiles import TaskSplit
+    out = {"data_dir": os.path.abspath(cfg["data_dir"]), "tasks": {}}
+    for t in loss_tasks:
+        split = TaskSplit(cfg["data_dir"], t, "val")
+        out["tasks"][t] = {"val_documents": split.n_docs, "val_tokens": len(split)}
+    for t, items in qa_tasks.items():
+        digest = hashlib.sha1(json.dumps(items, sort_keys=True).encode()).hexdigest()
+        out["tasks"].setdefault(t, {})["eval_items"] = digest
+    return out
+
+
+def read_report(path):
+    """The eval.json at path; None if there is none, {} if it cannot be read (then it is kept aside)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        return old if isinstance(old, dict) and isinstance(old.get("models"), list) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def same_measurement(old, report):
+    measured = lambda cfg: {k: v for k, v in cfg.items() if k not in _NOT_MEASURED}  # noqa: E731
+    return measured(old.get("config", {})) == measured(report["config"]) and old.get("data") == report.get("data")
+
+
+def keep_comparison(old, report, res_path, md_path):
+    """Without --compare_with, over a stored comparison: keep its base (not re-run) when it was
+    measured the same way on the same data, else copy the old files to eval.<n>.*. A line saying which."""
+    if old is None or (old and not any(m.get("role") == "base" for m in old["models"])):
+        return None  # nothing or one model: nothing to keep
+    if old and same_measurement(old, report):
+        base = dict(next(m for m in old["models"] if m.get("role") == "base"), rerun=False)
+        base.setdefault("measured", old.get("time", "?"))
+        report["models"].insert(0, base)
+        return f"kept the base {base['label']} from the comparison of {base['measured']} (same settings and data), not re-run"
+    stem, n = res_path[:-5] if res_path.endswith(".json") else res_path, 1
+    while any(os.path.exists(f"{stem}.{n}{ext}") for ext in (".json", ".md")):
+        n += 1
+    for src, ext in ((res_path, ".json"), (md_path, ".md")):
+        if os.path.isfile(src):
+            with open(src, encoding="utf-8", errors="replace") as f:
+                write_text_atomic(f"{stem}.{n}{ext}", f.read())
+    return (f"the earlier comparison is kept as {stem}.{n}.md (and .json): it was measured with other settings "
+            "or data; pass --compare_with to compare again")
 
 
 # ----------------------------------------------------------------------------- main
@@ -554,6 +690,7 @@ def main(argv=None):
         qa_tasks = {t: read_eval_items(os.path.join(cfg["data_dir"], t, "eval.jsonl"), cfg["limit"]) for t in qa_names}
         qa_tasks = {t: items for t, items in qa_tasks.items() if items}
         probs = problems[:cfg["limit"]] if cfg["limit"] else problems
+        report["data"] = data_fingerprint(cfg, loss_tasks, qa_tasks)
         runs = ([("base", cfg["compare_with"])] if cfg["compare_with"] else []) + [("model", cfg["init_from"])]
         for role, init in runs:
             t0 = time.time()
@@ -564,13 +701,15 @@ def main(argv=None):
             label = init if init != "resume" else short_path(source)
             log(f"evaluating {label} ({run.n_params / 1e6:.1f}M params) on {report['device']}")
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", role)
-            m, c, d = evaluate(model, cfg, loss_tasks, qa_tasks, probs, autocast_ctx, label, f"{stem}_{slug}")
+            m, c, d, b = evaluate(model, cfg, loss_tasks, qa_tasks, probs, autocast_ctx, label, f"{stem}_{slug}")
             report["models"].append({"label": label, "role": role, "init_from": init, "source": source,
-                                     "metrics": m, "counts": c, "details": d, "seconds": time.time() - t0})
+                                     "metrics": m, "counts": c, "baselines": b, "details": d,
+                                     "seconds": time.time() - t0})
             del model
             if dev == "cuda":
                 torch.cuda.empty_cache()
 
+    kept = None if cfg["compare_with"] else keep_comparison(read_report(res_path), report, res_path, md_path)
     table = markdown_table(report["models"])
     plots = training_plots(cfg["out_dir"]) if "plots" in cfg["metrics"] and not cfg["humaneval_samples"] else []
     report["plots"] = plots
@@ -582,6 +721,8 @@ def main(argv=None):
     write_text_atomic(md_path, md)
     print(table)
     log(f"wrote {res_path} and {md_path}" + (f" and {len(plots)} plots" if plots else ""))
+    if kept:
+        log(kept)
     return report
 
 

@@ -328,15 +328,17 @@ def build_meta(task, render_task, cfg, tally, filters, writers, seconds):
 def summary_table(metas):
     """Markdown table of prepared tasks (meta dicts), one row each."""
     head = ("| task | sources | records | train docs | train tokens | val docs | val tokens | exact dup | near dup "
-            "| decontam (HE/eval) | skipped | s | docs/s | tokens/s |")
-    rows = [head, "|" + "---|" * 14]
+            "| decontam (HE/eval/drop list) | quality dropped | skipped | s | docs/s | tokens/s |")
+    rows = [head, "|" + "---|" * 15]
     for m in metas:
-        sp = m["splits"]
+        sp, dc = m["splits"], m["decontamination"]
+        q = m.get("quality")  # None: no quality filter ran, shown as '-' (not as 0 dropped)
+        quality = f"{q['dropped']:,} of {q['dropped'] + q['kept']:,}" if q else "-"
         rows.append(f"| {m['task']} | {', '.join(f'{k} ({v:,})' for k, v in m['sources'].items())} | {m['records']:,} "
                     f"| {sp['train']['documents']:,} | {sp['train']['tokens']:,} | {sp['val']['documents']:,} "
                     f"| {sp['val']['tokens']:,} | {m['dedup']['exact']:,} | {m['dedup']['near']:,} "
-                    f"| {m['decontamination']['humaneval']:,}/{m['decontamination']['eval_items']:,} | {m['skipped']:,} "
-                    f"| {m['elapsed_s']:.1f} | {m['docs_per_s']:,.0f} | {m['tokens_per_s']:,.0f} |")
+                    f"| {dc['humaneval']:,}/{dc['eval_items']:,}/{dc.get('drop_list_dropped', 0):,} | {quality} "
+                    f"| {m['skipped']:,} | {m['elapsed_s']:.1f} | {m['docs_per_s']:,.0f} | {m['tokens_per_s']:,.0f} |")
     return "\n".join(rows)
 
 

@@ -137,3 +137,50 @@ def test_overriding_lines_only_for_what_changes(capsys):
     g = settings()
     configure(g, ["--batch_size=4", "--out_dir=out", "--seed=3", "--learning_rate=6e-4"])
     assert capsys.readouterr().out == "Overriding: seed = 3\n"
+
+
+def scratch_settings():
+    import os
+    import train
+    from configurator import config_keys
+    from conftest import ROOT
+    g = config_keys(vars(train))
+    configure(g, [os.path.join(ROOT, "config", "scratch_cpu.py")], checks=train.CHECKS)
+    return g
+
+
+def test_scratch_config_trains_from_scratch_into_its_own_folder():
+    """README's "small GPT from scratch" example: random weights, its own out_dir, the task mixture."""
+    g = scratch_settings()
+    assert g["init_from"] == "scratch" and g["out_dir"] == "out-scratch-cpu"
+    # not a folder the main job writes (pipeline.py: out-nanophi-cpu, its base out-nanophi-cpu-base)
+    assert not g["out_dir"].startswith("out-nanophi")
+    assert {"math", "logic", "chat", "textbook"} <= {t for t, w in g["tasks"].items() if w > 0}
+    assert g["n_embd"] % g["n_head"] == 0 and g["max_iters"] < 1000  # eager on CPU, minutes not hours
+
+
+@pytest.mark.slow
+def test_scratch_config_runs_two_iterations(tmp_path):
+    """The config itself through train.py (shrunk by overrides), run where a user would run it: the
+    checkpoint lands in ./out-scratch-cpu, from random weights."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from nanophi import textformat
+    from nanophi.checkpoint import load_checkpoint
+    from nanophi.datafiles import SplitWriter
+    for split in ("train", "val"):
+        w = SplitWriter(str(tmp_path / "data" / "math"), split)
+        for i in range(8):
+            w.add(*textformat.encode_example(textformat.qa("math", f"What is {i}+{i}?", str(2 * i))))
+        w.commit()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "scratch_cpu.py"),
+                        f"--data_dir={tmp_path / 'data'}", "--tasks={'math': 1.0}", "--n_layer=1", "--n_head=2",
+                        "--n_embd=32", "--block_size=32", "--batch_size=2", "--max_iters=2", "--eval_interval=2",
+                        "--dtype=float32"], cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ck = load_checkpoint(str(tmp_path / "out-scratch-cpu" / "ckpt.pt"))
+    assert ck["iter_num"] == 2 and ck["model_args"]["n_embd"] == 32
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("out")) == ["out-scratch-cpu"]

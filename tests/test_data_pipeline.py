@@ -197,6 +197,19 @@ def test_meta_json_contract(tmp_path):
     assert sum(meta["splits"][s]["documents"] for s in ("train", "val")) == sum(meta["sources"].values()) == 50
 
 
+def test_summary_prints_drop_list_and_dedup_counts(tmp_path):
+    texts = [sentence(i) for i in range(20)]
+    drop = tmp_path / "drop.json"  # as data/decontaminate.py writes it: the keys of the documents to drop
+    keys = [records.doc_hash(records.normalise(textformat.render_text(textformat.textbook(t)))) for t in texts[:3]]
+    drop.write_text(json.dumps({"dropped": [{"key": k} for k in keys]}))
+    meta = prep(tmp_path, jsonl(tmp_path / "d.jsonl", [{"text": t} for t in texts + texts[:2]]), decontam_drop=str(drop))
+    assert (meta["decontamination"]["drop_list_dropped"], meta["dedup"]["exact"]) == (3, 2)
+    head, _, row = dataprep.summary_table([meta]).splitlines()
+    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["decontam (HE/eval/drop list)"] == "0/0/3" and cells["exact dup"] == "2"
+    assert cells["quality dropped"] == "-"
+
+
 def test_max_docs_caps_each_source(tmp_path):
     a = jsonl(tmp_path / "a.jsonl", [{"text": sentence(i)} for i in range(30)])
     b = jsonl(tmp_path / "b.jsonl", [{"text": sentence(100 + i)} for i in range(30)])

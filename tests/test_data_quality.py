@@ -137,6 +137,26 @@ def test_min_quality_filters_in_prepare(tmp_path):
     assert r.returncode == 1 and "no model.joblib" in r.stderr
 
 
+def test_summary_prints_the_quality_filters_dropped_count(tmp_path):
+    """In process: the dropped count is in meta.json and on the summary line, not only in meta.json."""
+    from nanophi import dataprep, records, textformat
+    model = tmp_path / "model"
+    quality.train(GOOD * 3 + BAD * 3, [1] * 24 + [0] * 24, str(model), seed=0)
+    src = tmp_path / "mixed.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in GOOD + BAD))
+    schemas = [records.Schema("text", ["text"], lambda r: [textformat.textbook(records.need(r, "text"))])]
+    cfg = records.settings([f"--out_dir={tmp_path}", "--progress=False", "--near_dedup=False",
+                            f"--quality_model={model}", "--min_quality=0.5"])
+    meta = dataprep.prepare("textbook", records.resolve_sources(str(src), schemas, [], schema_name=cfg.schema), cfg)
+    assert meta["quality"]["dropped"] == 8 and meta["quality"]["kept"] == 8
+    head, _, row = dataprep.summary_table([meta]).splitlines()
+    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["quality dropped"] == "8 of 16"
+    meta["quality"] = None  # no filter ran: said as '-', not as 0 dropped
+    _, _, row = dataprep.summary_table([meta]).splitlines()
+    assert dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in row.split("|")]))["quality dropped"] == "-"
+
+
 def test_reference_labels_are_dclm_style():
     texts, labels = quality.reference_labels(["p1", "p2"], ["n1", "p1", "n2", "n3", "n4"], seed=1, ratio=1.0)
     assert texts[:2] == ["p1", "p2"] and labels == [1, 1, 0, 0]

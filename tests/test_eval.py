@@ -308,6 +308,98 @@ def test_comparison_mode_cli(setup, tiny_out_dir, tmp_path):
     assert open(res[:-5] + ".md").read().count("| em/math |") == 1
 
 
+# ----------------------------------------------------------------------------- baselines of small answer sets
+
+def yes_no(i, gold, kind="entail"):
+    return {"question": f"Is zib{i} a zob{i}?", "answer": gold, "kind": kind}  # short: prompt + 32 new tokens fit 64
+
+
+def test_binomial_tail_by_hand():
+    assert ev.binomial_tail(5, 10, 0.5) == pytest.approx((252 + 210 + 120 + 45 + 10 + 1) / 1024)  # 0.623
+    assert ev.binomial_tail(3, 4, 0.25) == pytest.approx(4 * 0.25 ** 3 * 0.75 + 0.25 ** 4)  # 0.0508
+    assert ev.binomial_tail(20, 20, 0.8) == pytest.approx(0.8 ** 20)  # 0.0115
+    assert ev.binomial_tail(0, 7, 0.3) == 1.0 and ev.binomial_tail(4, 4, 1.0) == 1.0
+
+
+def test_baselines_of_answer_sets():
+    half = [yes_no(i, "yes" if i % 2 else "no") for i in range(10)]
+    b = ev.answer_baselines(half)
+    assert (b["answers"], b["chance"], b["majority"]) == (2, 0.5, 0.5) and b["ln_answers"] == pytest.approx(math.log(2))
+    assert ev.above_baseline(0.5, 10, b) == (pytest.approx(0.623, abs=1e-3), False)  # always "yes": not above
+    assert ev.above_baseline(0.9, 10, b)[1] and not ev.above_baseline(0.7, 10, b)[1]  # p 0.011 and 0.17
+    # per kind: 8 of 10 'yes' and 8 of 10 'false' -> the majority is 80%, though no one answer is 40% overall
+    mixed = ([yes_no(i, "yes" if i < 8 else "no") for i in range(10)]
+             + [yes_no(i, "false" if i < 18 else "true", kind="boolean") for i in range(10, 20)])
+    b = ev.answer_baselines(mixed)
+    assert (b["answers"], b["chance"], b["majority"]) == (4, 0.5, pytest.approx(0.8))
+    assert ev.answer_baselines(MATH) is None  # distinct numbers: no small answer set
+    assert ev.answer_baselines(LOGIC) is None  # two items, two answers: too few to tell
+    assert ev.answer_baselines([{"question": f"{i}+{i}?", "answer": str(2 * i)} for i in range(30)]) is None
+
+
+@pytest.fixture(scope="module")
+def yes_model(tmp_path_factory):
+    """A tiny model that answers 'yes' to 10 yes/no questions (whatever their gold) and answers 20
+    others right (8 of 10 'yes' and 8 of 10 'false' per kind), in a data dir each."""
+    always = [yes_no(i, "yes" if i % 2 else "no") for i in range(10)]
+    right = ([yes_no(i, "yes" if i < 18 else "no") for i in range(10, 20)]
+             + [yes_no(i, "false" if i < 28 else "true", kind="boolean") for i in range(20, 30)])
+    model, cfg = train_tiny([textformat.qa("logic", it["question"], "yes") for it in always]
+                            + [textformat.qa("logic", it["question"], it["answer"]) for it in right])
+    root = tmp_path_factory.mktemp("yes")
+    save_checkpoint(str(root / "out" / "ckpt.pt"), {"model": model.state_dict(), "model_args": asdict(cfg)})
+    for name, items in (("always", always), ("right", right)):
+        write_task(str(root / name), "logic", [textformat.qa("logic", it["question"], it["answer"]) for it in items], items)
+    return root
+
+
+def test_always_yes_is_flagged_not_above_majority(yes_model, tmp_path, capsys):
+    args = [f"--out_dir={yes_model / 'out'}", "--which=latest", "--device=cpu", "--metrics=['loss', 'qa']"]
+    report = ev.main(args + [f"--data_dir={yes_model / 'always'}", f"--results={tmp_path / 'a.json'}"])
+    assert report["models"][0]["metrics"]["em/logic"] == 0.5  # the five 'yes' items
+    md = open(tmp_path / "a.md").read()
+    assert "| em/logic | 50.0% (not above: p=0.62) | 10 | 50.0% | 50.0% |" in md
+    assert f"| {math.log(2):.4f} (ln #answers) |" in next(line for line in md.splitlines() if line.startswith("| loss/logic |"))
+    assert "one-sided exact binomial test" in md and "| em/logic | 50.0% (not above: p=0.62)" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "a.json"))["models"][0]["baselines"]["em/logic"]["majority"] == 0.5
+
+    report = ev.main(args + [f"--data_dir={yes_model / 'right'}", f"--results={tmp_path / 'r.json'}"])
+    m = report["models"][0]["metrics"]
+    assert m["em/logic"] == 1.0 and m["em/logic/entail"] == 1.0 and m["em/logic/boolean"] == 1.0
+    md = open(tmp_path / "r.md").read()
+    assert "| em/logic | 100.0% (p=0.012) | 20 | 50.0% | 80.0% |" in md  # 0.8 ** 20: above the kinds' majority
+    assert "| em/logic/boolean | 100.0% (not above: p=0.11) | 10 | 50.0% | 80.0% |" in md  # 0.8 ** 10 on 10 items
+
+
+# ----------------------------------------------------------------------------- eval.md keeps the comparison
+
+def test_second_run_keeps_the_comparison(setup, tiny_out_dir, tmp_path, capsys):
+    res = tmp_path / "eval.json"
+    args = [f"--init_from={setup['out_dir']}/ckpt.pt", f"--data_dir={setup['data_dir']}", "--tasks=['math']",
+            "--metrics=['loss', 'qa']", f"--results={res}", "--device=cpu", f"--out_dir={tmp_path}"]
+    first = ev.main(args + [f"--compare_with={tiny_out_dir}/best.pt"])
+    base_label = first["models"][0]["label"]
+    # the same settings and data without --compare_with: the stored base stays, marked, with deltas
+    second = ev.main(args)
+    assert [m.get("rerun", True) for m in second["models"]] == [False, True]
+    assert second["models"][0]["metrics"] == first["models"][0]["metrics"]
+    assert second["models"][0]["measured"] == first["time"]
+    md = open(tmp_path / "eval.md").read()
+    assert f"| {base_label} (not re-run) | {second['models'][1]['label']} | delta | n |" in md
+    assert f"(measured {first['time']}, not re-run)" in md and "| em/math |" in md and " pts |" in md
+    assert "kept the base" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "eval.1.md")
+    # other settings: the single model's report, the comparison set aside as eval.1.md, said in one line
+    ev.main(args + ["--limit=2"])
+    assert "delta" not in open(tmp_path / "eval.md").read()
+    assert open(tmp_path / "eval.1.md").read() == md
+    assert len(json.load(open(tmp_path / "eval.1.json"))["models"]) == 2
+    assert f"kept as {tmp_path}/eval.1.md" in capsys.readouterr().out
+    # a single-model report over a single-model report: nothing to keep
+    ev.main(args)
+    assert not os.path.exists(tmp_path / "eval.2.md")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def test_bad_inputs_get_clear_errors(setup, tmp_path):
