@@ -167,12 +167,10 @@ def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temper
     with end-of-text (not a stop string or the length limit)."""
     import contextlib
     from tqdm import tqdm
-    from nanophi.engine import Engine, Row, row_generator
-    dev = next(model.parameters()).device
-    rows = [Row(p, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                repetition_penalty=repetition_penalty, stops=stops, key=(i, j),
-                generator=row_generator(seed, i * n + j, dev) if temperature else None)
-            for i, p in enumerate(prompts) for j in range(n)]
+    from nanophi.engine import Engine, sample_rows
+    rows = sample_rows(prompts, n, seed, next(model.parameters()).device, max_tokens=max_new_tokens,
+                       temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                       stops=stops)
     engine = Engine(model, max_batch=batch_size, cache_slots=0)
     with autocast_ctx or contextlib.nullcontext(), tqdm(total=len(rows), desc=desc, leave=False, disable=desc is False) as bar:
         for ev in engine.run(rows):

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from configurator import ConfigError, at_least, configure, one_of, run_main
 from nanophi import textformat
 from nanophi.checkpoint import default_out_dir, load_for_inference
-from nanophi.engine import Engine, Row, row_generator
+from nanophi.engine import Engine, sample_rows
 from nanophi.device import autocast
 from nanophi.tasks import CHAT_TASKS
 from nanophi import tokenizer
@@ -359,14 +359,13 @@ class Job:
 
 
 def job_rows(job, device):
-    """The engine rows of a request: n per prompt, each with its own generator (row_generator)."""
+    """The engine rows of a request: n per prompt, each with its own generator (engine.sample_rows)."""
     p, n = job.params, job.params["n"]
     stop_ids = () if p["ignore_eos"] else (tokenizer.EOT_ID,)
-    return [Row(ids, p["max_tokens"], temperature=p["temperature"], top_k=p["top_k"], top_p=p["top_p"],
-                repetition_penalty=p["repetition_penalty"], stops=job.reply["stops"] + p["stop"],
-                strip=job.reply["strip"], stop_ids=stop_ids, key=(job, pi * n + j), scope=job.scope,
-                generator=row_generator(p["seed"], pi * n + j, device))
-            for pi, ids in enumerate(job.prompts) for j in range(n)]
+    return sample_rows(job.prompts, n, p["seed"], device, key=lambda i, j: (job, i * n + j),
+                       max_tokens=p["max_tokens"], temperature=p["temperature"], top_k=p["top_k"], top_p=p["top_p"],
+                       repetition_penalty=p["repetition_penalty"], stops=job.reply["stops"] + p["stop"],
+                       strip=job.reply["strip"], stop_ids=stop_ids, scope=job.scope)
 
 
 class Worker:

@@ -116,6 +116,14 @@ def row_generator(seed, index=0, device="cpu"):
     return torch.Generator(device=device).manual_seed((seed + index * 0x9E3779B97F4A7C15) % (1 << 64))
 
 
+def sample_rows(prompts, n, seed, device, key=lambda i, j: (i, j), **settings):
+    """n rows per prompt (Row settings as keywords); row j of prompt i samples with
+    row_generator(seed, i * n + j), so a text depends on its seed and place, not on batching or on
+    how many rows share a step. key(i, j) names each row. eval.py and serve.py build rows this way."""
+    return [Row(ids, generator=row_generator(seed, i * n + j, device), key=key(i, j), **settings)
+            for i, ids in enumerate(prompts) for j in range(n)]
+
+
 class Row:
     """One sequence to generate. After it finishes: .text, .finish, .n_tokens (generated, stop id included)."""
 
