@@ -44,7 +44,8 @@ def _satisfiable(formula):
 def logic_item(rng, kind=None):
     """One logic item {"kind", "question", "answer"} (answers 'yes'/'no' or 'true'/'false'), or
     {"kind": "chain", "text"}: the showcase's two-step noun chain, trained as plain text."""
-    kind = kind or rng.choice(["order", "order", "place", "syllogism", "syllogism", "entail", "boolean"] + ["chain"] * 3)
+    # half the items are the showcase's noun chains: the yes/no kinds stay near chance at this size
+    kind = kind or rng.choice(["order", "order", "place", "syllogism", "syllogism", "entail", "boolean"] + ["chain"] * 7)
     return _LOGIC_KINDS[kind](rng)
 
 

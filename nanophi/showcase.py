@@ -8,7 +8,9 @@ side that share no final query, scored greedily on base and finetuned models (pi
                    the beaver's dam must be on a                       -> river
 
 Held out: (a) the final n of 'n+n=' and (b) the final pair 'a+b=' come from sets training never ends
-a chain with; (c) every noun comes from a list training never uses. Chains are plain text (every
+a chain with, and no training chain starts with a held-out prompt (the same sums do occur inside
+longer training chains: the table of sums is small, the prompt is what is new); (c) every noun comes
+from a list training never uses. Chains are plain text (every
 token trained, as textformat.plain renders few-shot chains), so training also predicts the copies
 inside the premise, which is what (c) asks of a new noun. The seed wrote (c) with plurals ("dams are
 on rivers ... on a" -> river); GPT-2's BPE makes " rivers" one token unrelated to " river", so a never
@@ -25,7 +27,7 @@ N_SHOTS = 5  # the seed's showcase prompts: five worked equations, then the quer
 
 # (a): the final n of a held-out 'n+n=' (one in four); (b): the final (a, b) of a held-out 'a+b=' (one pair in seven).
 # Training chains of either family never end on a held-out query (they may pass through one)
-HELD_DOUBLE = frozenset(n for n in range(1, 100) if n % 4 == 3)
+HELD_DOUBLE = frozenset(n for n in range(1, 100) if n % 3 == 0)
 HELD_PAIR = frozenset((a, b) for a in range(1, 100) for b in range(1, 100) if (3 * a + b) % 7 == 4)
 
 
@@ -33,12 +35,13 @@ def held_query(a, b):
     """Is 'a+b=' a held-out final query (of either family: a running chain can end on 'n+n=')?"""
     return (a == b and a in HELD_DOUBLE) or (a, b) in HELD_PAIR
 
-# (c): consonant-initial nouns (the prompt ends in 'a', never 'an', so the article gives nothing away)
-TRAIN_NOUNS = ("beaver", "dam", "river", "bird", "nest", "tree", "spider", "web", "wall", "hill", "field", "farm",
+# (c): consonant-initial nouns (the prompt ends in 'a', never 'an', so the article gives nothing away),
+# each one GPT-2 token, so the answer is a copy of the token at a fixed distance before the end
+TRAIN_NOUNS = ("bug", "dam", "river", "bird", "nest", "tree", "spider", "web", "wall", "hill", "field", "farm",
                "den", "lake", "fox", "hole", "wood", "barn", "frog", "pond", "rock", "crab", "shell", "beach", "mole",
                "tunnel", "garden", "snail", "leaf", "stem", "worm", "road", "bridge", "car", "tower", "castle", "lamp",
                "desk", "cup", "table", "chair", "boat", "dock", "harbor", "cat", "basket", "door", "mouse", "wagon",
-               "stone", "cliff", "sheep", "fence", "meadow", "goat", "tent", "camp", "horse", "cart", "track")
+               "stone", "cliff", "sheep", "fence", "park", "goat", "tent", "camp", "horse", "cart", "track")
 # held out: never in any training item (nor in gen_logic's place questions); each one GPT-2 token
 HELD_NOUNS = ("robot", "gear", "tiger", "cave", "jungle", "peak", "mountain", "monk", "scroll", "temple", "baker",
               "loaf", "gate", "sword", "forge", "pilot", "coin", "cloud", "miner", "lantern", "wolf", "trail",
@@ -53,9 +56,11 @@ def doubling(rng, held_out):
     """(a) n+n=2n for consecutive n; held out: chains of N_SHOTS ending on an n of HELD_DOUBLE."""
     while True:
         shots = N_SHOTS if held_out else rng.randint(3, 8)
-        start = rng.randint(1, 90)
+        start = rng.randint(1, 60)  # small numbers: fewer number tokens to learn the steps between
         last = start + shots
-        if (last in HELD_DOUBLE if held_out else not held_query(last, last)):
+        # training: never ends on a held-out query, and never starts with a held-out prompt's equations
+        if (last in HELD_DOUBLE if held_out else
+                not held_query(last, last) and not (shots > N_SHOTS and held_query(start + N_SHOTS, start + N_SHOTS))):
             break
     eqs = [f"{n}+{n}={2 * n}" for n in range(start, last)]
     return _chain_item("doubling", eqs, f"{last}+{last}=", 2 * last, held_out)
@@ -65,9 +70,10 @@ def running(rng, held_out):
     """(b) a+b for a fixed a and consecutive b; held out: chains ending on a held-out pair."""
     while True:
         shots = N_SHOTS if held_out else rng.randint(3, 8)
-        a, start = rng.randint(1, 30), rng.randint(1, 20)
+        a, start = rng.randint(1, 20), rng.randint(1, 15)
         last = start + shots
-        if ((a, last) in HELD_PAIR if held_out else not held_query(a, last)):
+        if ((a, last) in HELD_PAIR if held_out else
+                not held_query(a, last) and not (shots > N_SHOTS and held_query(a, start + N_SHOTS))):
             break
     eqs = [f"{a}+{b}={a + b}" for b in range(start, last)]
     return _chain_item("running", eqs, f"{a}+{last}=", a + last, held_out)

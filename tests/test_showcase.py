@@ -19,6 +19,9 @@ def test_held_out_and_training_share_no_final_query():
     for family in ("doubling", "running"):
         held = {it["query"] for it in showcase.held_out_items(family, 20)}
         assert held and not held & train, family
+        prompts = [it["prompt"] for it in showcase.held_out_items(family, 20)]
+        for seed in (1, 2):  # no training document starts with a held-out prompt (its answer would follow)
+            assert not any(t["text"].startswith(p) for t in showcase.training_items(family, 3000, seed) for p in prompts)
     train_nouns = {w for q in _train_queries("chain") for w in q}
     held_nouns = {w for it in showcase.held_out_items("chain", 20) for w in it["query"]}
     assert len(held_nouns) >= 20 and not held_nouns & train_nouns
