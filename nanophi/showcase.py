@@ -47,6 +47,22 @@ HELD_NOUNS = ("robot", "gear", "tiger", "cave", "jungle", "peak", "mountain", "m
               "loaf", "gate", "sword", "forge", "pilot", "coin", "cloud", "miner", "lantern", "wolf", "trail",
               "forest", "bear", "log", "creek", "duck", "raft", "canal", "whale", "pipe", "rope", "jar", "pot",
               "hat", "map", "van", "truck", "pier", "hut", "shed", "mill")
+def training_nouns():
+    """TRAIN_NOUNS and every other single-token lowercase consonant-initial word of GPT-2's vocabulary
+    (thousands, most not nouns, minus the held-out ones): with that many the answer cannot be
+    memorised, only copied from the prompt, which is what a new noun needs."""
+    global _POOL
+    if _POOL is None:
+        from nanophi.tokenizer import get_tokenizer
+        enc, held = get_tokenizer(), set(HELD_NOUNS)
+        words = (enc.decode_single_token_bytes(i).decode("utf-8", "replace") for i in range(enc.n_vocab - 1))
+        vocab = sorted({w[1:] for w in words if len(w) in range(4, 10) and w[0] == " " and w[1:].isascii()
+                        and w[1:].isalpha() and w[1:].islower() and w[1] not in "aeiou"} - held - set(TRAIN_NOUNS))
+        _POOL = TRAIN_NOUNS + tuple(vocab)
+    return _POOL
+
+
+_POOL = None
 _VERBS = ("makes", "builds", "keeps", "finds", "owns", "paints")
 _ADJECTIVES = ("wooden", "small", "old", "red", "tall", "round", "new", "heavy")
 _PLACES = ("on", "in", "near", "under", "by", "behind")
@@ -88,7 +104,8 @@ def _chain_item(family, eqs, query, answer, held_out):
 
 def chain(rng, held_out):
     """(c) a two-step chain whose answer, the third noun, is in the prompt; held out: new nouns."""
-    maker, thing, place = rng.sample(HELD_NOUNS if held_out else TRAIN_NOUNS, 3)
+    pool = HELD_NOUNS if held_out else TRAIN_NOUNS if rng.random() < 0.5 else training_nouns()
+    maker, thing, place = rng.sample(pool, 3)
     verb, adj, where = rng.choice(_VERBS), rng.choice(_ADJECTIVES), rng.choice(_PLACES)
     prompt = (f"If a {maker} {verb} a {adj} {thing}, and the {thing} is {where} a {place}, "
               f"the {maker}'s {thing} must be {where} a")
