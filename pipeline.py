@@ -6,7 +6,7 @@ path (finetune a pretrained GPT-2 from its transformers directory) with a small 
 
 1. prepare the offline multitask corpus                  data/prepare_all.py
 2. pretrain the base, a stand-in for GPT-2, on the
-   textbook and code text                                train.py config/nanophi_cpu_base.py
+   textbook, code, math and logic text                   train.py config/nanophi_cpu_base.py
 3. export it to a transformers directory                 export.py
 4. finetune from that directory on the whole mixture
    (init_from=<dir>, as finetune_nanophi does with
@@ -85,7 +85,7 @@ t_start = time.time()
 if prepare:
     timings["prepare"] = run("prepare the offline corpus", [PY, "data/prepare_all.py", f"--out_dir={data_dir}"])
 if pretrain:
-    timings["pretrain"] = run("pretrain the base (a stand-in for GPT-2) on textbook and code text",
+    timings["pretrain"] = run("pretrain the base (a stand-in for GPT-2) on textbook, code, math and logic",
                               [PY, "train.py", base_config, f"--out_dir={base_dir}"] + data + iters)
     timings["export"] = run("export the base to a transformers directory",
                             [PY, "export.py", f"--out_dir={base_dir}", f"--export_dir={BASE_HF}"])

@@ -23,7 +23,7 @@ def test_pipeline_pretrain_export_finetune_compare(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     steps = [line for line in r.stdout.splitlines() if line.startswith("=== ")]
     assert [s.split(":")[0] for s in steps] == [
-        "=== pretrain the base (a stand-in for GPT-2) on textbook and code text", "=== export the base to a transformers directory",
+        "=== pretrain the base (a stand-in for GPT-2) on textbook, code, math and logic", "=== export the base to a transformers directory",
         "=== finetune from that directory on the task mixture", "=== evaluate", "=== showcase", "=== pipeline done"]
     assert f"--init_from={base}/hf" in steps[2] and f"init from {base}/hf" in r.stdout   # the gpt2-medium path
     assert json.load(open(base / "hf" / "config.json"))["model_type"] == "gpt2"
