@@ -6,14 +6,16 @@ path (finetune a pretrained GPT-2 from its transformers directory) with a small 
 
 1. prepare the offline multitask corpus                  data/prepare_all.py
 2. pretrain the base, a stand-in for GPT-2, on the
-   textbook and code text                                train.py config/nanophi_cpu_base.py
+   textbook, code, math and logic text                   train.py config/nanophi_cpu_base.py
 3. export it to a transformers directory                 export.py
 4. finetune from that directory on the whole mixture
    (init_from=<dir>, as finetune_nanophi does with
    gpt2-medium)                                          train.py config/nanophi_cpu.py
 5. compare base and finetuned: per-task loss, exact
    match, how often an answer stops at end-of-text      eval.py --compare_with=<base dir>
-6. print one greedy sample per tag                       sample.py --tag=...
+6. the seeds' showcase prompts on held-out variants
+   (new numbers, new nouns): base vs finetuned, ✓/✗     nanophi/showcase.py
+7. print one greedy sample per tag                       sample.py --tag=...
 
 Each step is the same command a user would type, run here one after another with its output
 shown as it comes; a failing step stops the job with its exit status. Settings below can be
@@ -25,6 +27,8 @@ import sys
 import time
 
 from configurator import configure
+from nanophi import showcase
+from nanophi.checkpoint import load_for_inference
 from nanophi.tasks import SAMPLES
 
 out_dir = "out-nanophi-cpu"           # the finetuned model
@@ -35,8 +39,9 @@ data_dir = "data"
 prepare = True          # False: reuse data/ prepared by an earlier run
 pretrain = True         # False: reuse the base in base_dir
 max_iters = 0           # 0 = the configs'; else both the pretraining and the finetune
-eval_limit = 40         # questions / documents / HumanEval problems per task in the evaluation
+eval_limit = 20         # questions / documents / HumanEval problems per task in the evaluation
 sample_tokens = 60      # new tokens per sample
+showcase_n = 20         # held-out prompts per showcase family
 configure(globals())
 
 PY = sys.executable
@@ -65,6 +70,14 @@ def sample_each_tag():
             sys.exit(f"{r.stderr}\npipeline: sampling [{tag}] failed with exit status {r.returncode}")
 
 
+def show_showcase():
+    print(f"\n=== showcase: the seeds' prompt families on {showcase_n} held-out variants each, greedy "
+          "(new numbers / new nouns; nanophi/showcase.py)", flush=True)
+    models = {"base": load_for_inference(BASE_HF, out_dir, device="cpu", dtype="float32").model,
+              "finetuned": load_for_inference("resume", out_dir, device="cpu", dtype="float32").model}
+    print(showcase.report(showcase.run(models, n=showcase_n)), flush=True)
+
+
 iters = [f"--max_iters={max_iters}"] if max_iters else []
 data = [f"--data_dir={data_dir}"]
 timings = {}
@@ -72,7 +85,7 @@ t_start = time.time()
 if prepare:
     timings["prepare"] = run("prepare the offline corpus", [PY, "data/prepare_all.py", f"--out_dir={data_dir}"])
 if pretrain:
-    timings["pretrain"] = run("pretrain the base (a stand-in for GPT-2) on textbook and code text",
+    timings["pretrain"] = run("pretrain the base (a stand-in for GPT-2) on textbook, code, math and logic",
                               [PY, "train.py", base_config, f"--out_dir={base_dir}"] + data + iters)
     timings["export"] = run("export the base to a transformers directory",
                             [PY, "export.py", f"--out_dir={base_dir}", f"--export_dir={BASE_HF}"])
@@ -80,6 +93,9 @@ timings["finetune"] = run("finetune from that directory on the task mixture",
                           [PY, "train.py", config, f"--init_from={BASE_HF}", f"--out_dir={out_dir}"] + data + iters)
 timings["eval"] = run("evaluate: base against finetuned",
                       [PY, "eval.py", f"--out_dir={out_dir}", f"--compare_with={BASE_HF}", f"--limit={eval_limit}"] + data)
+t0 = time.time()
+show_showcase()
+timings["showcase"] = time.time() - t0
 t0 = time.time()
 sample_each_tag()
 timings["samples"] = time.time() - t0

@@ -1,12 +1,14 @@
 """
 Generated logic problems: every answer is checked by a solver (sympy's `satisfiable`, or a
-transitive closure for ordering/containment chains). Used by data/logic/prepare.py.
+transitive closure for ordering/containment chains), and the showcase's noun chains (plain text).
+Used by data/logic/prepare.py.
 
 Each generator yields (where, record) as gen_math does. Deterministic for a seed.
 """
 import functools
 import random
 
+from nanophi import showcase
 from nanophi.gen_math import NAMES
 
 _NONSENSE = ["wugs", "blickets", "daxes", "feps", "glorps", "zorbs", "tufas", "lorks", "mibs", "snerts",
@@ -40,9 +42,17 @@ def _satisfiable(formula):
 
 
 def logic_item(rng, kind=None):
-    """One logic item {"kind", "question", "answer"}; answers 'yes'/'no' or 'true'/'false'."""
-    kind = kind or rng.choice(["order", "order", "place", "syllogism", "syllogism", "entail", "boolean"])
+    """One logic item {"kind", "question", "answer"} (answers 'yes'/'no' or 'true'/'false'), or
+    {"kind": "chain", "text"}: the showcase's two-step noun chain, trained as plain text."""
+    # half the items are the showcase's noun chains: the yes/no kinds stay near chance at this size
+    kind = kind or rng.choice(["order", "order", "place", "syllogism", "syllogism", "entail", "boolean"] + ["chain"] * 7)
     return _LOGIC_KINDS[kind](rng)
+
+
+def _logic_chain(rng):
+    """'If a beaver makes a wooden dam, and the dam is on a river, the beaver's dam must be on a river':
+    the training side of showcase's chain family (its nouns never appear in the held-out prompts)."""
+    return {"kind": "chain", "text": showcase.chain(rng, held_out=False)["text"]}
 
 
 def _logic_order(rng):
@@ -159,7 +169,7 @@ def _logic_boolean(rng):
 
 
 _LOGIC_KINDS = {"order": _logic_order, "place": _logic_place, "syllogism": _logic_syllogism,
-                "entail": _logic_entail, "boolean": _logic_boolean}
+                "entail": _logic_entail, "boolean": _logic_boolean, "chain": _logic_chain}
 
 
 def logic_items(n, seed):

@@ -2,7 +2,7 @@ from nanophi import gen_logic
 
 
 def test_logic_answers_are_right():
-    logic = {it["question"]: it["answer"] for _, it in gen_logic.logic_items(3000, 5)}
+    logic = {it["question"]: it["answer"] for _, it in gen_logic.logic_items(3000, 5) if "question" in it}
     assert logic.get("If beavers live in dams and dams are on rivers, do beavers live on rivers?") == "yes"
     for q, a in logic.items():
         if q.startswith("True or false: ("):
