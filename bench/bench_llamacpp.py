@@ -78,9 +78,14 @@ def convert(tree, tools, export_dir, work):
 
 
 def llama_rate(tools, gguf, threads, repeats, prompt=0, new=0, depth=0):
-    """llama-bench's mean tok/s for one test (prompt processing or generation after depth tokens)."""
+    """llama-bench's mean tok/s for one test (prompt processing or generation after depth tokens), or
+    None when llama-bench fails on it (its exit is printed in the row)."""
     r = subprocess.run([tools["llama-bench"], "-m", gguf, "-t", str(threads), "-r", str(repeats), "-p", str(prompt),
-                        "-n", str(new), "-d", str(depth), "-o", "json"], check=True, capture_output=True, text=True)
+                        "-n", str(new), "-d", str(depth), "-o", "json"], capture_output=True, text=True)
+    if r.returncode:
+        print(f"  llama-bench failed (exit {r.returncode}) on {os.path.basename(gguf)} -p {prompt} -n {new} -d {depth}",
+              flush=True)
+        return None
     return json.loads(r.stdout)[0]["avg_ts"]
 
 
@@ -176,18 +181,28 @@ def serve_figures(cmd, port, what):
 def server_rows(tools, gguf, ckpt, ours_fmt, llama_fmt, threads):
     """(name, llama.cpp, NanoPhi, ratio) rows for llama-server against serve.py; ratios > 1 favour NanoPhi."""
     port = free_port()
-    theirs = serve_figures([tools["llama-server"], "-m", gguf, "-t", str(threads), "-np", str(STREAMS),
-                            "-c", str(STREAMS * 1024), "--host", "127.0.0.1", "--port", str(port)], port, "llama-server")
+    try:
+        theirs = serve_figures([tools["llama-server"], "-m", gguf, "-t", str(threads), "-np", str(STREAMS),
+                                "-c", str(STREAMS * 1024), "--host", "127.0.0.1", "--port", str(port)], port,
+                               "llama-server")
+    except SystemExit as e:  # llama-server crashed on this format: our figures alone, the failure said
+        print(f"  {e}", flush=True)
+        theirs = dict.fromkeys(("one", "streams", "ttft", "peak_mb"))
     port = free_port()
     ours = serve_figures([sys.executable, "serve.py", f"--init_from={ckpt}", f"--port={port}",
                           f"--max_batch={STREAMS}", f"--weights={ours_fmt}", "--access_log=False"], port, "serve.py")
     tag = f"{ours_fmt} vs {llama_fmt}"
-    return [(f"server, one request at a time, {tag} (tok/s)", theirs["one"], ours["one"], ours["one"] / theirs["one"]),
+
+    def ratio(k, ours_over_theirs=True):
+        if theirs[k] is None:
+            return None
+        return ours[k] / theirs[k] if ours_over_theirs else theirs[k] / ours[k]
+    return [(f"server, one request at a time, {tag} (tok/s)", theirs["one"], ours["one"], ratio("one")),
             (f"server, {STREAMS} streams of 48-128 tokens, {tag} (tok/s)", theirs["streams"], ours["streams"],
-             ours["streams"] / theirs["streams"]),
+             ratio("streams")),
             (f"server, first token p50 at {STREAMS} streams, {tag} (s)", theirs["ttft"], ours["ttft"],
-             theirs["ttft"] / ours["ttft"]),
-            (f"server peak memory, {tag} (MB)", theirs["peak_mb"], ours["peak_mb"], theirs["peak_mb"] / ours["peak_mb"])]
+             ratio("ttft", False)),
+            (f"server peak memory, {tag} (MB)", theirs["peak_mb"], ours["peak_mb"], ratio("peak_mb", False))]
 
 
 def main():
@@ -197,6 +212,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--servers", default="True", choices=["True", "False"], help="also the llama-server rows")
     p.add_argument("--json", default="", help="also write the rows to this JSON file")
+    p.add_argument("--formats", default="fp32,bf16,int8", help="which of fp32,bf16,int8 to measure")
     args = p.parse_args()
     if not args.llama_cpp:
         print(BUILD_HINT, file=sys.stderr)
@@ -210,9 +226,10 @@ def main():
     rows = []
 
     def show(name, theirs, ours, ratio):
-        rows.append({"metric": name, "llama.cpp": round(theirs, 3), "nanophi": round(ours, 3),
-                     "ratio": round(ratio, 3), "load_avg": os.getloadavg()[0]})
-        print(f"{name:58} {theirs:10.2f} {ours:10.2f} {ratio:6.2f}  {os.getloadavg()[0]:.2f}", flush=True)
+        rows.append({"metric": name, "llama.cpp": theirs and round(theirs, 3), "nanophi": round(ours, 3),
+                     "ratio": ratio and round(ratio, 3), "load_avg": os.getloadavg()[0]})
+        theirs, ratio = ("failed", "") if theirs is None else (f"{theirs:.2f}", f"{ratio:.2f}")
+        print(f"{name:58} {theirs:>10} {ours:10.2f} {ratio:>6}  {os.getloadavg()[0]:.2f}", flush=True)
 
     with tempfile.TemporaryDirectory() as work:
         ggufs = convert(args.llama_cpp, tools, export_random(work), work)
@@ -221,6 +238,8 @@ def main():
               f"(llama-bench's mean, our median); ratio = NanoPhi / llama.cpp (for time and memory: llama.cpp / NanoPhi)")
         print(f"{'metric (GPT-2 124M)':58} {'llama.cpp':>10} {'NanoPhi':>10} {'ratio':>6}  load avg")
         for ours_fmt, llama_fmt in FORMATS:
+            if ours_fmt not in args.formats.split(","):
+                continue
             model = GPT.from_pretrained(os.path.join(work, "hf")).eval()
             model = apply_weights(model, resolve_weights(ours_fmt, "cpu", "bfloat16" if ours_fmt == "bf16" else "float32"))
             for name, test in ((f"decode batch 1, context 0, {ours_fmt} vs {llama_fmt} (tok/s)", dict(new=64)),
@@ -229,14 +248,14 @@ def main():
                 theirs = llama_rate(tools, ggufs[llama_fmt], args.threads, args.repeats, **test)
                 with torch.no_grad():
                     ours = our_rate(model, args.repeats, **test)
-                show(name, theirs, ours, ours / theirs)
+                show(name, theirs, ours, theirs and ours / theirs)
             del model
             if args.servers == "True":
                 for row in server_rows(tools, ggufs[llama_fmt], os.path.join(work, "random.pt"), ours_fmt, llama_fmt,
                                        args.threads):
                     show(*row)
         print(f"bound: batch-1 fp32 decoding reads about 500 MB of weights per token: at most "
-              f"{bandwidth / 500e6:.0f} tok/s at this copy bandwidth (bf16 half of that, int8 a quarter)")
+              f"{bandwidth / 500e6:.0f} tok/s at this copy bandwidth (bf16 weights are half as many bytes, int8 a quarter)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"copy_bandwidth_gbs": bandwidth / 1e9, "threads": args.threads, "rows": rows}, f, indent=1)
