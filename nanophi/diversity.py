@@ -15,6 +15,10 @@ import os
 import random
 import re
 
+from nanophi.features import Features
+from nanophi.files import write_text_atomic
+from nanophi.plots import new_figure, save_png
+
 _WORD = re.compile(r"\w+")
 
 
@@ -49,7 +53,6 @@ def clusters(sets, k=20, seed=1337, max_docs=3000):
     """{name: (clusters holding >= 1% of the set, normalised entropy of its shares)} from one KMeans over all sets."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import TruncatedSVD
-    from nanophi.quality import Features
     rng = random.Random(seed)
     sample = {name: rng.sample(texts, min(len(texts), max_docs)) for name, texts in sets.items()}
     all_texts = [t for ts in sample.values() for t in ts]
@@ -68,7 +71,6 @@ def clusters(sets, k=20, seed=1337, max_docs=3000):
 
 
 def length_histogram(sets, path):
-    from nanophi.plots import new_figure, save_png
     fig, ax = new_figure((7, 4))
     top = max(max(len(words(t)) for t in ts) for ts in sets.values())
     for name, ts in sets.items():
@@ -83,7 +85,6 @@ def length_histogram(sets, path):
 def report(sets, out_dir, k=20, seed=1337):
     """Write diversity.md and lengths.png for {name: [text]}; returns the Markdown."""
     import numpy as np
-    from nanophi.files import write_text_atomic
     os.makedirs(out_dir, exist_ok=True)
     budget = min(sum(len(words(t)) for t in ts) for ts in sets.values())
     distinct = {name: distinct_n(ts, budget, seed=seed) for name, ts in sets.items()}
