@@ -59,20 +59,21 @@ def test_parse_score(reply, score):
     assert quality.parse_score(reply) == score
 
 
-def test_labels_file_errors_name_file_and_line(tmp_path):
+@pytest.mark.parametrize("content, error", [
+    ('{"text": "ok", "label": 1}\n{"text": "broken"\n', r"labels.jsonl:2: malformed JSON"),
+    ('{"text": "ok", "label": 1}\n\n{"text": "x", "label": 0.5}\n', r"labels.jsonl:3: field 'label' must be 0 or 1"),
+    ('{"text": "ok", "score": "high"}\n', r"labels.jsonl:1: field 'score' must be a number"),
+    ('{"label": 1}\n', r"labels.jsonl:1: field 'text' missing"),
+])
+def test_labels_file_errors_name_file_and_line(tmp_path, content, error):
     p = tmp_path / "labels.jsonl"
-    p.write_text('{"text": "ok", "label": 1}\n{"text": "broken"\n')
-    with pytest.raises(DataError, match=r"labels.jsonl:2: malformed JSON"):
+    p.write_text(content)
+    with pytest.raises(DataError, match=error):
         quality.read_labels(str(p))
-    p.write_text('{"text": "ok", "label": 1}\n\n{"text": "x", "label": 0.5}\n')
-    with pytest.raises(DataError, match=r"labels.jsonl:3: field 'label' must be 0 or 1"):
-        quality.read_labels(str(p))
-    p.write_text('{"text": "ok", "score": "high"}\n')
-    with pytest.raises(DataError, match=r"labels.jsonl:1: field 'score' must be a number"):
-        quality.read_labels(str(p))
-    p.write_text('{"label": 1}\n')
-    with pytest.raises(DataError, match=r"labels.jsonl:1: field 'text' missing"):
-        quality.read_labels(str(p))
+
+
+def test_labels_scores_are_cut_at_the_threshold(tmp_path):
+    p = tmp_path / "labels.jsonl"
     p.write_text('{"text": "a", "score": 4}\n{"text": "b", "score": 2}\n{"text": "c", "label": 0}\n')
     assert quality.read_labels(str(p), threshold=3) == (["a", "b", "c"], [1, 0, 0])
 
