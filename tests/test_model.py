@@ -10,7 +10,6 @@ from conftest import make_hf_dir
 from model import GPT, GPTConfig
 from nanophi.device import peak_flops_by_name
 from nanophi.engine import Engine, KVCache, Row
-from nanophi.sampling import sample_next
 
 
 def hf_and_ours(path):
@@ -212,28 +211,6 @@ def test_optimizer_groups_and_flops():
     assert mfu is None and achieved == pytest.approx(m.flops_per_token() * 32 * 4 / 0.5)
     mfu, _ = m.estimate_mfu(fwdbwd_per_iter=4, seconds=0.5, peak_flops=peak_flops_by_name("Tesla T4"))
     assert mfu == pytest.approx(achieved / 65e12)
-
-
-def test_stop_ids_are_exempt_from_repetition_controls():
-    logits = torch.zeros(1, 50304)
-    logits[0, 7] = 5.0  # the stop id is the most likely token and already in the context
-    logits[0, 9] = 4.0
-    seen = torch.tensor([[3, 7, 4, 7]])
-    args = dict(temperature=0, top_k=None, top_p=None, generator=None)
-    assert sample_next(logits.clone(), seen, repetition_penalty=10.0, no_repeat_ngram_size=0, **args) == 9
-    assert sample_next(logits.clone(), seen, repetition_penalty=1.0, no_repeat_ngram_size=1, **args) == 9
-    stop = torch.tensor([7])
-    assert sample_next(logits.clone(), seen, repetition_penalty=10.0, no_repeat_ngram_size=1, stop=stop, **args) == 7
-
-
-def test_tiny_temperatures_are_greedy():
-    logits = torch.randn(3, 50304, generator=torch.Generator().manual_seed(0))
-    seen = torch.tensor([[1], [2], [3]])
-    for t in (1e-45, 1e-30, 1e-6):  # logits / 1e-45 are inf: softmax NaN, and the draw picked id 50256
-        got = sample_next(logits.clone(), seen, t, generator=torch.Generator().manual_seed(1))
-        assert torch.equal(got, logits[:, :50257].argmax(-1))
-        per_row = sample_next(logits.clone(), seen, t, generator=[torch.Generator().manual_seed(i) for i in range(3)])
-        assert torch.equal(per_row, got)
 
 
 def test_five_adamw_steps_match_transformers(tmp_path):
