@@ -14,6 +14,7 @@ import bench_llamacpp  # noqa: E402
 SCRIPT = os.path.join(ROOT, "bench", "bench_llamacpp.py")
 
 
+@pytest.mark.slow
 def test_without_a_build_it_says_how_to_build(tmp_path):
     r = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "docs/benchmarks.md" in r.stderr and len(r.stderr.strip().splitlines()) == 1

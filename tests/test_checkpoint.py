@@ -54,6 +54,7 @@ def test_load_model_from_hf_dir_and_errors(tiny_hf_dir, tmp_path):
         load_model(str(tmp_path / "junk.pt"))
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
     """A process killed in the middle of torch.save leaves the old checkpoint intact."""
     path = str(tmp_path / LATEST)
@@ -102,6 +103,7 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_hf_dir_with_an_unsafe_pytorch_model_bin_is_refused_in_one_line(tmp_path):
     """A transformers folder whose pytorch_model.bin runs code: refused by torch's weights-only load
     (nothing runs), and the refusal is one line naming the folder and the call, not a traceback

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from nanophi import diversity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +21,7 @@ def test_distinct_n_and_openings():
     assert diversity.openings(varied)[1] == 0.0
 
 
+@pytest.mark.slow
 def test_report_side_by_side(tmp_path):
     natural = [f"Topic {i}: " + " ".join(f"w{(i * 7 + j) % 97}" for j in range(30 + i)) for i in range(60)]
     generated = ["Once upon a time there was a list. " * 3 + f"item {i % 3}" for i in range(60)]

@@ -152,6 +152,7 @@ def test_failed_run_keeps_previous_output(tmp_path):
     assert after == before   # old files intact, no temporary files left
 
 
+@pytest.mark.slow
 def test_killed_process_leaves_no_finished_bin(tmp_path):
     src = tmp_path / "big.jsonl"
     with open(src, "w") as f:

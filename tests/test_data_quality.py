@@ -78,6 +78,7 @@ def test_labels_scores_are_cut_at_the_threshold(tmp_path):
     assert quality.read_labels(str(p), threshold=3) == (["a", "b", "c"], [1, 0, 0])
 
 
+@pytest.mark.slow
 def test_cli_malformed_labels_and_one_class(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine", "label": 1}\nnot json\n')

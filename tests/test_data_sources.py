@@ -140,6 +140,7 @@ def test_rst_cleaning():
     assert secs[1][2] == "Example:\n\n    print(1)"
 
 
+@pytest.mark.slow
 def test_prepare_script_runs_from_repo_root(tmp_path):
     r = subprocess.run([sys.executable, "data/math/prepare.py", f"--out_dir={tmp_path}", "--num_generated=300",
                         "--n_eval=30", "--progress=False"], cwd=ROOT, capture_output=True, text=True, timeout=120)

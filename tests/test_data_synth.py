@@ -98,6 +98,7 @@ def test_torn_last_line_is_cut_and_redone(tmp_path):
     assert path.read_text() == good + "\n"
 
 
+@pytest.mark.slow
 def test_endpoint_down_clear_error_and_resumable(tmp_path, servers):
     out = tmp_path / "t.jsonl"
     down = f"http://127.0.0.1:{free_port()}/v1"
@@ -146,6 +147,7 @@ def test_generated_textbooks_prepare_as_a_source(servers, tmp_path):
     assert kept + meta["dedup"]["exact"] + meta["decontamination"]["humaneval"] == 6
 
 
+@pytest.mark.slow
 def test_parse_exercise_and_code_prepare(tmp_path):
     reply = ('Here you go:\n```python\ndef add_all(xs: list[int]) -> int:\n    """Sum xs.\n\n    >>> add_all([1, 2])\n'
              '    3\n    """\n    total = 0\n    for x in xs:\n        total += x\n    return total\n```\nDone.')

@@ -288,6 +288,7 @@ def test_hostile_samples_file_scores_the_honest_pass_at_1(tmp_path):
     assert f"HumanEval 24 samples of 1 problems, sandbox 3 s / 1024 MiB, isolation {isolation}" in md
 
 
+@pytest.mark.slow
 def test_comparison_mode_cli(setup, tiny_out_dir, tmp_path):
     """The real script: finetuned (init_from) against a random base (compare_with), one table with deltas."""
     res = str(tmp_path / "cmp.json")
@@ -355,6 +356,7 @@ def yes_model(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_always_yes_is_flagged_not_above_majority(yes_model, tmp_path, capsys):
     args = [f"--out_dir={yes_model / 'out'}", "--which=latest", "--device=cpu", "--metrics=['loss', 'qa']"]
     report = ev.main(args + [f"--data_dir={yes_model / 'always'}", f"--results={tmp_path / 'a.json'}"])

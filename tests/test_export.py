@@ -78,6 +78,7 @@ def exported(tiny_out_dir, tmp_path_factory):
     return exports / "hf"
 
 
+@pytest.mark.slow
 def test_export_cli_round_trip(tiny_out_dir, exported):
     ours, _ = load_model("resume", out_dir=tiny_out_dir)
     hf = GPT2LMHeadModel.from_pretrained(str(exported)).eval()
@@ -91,6 +92,7 @@ def test_export_cli_round_trip(tiny_out_dir, exported):
     assert tok.decode(ids) == text
 
 
+@pytest.mark.slow
 def test_export_tokenizer_and_permissions(exported):
     assert os.listdir(exported.parent) == ["hf"]  # no temporary folder left, the killed one's cleaned
     assert os.stat(exported).st_mode & 0o777 == 0o755

@@ -116,6 +116,7 @@ def _synthesize(url, tmp_path, *args):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ["ok"], indirect=True)
 def test_synthesize_does_not_send_the_environment_key_to_a_local_port(endpoint, tmp_path):
     r = _synthesize(endpoint.url, tmp_path)
@@ -143,6 +144,7 @@ def test_an_endless_reply_stops_at_the_size_cap(endpoint, tmp_path):
     assert endpoint.sent < llm.MAX_REPLY_BYTES + 8 * 2**20  # the client hung up soon after the cap
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ["html", "empty", "no_choices"], indirect=True)
 def test_a_200_reply_that_is_no_completion_is_one_line_with_the_resume_hint(endpoint, tmp_path):
     r = _synthesize(endpoint.url, tmp_path)

@@ -45,6 +45,7 @@ def hf_greedy(hf_dir, prompt, n):
 
 # ------------------------------------------------------------------ CLI
 
+@pytest.mark.slow
 def test_greedy_parity_with_transformers(tiny_hf_dir):
     prompt = "The quick brown fox"
     want = decode(hf_greedy(tiny_hf_dir, prompt, 40))
@@ -54,6 +55,7 @@ def test_greedy_parity_with_transformers(tiny_hf_dir):
     assert r.stdout == want + "\n"
 
 
+@pytest.mark.slow
 def test_tag_echo_and_stream_equal_plain(tiny_out_dir, tiny_model):
     args = [f"--out_dir={tiny_out_dir}", "--tag=math", "--start=What is 12*7?", "--echo=True", "--temperature=0",
             "--top_k=5", "--num_samples=2", "--max_new_tokens=30"]
@@ -75,6 +77,7 @@ def test_tag_echo_and_stream_equal_plain(tiny_out_dir, tiny_model):
     (["--start=FILE:/no/such/prompt.txt"], "/no/such/prompt.txt"),
     (["--top_q=0.9"], "did you mean top_p"),
 ])
+@pytest.mark.slow
 def test_bad_input_errors(tiny_out_dir, args, needle):
     r = run([f"--out_dir={tiny_out_dir}"] + args)
     assert r.returncode == 2
@@ -82,6 +85,7 @@ def test_bad_input_errors(tiny_out_dir, args, needle):
     assert r.stdout == ""
 
 
+@pytest.mark.slow
 def test_piped_chat_session(tiny_out_dir, tmp_path):
     save1, save2 = tmp_path / "one.json", tmp_path / "two.json"
     script = "\n".join(["hello there", "how are you?", "/undo", f"/save {save1}", "/reset", "/nonsense",
@@ -284,6 +288,7 @@ def test_chat_fits_its_reply_budget_to_the_context(tiny_out_dir, tiny_model, cap
     assert len(r.stdout.splitlines()) == 1 and "at most 64 tokens" in r.stderr
 
 
+@pytest.mark.slow
 def test_chat_with_stdin_closed_is_a_clear_error(tiny_out_dir):
     r = subprocess.run(f"{sys.executable} sample.py --out_dir={tiny_out_dir} --chat=True <&-", shell=True,
                        capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
@@ -301,6 +306,7 @@ def test_chat_reply_cut_at_speaker_marker(tiny_model):
     assert reply == full[:full.find(marker)].strip()
 
 
+@pytest.mark.slow
 def test_lora_adapter_dir_as_init_from(tiny_hf_dir, tmp_path):
     from nanophi import lora
     from nanophi.checkpoint import load_model, weights_sha256
@@ -433,6 +439,7 @@ def test_an_empty_greedy_reply_says_why(tiny_model, capsys):
     assert "empty reply: the model ended its turn at once" in err and "--temperature" in err
 
 
+@pytest.mark.slow
 def test_default_max_new_tokens_fits_the_context(tiny_out_dir):
     r = run([f"--out_dir={tiny_out_dir}", "--temperature=0", "--start=Once upon a time"])  # block_size 128
     assert r.returncode == 0, r.stderr
@@ -441,12 +448,14 @@ def test_default_max_new_tokens_fits_the_context(tiny_out_dir):
     assert r.returncode == 0 and "warning: prompt (4 tokens) + max_new_tokens (200) > block_size 128" in r.stderr
 
 
+@pytest.mark.slow
 def test_float16_on_cpu_is_an_inference_message(tiny_out_dir):
     r = run([f"--out_dir={tiny_out_dir}", "--dtype=float16", "--device=cpu"])
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: dtype=float16")
     assert "training" not in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_a_training_folder_as_init_from_names_its_best_pt(tiny_out_dir):
     from nanophi.checkpoint import load_for_inference
     with pytest.raises(ValueError) as e:

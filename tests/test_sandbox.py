@@ -391,6 +391,7 @@ def _children_running(pid, name):
     return found
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_eval_cancels_queued_humaneval_work(problems, tmp_path):
     """30 samples of 3 s each, 2 at a time (45 s of work): a real SIGINT once checks run ends eval.py
     within a few seconds, with one line and exit status 130, and leaves no sandbox process."""

@@ -663,6 +663,7 @@ def test_resumed_log_has_each_iteration_once(data_dir, tmp_path):
     assert [r["iter"] for r in log if r["type"] == "eval"] == [0, 2, 4, 6]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without a usable CUDA")
 def test_cuda_on_a_cpu_only_torch_is_a_config_error(data_dir, tmp_path):
     err = one_line_error(run_cli(f"--data_dir={data_dir}", "--device=cuda", cwd=tmp_path))
@@ -678,6 +679,7 @@ def dead_pid():
     return p.pid
 
 
+@pytest.mark.slow
 def test_killed_saves_temp_files_are_gone_after_the_next_start(data_dir, tmp_path, capsys):
     out = tmp_path / "out"
     run_main(train_args(data_dir, str(out), "--max_iters=2"))

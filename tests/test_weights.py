@@ -74,6 +74,7 @@ def test_format_generates_with_the_kv_cache(tiny_model, fmt):
     assert (fast[0, 4:] == base[0, 4:]).float().mean() > 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["fp32", "auto"] + FORMATS)
 def test_sample_runs_with_each_format(tiny_out_dir, fmt):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), f"--out_dir={tiny_out_dir}", f"--weights={fmt}",
@@ -84,6 +85,7 @@ def test_sample_runs_with_each_format(tiny_out_dir, fmt):
     assert f"{resolve_weights(fmt, 'cpu')} weights" in r.stderr
 
 
+@pytest.mark.slow
 def test_sample_rejects_unknown_format(tiny_out_dir):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), f"--out_dir={tiny_out_dir}", "--weights=fp8"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -106,6 +108,7 @@ def test_bf16_linear_close_to_fp32(rows):
         assert torch.equal(got, layer.gemv(x, layer.weight, layer.bias_fp32))
 
 
+@pytest.mark.slow
 def test_bf16_linear_without_the_kernel():
     """NANOPHI_GEMV=0 (read when the kernel is first asked for) forces oneDNN's path, as where it cannot build."""
     code = ("import torch; from nanophi.weights import BF16Linear; torch.manual_seed(0); "
