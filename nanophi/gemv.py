@@ -21,12 +21,13 @@ import warnings
 
 import torch
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "gemv_bf16.cpp")
-_state = {}  # "op": the loaded op or None, once tried
+CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+SOURCES = [os.path.join(CSRC, "gemv_bf16.cpp"), os.path.join(CSRC, "gemv_int8.cpp")]  # one extension, two ops
+_state = {}  # "built": None once built, else why not
 
 
 def _build():
-    """The op, or the reason it is not available."""
+    """None once the ops are loaded, or the reason they are not available."""
     if os.environ.get("NANOPHI_GEMV", "1") == "0":
         return "NANOPHI_GEMV=0"
     if sys.platform == "win32" or platform.machine().lower() not in ("x86_64", "amd64"):
@@ -35,27 +36,43 @@ def _build():
     try:
         # at::parallel_for is a header template: built without OpenMP it would run on one thread
         # (libgomp.so.1 then resolves to the copy torch has already loaded, one thread pool)
-        load("nanophi_gemv_bf16", [SOURCE], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+        load("nanophi_gemv", SOURCES, extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
              is_python_module=False, verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the reason in one line
         return f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''})"
     if not torch.ops.nanophi.gemv_has_avx512():
         return "this CPU has no AVX-512"
-    return torch.ops.nanophi.gemv_bf16
+    return None
+
+
+def _op(name):
+    if "built" not in _state:
+        _state["built"] = _build()
+    return None if _state["built"] else getattr(torch.ops.nanophi, name)
 
 
 def kernel():
     """torch.ops.nanophi.gemv_bf16(x, w, bias) -> x @ w.T + bias in fp32 (x: (..., K) any float dtype,
     w: (N, K) contiguous bf16, bias: (N,) or None), or None where unavailable (warned once)."""
-    if "op" not in _state:
-        op = _build()
-        if isinstance(op, str):
-            warnings.warn(f"bf16 gemv kernel unavailable ({op}); bf16 weights use oneDNN at batch 1 (slower)",
-                          stacklevel=2)
-            op = None
-        _state["op"] = op
-    return _state["op"]
+    op = _op("gemv_bf16")
+    if op is None and not _state.get("warned_bf16"):
+        _state["warned_bf16"] = True
+        warnings.warn(f"bf16 gemv kernel unavailable ({_state['built']}); bf16 weights use oneDNN at batch 1 (slower)",
+                      stacklevel=2)
+    return op
+
+
+def int8_kernel():
+    """torch.ops.nanophi.gemv_int8(x, w, scale, bias) -> (x @ w.T) * scale + bias in fp32 (x: (..., K) any
+    float dtype, w: (N, K) contiguous int8, scale and bias: (N,), bias may be None), or None where
+    unavailable (warned once)."""
+    op = _op("gemv_int8")
+    if op is None and not _state.get("warned_int8"):
+        _state["warned_int8"] = True
+        warnings.warn(f"int8 gemv kernel unavailable ({_state['built']}); int8 weights use PyTorch's dynamic "
+                      "quantization at batch 1 (slower, activations quantized)", stacklevel=2)
+    return op
 
 
 if __name__ == "__main__":  # setup.sh: build now, so the first request does not pay the compile
-    print(f"setup: bf16 gemv kernel {'built' if kernel() is not None else 'unavailable (see the warning)'}")
+    print(f"setup: bf16 and int8 gemv kernels {'built' if kernel() is not None else 'unavailable (see the warning)'}")

@@ -7,8 +7,11 @@ sample.py, serve.py, eval.py and the benchmarks.
         activations, LayerNorm, attention and the residual stream stay in the model's dtype.
         CPUs with native bf16 (avx512_bf16 / amx) only; on CUDA the whole model is cast. On CPU
         1-2 rows go through nanophi/gemv.py's kernel, more through oneDNN (BF16Linear).
-  int8  PyTorch's dynamic quantization of the Linear layers (torch.ao.quantization.quantize_dynamic,
-        int8 weights per output channel, activations quantized on the fly). CPU only.
+  int8  the Linear layers' weights in int8, symmetric per output channel (one fp32 scale per row),
+        CPU only (Int8Linear). 1-2 rows go through nanophi/gemv.py's int8 kernel with fp32
+        activations (a quarter of fp32's bytes per token); more rows (prefill, batched decoding)
+        through PyTorch's dynamic quantization op on a packed copy of the same int8 values (fbgemm:
+        activations quantized on the fly, per tensor). Without the kernel: that op at every size.
   auto  bf16 on a CPU when dtype resolves to bfloat16 (autocast would otherwise recast every fp32
         weight at every token); fp32 otherwise, i.e. the dtype setting alone decides as before.
 
@@ -117,6 +120,45 @@ class BF16Linear(nn.Module):
                 f"gemv={self.gemv is not None}, packed={self.packed}")
 
 
+def quantize_rows(weight):
+    """int8 values and an fp32 scale per output row, symmetric: weight ~= q * scale[:, None]."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # an all-zero row: any scale gives zeros
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale
+
+
+class Int8Linear(nn.Module):
+    """An nn.Linear's weights in int8 per output channel for CPU inference. 1-2 rows of x (batch-1
+    decoding) go through nanophi/gemv.py's int8 kernel: fp32 activations, the plain int8 weight read at
+    memory speed. More rows go through torch.ops.quantized.linear_dynamic on a copy of the same int8
+    values packed by fbgemm (what quantize_dynamic runs: activations quantized per tensor), which at
+    8 rows takes 0.7x the kernel's time and at 128 rows a quarter (measured over GPT-2 small's 49
+    Linear shapes, docs/benchmarks.md). The plain copy is kept only where the kernel runs."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        q, scale = quantize_rows(linear.weight)
+        self.gemv = gemv.int8_kernel() if q.device.type == "cpu" else None
+        self.scale = scale
+        self.bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+        with warnings.catch_warnings():  # quantized tensors announce their move to torchao; they still work
+            warnings.simplefilter("ignore")
+            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+            self.packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+        self.weight = q if self.gemv is not None else None
+
+    def forward(self, x):
+        if self.gemv is not None and x.numel() <= SMALL_ROWS * self.in_features:
+            return self.gemv(x, self.weight, self.scale, self.bias).to(x.dtype)
+        # reduce_range: fbgemm's activations use 7 bits so their int16 sums cannot overflow
+        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True).to(x.dtype)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, gemv={self.gemv is not None}"
+
+
 def _replace_linears(module, make):
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
@@ -143,10 +185,8 @@ def apply_weights(model, weights, batch=1):
         _replace_linears(model, lambda linear: BF16Linear(linear, batch))
         return model
     if weights == "int8":
-        with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works
-            warnings.simplefilter("ignore")
-            return torch.ao.quantization.quantize_dynamic(
-                model, {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        _replace_linears(model, Int8Linear)
+        return model
     raise ValueError(f"apply_weights: unresolved weights {weights!r} (call resolve_weights first)")
 
 
@@ -160,10 +200,8 @@ def weight_bytes_per_token(model):
         elif isinstance(m, BF16Linear):
             bias = m.bias_fp32 if m.gemv is not None else m.bias  # what a batch-1 token reads
             total += m.in_features * m.out_features * 2 + (bias.numel() * bias.element_size() if bias is not None else 0)
-        elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
-            w = m.weight()
-            total += w.numel() * w.element_size() + m.out_features * 4 * 2  # int8 + per-channel scale/zero point
-            total += m.out_features * 4 if m.bias() is not None else 0
+        elif isinstance(m, Int8Linear):  # int8 values + an fp32 scale per row (+ bias)
+            total += m.in_features * m.out_features + m.out_features * 4 * (1 + (m.bias is not None))
         elif isinstance(m, nn.LayerNorm) or type(m).__name__ == "LayerNorm":
             total += sum(p.numel() * p.element_size() for p in m.parameters())
         elif isinstance(m, nn.Embedding):

@@ -1,18 +1,19 @@
 """nanophi/weights.py: bf16 and int8 weights close to fp32 on a tiny model; sample.py with each format;
-BF16Linear with and without nanophi/gemv.py's kernel (the kernel itself: test_gemv.py)."""
+BF16Linear and Int8Linear with and without nanophi/gemv.py's kernels (the kernels themselves: test_gemv.py)."""
 import copy
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
 from conftest import ROOT
 from nanophi.device import cpu_has_bf16
-from nanophi.engine import Engine, Row
-from nanophi.weights import (SMALL_ROWS, BF16Linear, PackedLinear, apply_weights, can_pack, resolve_weights,
-                             weight_bytes_per_token)
+from nanophi.engine import Engine, KVCache, Row
+from nanophi.weights import (SMALL_ROWS, BF16Linear, Int8Linear, PackedLinear, apply_weights, can_pack, quantize_rows,
+                             resolve_weights, weight_bytes_per_token)
 
 FORMATS = ["int8"] + (["bf16"] if cpu_has_bf16() else [])
 
@@ -106,6 +107,60 @@ def test_bf16_linear_close_to_fp32(rows):
     assert 0 < err < 0.02, err  # the weights really are bf16, and only rounded
     if layer.gemv is not None and rows <= SMALL_ROWS:  # batch-1 decoding takes the kernel
         assert torch.equal(got, layer.gemv(x, layer.weight, layer.bias_fp32))
+
+
+def test_quantize_rows_is_symmetric_per_row():
+    w = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 1.0, -2.9]])
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert q[0].tolist() == [64, -127, 32] and q[1].tolist() == [0, 0, 0] and q[2, 0] == 127
+    torch.testing.assert_close(scale[[0, 2]], torch.tensor([1 / 127, 3 / 127]))
+    assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()  # rounded, not truncated
+
+
+@pytest.mark.parametrize("rows,bias", [(1, True), (2, False), (2, True), (8, True)])
+def test_int8_linear_close_to_fp32(rows, bias):
+    torch.manual_seed(rows)
+    linear = torch.nn.Linear(100, 203, bias=bias)  # neither a multiple of 16
+    x = torch.randn(1, rows, 100)
+    layer = Int8Linear(linear)
+    with torch.no_grad():
+        got, want = layer(x), linear(x)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert 0 < err < 0.03, err  # the weights really are int8, and only rounded
+    if layer.gemv is not None and rows <= SMALL_ROWS:  # batch-1 decoding: fp32 activations, the dequantized weight
+        deq = layer.weight.double() * layer.scale.double()[:, None]
+        ref = torch.nn.functional.linear(x.double(), deq, None if layer.bias is None else layer.bias.double())
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    elif layer.gemv is not None:  # more rows: fbgemm's op on the same int8 values
+        assert layer.gemv(x, layer.weight, layer.scale, layer.bias).sub(got).abs().max() < 0.02 * want.abs().max()
+
+
+def decode_logits(model, ids):
+    """The logits of each step of batch-1 decoding, one token at a time through a KV cache."""
+    cache = KVCache(model.config, 1, len(ids), "cpu", torch.float32)
+    out = []
+    with torch.no_grad():
+        for t in ids:
+            out.append(model(torch.tensor([[t]]), cache=cache, slots=[0], last_only=True)[0][0, -1])
+    return torch.stack(out)
+
+
+def test_int8_decoding_close_to_fp32_and_closer_than_dynamic_quantization(tiny_model):
+    model = apply_weights(copy.deepcopy(tiny_model), "int8")
+    assert all(isinstance(m, Int8Linear) for m in (model.lm_head, model.transformer.h[0].mlp.c_fc))
+    ids = [464, 2068, 7586, 21831, 625, 262, 16931, 3290, 13, 198, 464, 3797]
+    want, got = decode_logits(tiny_model, ids), decode_logits(model, ids)
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert 0 < err < 0.03, err
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
+    if model.lm_head.gemv is not None:  # fp32 activations: nearer fp32 than quantize_dynamic's 7-bit ones
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dyn = torch.ao.quantization.quantize_dynamic(copy.deepcopy(tiny_model), {torch.nn.Linear}, dtype=torch.qint8)
+        dyn_err = ((decode_logits(dyn, ids) - want).abs().max() / want.abs().max()).item()
+        assert err < dyn_err, (err, dyn_err)
 
 
 @pytest.mark.slow
