@@ -202,6 +202,10 @@ def weight_bytes_per_token(model):
             total += m.in_features * m.out_features * 2 + (bias.numel() * bias.element_size() if bias is not None else 0)
         elif isinstance(m, Int8Linear):  # int8 values + an fp32 scale per row (+ bias)
             total += m.in_features * m.out_features + m.out_features * 4 * (1 + (m.bias is not None))
+        elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):  # quantize_dynamic's (bench_generate's baseline)
+            w = m.weight()
+            total += w.numel() * w.element_size() + m.out_features * 4 * 2  # int8 + per-channel scale/zero point
+            total += m.out_features * 4 if m.bias() is not None else 0
         elif isinstance(m, nn.LayerNorm) or type(m).__name__ == "LayerNorm":
             total += sum(p.numel() * p.element_size() for p in m.parameters())
         elif isinstance(m, nn.Embedding):
