@@ -22,7 +22,7 @@ import warnings
 import torch
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = [os.path.join(CSRC, "gemv_bf16.cpp"), os.path.join(CSRC, "gemv_int8.cpp")]  # one extension, two ops
+SOURCES = [os.path.join(CSRC, "gemv_bf16.cpp"), os.path.join(CSRC, "gemv_rows.cpp")]  # one extension, three ops
 _state = {}  # "built": None once built, else why not
 
 
@@ -51,28 +51,33 @@ def _op(name):
     return None if _state["built"] else getattr(torch.ops.nanophi, name)
 
 
+def _kernel(name, fallback):
+    op = _op(name)
+    if op is None and not _state.get("warned " + name):
+        _state["warned " + name] = True
+        warnings.warn(f"{name.split('_')[1]} gemv kernel unavailable ({_state['built']}); {fallback}", stacklevel=3)
+    return op
+
+
 def kernel():
     """torch.ops.nanophi.gemv_bf16(x, w, bias) -> x @ w.T + bias in fp32 (x: (..., K) any float dtype,
     w: (N, K) contiguous bf16, bias: (N,) or None), or None where unavailable (warned once)."""
-    op = _op("gemv_bf16")
-    if op is None and not _state.get("warned_bf16"):
-        _state["warned_bf16"] = True
-        warnings.warn(f"bf16 gemv kernel unavailable ({_state['built']}); bf16 weights use oneDNN at batch 1 (slower)",
-                      stacklevel=2)
-    return op
+    return _kernel("gemv_bf16", "bf16 weights use oneDNN at batch 1 (slower)")
 
 
 def int8_kernel():
     """torch.ops.nanophi.gemv_int8(x, w, scale, bias) -> (x @ w.T) * scale + bias in fp32 (x: (..., K) any
     float dtype, w: (N, K) contiguous int8, scale and bias: (N,), bias may be None), or None where
     unavailable (warned once)."""
-    op = _op("gemv_int8")
-    if op is None and not _state.get("warned_int8"):
-        _state["warned_int8"] = True
-        warnings.warn(f"int8 gemv kernel unavailable ({_state['built']}); int8 weights use PyTorch's dynamic "
-                      "quantization at batch 1 (slower, activations quantized)", stacklevel=2)
-    return op
+    return _kernel("gemv_int8", "int8 weights use PyTorch's dynamic quantization at every batch size "
+                                "(slower at batch 1, activations quantized)")
+
+
+def fp32_kernel():
+    """torch.ops.nanophi.gemv_fp32(x, w, bias) -> x @ w.T + bias (w: (N, K) contiguous fp32), or None
+    where unavailable (warned once)."""
+    return _kernel("gemv_fp32", "batched fp32 decoding uses a second copy of the weights packed by oneDNN")
 
 
 if __name__ == "__main__":  # setup.sh: build now, so the first request does not pay the compile
-    print(f"setup: bf16 and int8 gemv kernels {'built' if kernel() is not None else 'unavailable (see the warning)'}")
+    print(f"setup: bf16, int8 and fp32 gemv kernels {'built' if kernel() is not None else 'unavailable (see the warning)'}")

@@ -16,8 +16,10 @@ sample.py, serve.py, eval.py and the benchmarks.
         weight at every token); fp32 otherwise, i.e. the dtype setting alone decides as before.
 
 Batched decoding (serve.py: up to max_batch rows per step) asks apply_weights for `batch` rows: on a
-CPU the fp32 Linear layers then also keep a copy prepacked for that many rows (PackedLinear). MKL's
-sgemm at 4-8 rows is 2-3x slower than at one row here, oneDNN's prepacked kernel is not.
+CPU the fp32 Linear layers then take nanophi/gemv.py's fp32 kernel up to 16 rows (FP32Linear). MKL's
+sgemm at 4-8 rows is 2-3x slower than at one row here; the kernel reads the plain weight once for 8
+rows. (Before: a second copy of the weights prepacked by oneDNN, +476 MB at GPT-2 124M, still the
+fallback where the kernel does not build.)
 
 Batch-1 generation on a CPU is bound by reading the weights, so fewer bytes per weight is speed.
 bench/bench_generate.py measures the speed and the quality cost (validation loss, greedy agreement).
@@ -53,7 +55,10 @@ def resolve_weights(weights, device, dtype="float32"):
     return weights
 
 
-SMALL_ROWS = 2  # up to this many rows of x a Linear reads its plain weight (fp32) or the gemv (bf16)
+SMALL_ROWS = 2  # up to this many rows of x bf16 takes the gemv kernel (oneDNN is faster from 4)
+# up to this many rows the fp32 and int8 kernels beat MKL / fbgemm (GPT-2 small's Linear layers: at 16 rows
+# the fp32 kernel is 37 ms against MKL's 47, int8's 20 against fbgemm's 13)
+FP32_GEMV_ROWS, INT8_GEMV_ROWS = 16, 8
 
 
 def can_pack(device):
@@ -61,25 +66,35 @@ def can_pack(device):
         and torch.backends.mkldnn.is_available()
 
 
-class PackedLinear(nn.Module):
-    """An fp32 nn.Linear for batched generation on a CPU. Measured over GPT-2 small's 49 Linear layers
-    in a row: plain F.linear 18 ms at 1 row, 52 ms at 8 rows (MKL's sgemm at small M); the oneDNN copy
-    prepacked for 8 rows 21 ms at 1 row, 30 ms at 8. So a step of one or two rows reads the plain
-    weight (memory speed) and a bigger one the packed copy. Costs one more copy of the weights."""
+class FP32Linear(nn.Module):
+    """An fp32 nn.Linear for batched generation on a CPU, where MKL's sgemm at 4-8 rows takes 2-3x its
+    1-row time. Up to FP32_GEMV_ROWS rows go through nanophi/gemv.py's fp32 kernel, which streams the
+    plain weight once for up to 8 rows (GPT-2 small's 49 Linear layers in a row: 17.6 ms at 1 row, 21 at
+    8, against MKL's 17.3 and 48 and the oneDNN copy prepacked for 8 rows 23 and 28) and sums every row
+    in the same order however many share the call; more rows (prefill) go through F.linear. Without
+    the kernel: 1-2 rows read the plain weight, more a second copy prepacked by oneDNN for `batch`."""
 
     def __init__(self, linear, batch):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: state_dict and tying unchanged
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch)
+        self.gemv = gemv.fp32_kernel() if linear.weight.device.type == "cpu" else None
+        self.packed = None
+        if self.gemv is None and can_pack(linear.weight.device):  # the fallback: a second copy of the weights
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch)
 
     def forward(self, x):
-        if x.numel() <= SMALL_ROWS * self.in_features or torch.is_grad_enabled():
+        if torch.is_grad_enabled():  # the kernels have no autograd
+            return F.linear(x, self.weight, self.bias)
+        if self.gemv is not None and x.numel() <= FP32_GEMV_ROWS * self.in_features:
+            return self.gemv(x, self.weight, self.bias)
+        if self.packed is None or x.numel() <= SMALL_ROWS * self.in_features:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed for batches"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, gemv={self.gemv is not None}, "
+                f"packed={self.packed is not None}")
 
 
 class BF16Linear(nn.Module):
@@ -129,12 +144,13 @@ def quantize_rows(weight):
 
 
 class Int8Linear(nn.Module):
-    """An nn.Linear's weights in int8 per output channel for CPU inference. 1-2 rows of x (batch-1
-    decoding) go through nanophi/gemv.py's int8 kernel: fp32 activations, the plain int8 weight read at
-    memory speed. More rows go through torch.ops.quantized.linear_dynamic on a copy of the same int8
-    values packed by fbgemm (what quantize_dynamic runs: activations quantized per tensor), which at
-    8 rows takes 0.7x the kernel's time and at 128 rows a quarter (measured over GPT-2 small's 49
-    Linear shapes, docs/benchmarks.md). The plain copy is kept only where the kernel runs."""
+    """An nn.Linear's weights in int8 per output channel for CPU inference. Up to INT8_GEMV_ROWS rows of
+    x (decoding, batched up to 8) go through nanophi/gemv.py's int8 kernel: fp32 activations, the plain
+    int8 weight read at memory speed once for all rows (GPT-2 small's 49 Linear layers: 5.2 ms at 1 row,
+    10.5 at 8, against fbgemm's 6.3 and 10.7). More rows (prefill) go through
+    torch.ops.quantized.linear_dynamic on a copy of the same int8 values packed by fbgemm (what
+    quantize_dynamic runs: activations quantized per tensor, 13 ms at 16 rows against the kernel's 20).
+    The plain copy is kept only where the kernel runs."""
 
     def __init__(self, linear):
         super().__init__()
@@ -150,7 +166,7 @@ class Int8Linear(nn.Module):
         self.weight = q if self.gemv is not None else None
 
     def forward(self, x):
-        if self.gemv is not None and x.numel() <= SMALL_ROWS * self.in_features:
+        if self.gemv is not None and x.numel() <= INT8_GEMV_ROWS * self.in_features:
             return self.gemv(x, self.weight, self.scale, self.bias).to(x.dtype)
         # reduce_range: fbgemm's activations use 7 bits so their int16 sums cannot overflow
         return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True).to(x.dtype)
@@ -173,11 +189,11 @@ def apply_weights(model, weights, batch=1):
     place; returns it. The result is for inference only. GPT-2 ties lm_head to wte: the converted
     lm_head gets its own copy of the weight, and wte stays fp32 for the embedding lookup. batch: the
     most rows one decoding step feeds (serve.py's max_batch); above 2 on a CPU, fp32 Linear layers
-    get a copy packed for it (PackedLinear) and bf16 ones are packed for it."""
+    take the fp32 gemv kernel (FP32Linear) and bf16 ones are packed for it."""
     device = next(model.parameters()).device
     if weights == "fp32":
         if batch > SMALL_ROWS and can_pack(device):
-            _replace_linears(model, lambda linear: PackedLinear(linear, batch))
+            _replace_linears(model, lambda linear: FP32Linear(linear, batch))
         return model
     if weights == "bf16" and device.type != "cpu":
         return model.to(torch.bfloat16)
@@ -195,7 +211,7 @@ def weight_bytes_per_token(model):
     one row of each embedding; the KV cache is counted apart (it grows with the context)."""
     total = 0
     for m in model.modules():
-        if isinstance(m, (nn.Linear, PackedLinear)):  # PackedLinear reads one of its two copies
+        if isinstance(m, (nn.Linear, FP32Linear)):  # FP32Linear reads one of its copies
             total += m.weight.numel() * m.weight.element_size() + (m.bias.numel() * m.bias.element_size() if m.bias is not None else 0)
         elif isinstance(m, BF16Linear):
             bias = m.bias_fp32 if m.gemv is not None else m.bias  # what a batch-1 token reads

@@ -76,6 +76,22 @@ def test_int8_gemv_equals_the_dequantized_weight(int8_op, shape, K, N, bias):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * K ** 0.5)
 
 
+# up to 8 rows share a pass; 11 = one pass of 8 and one of 3
+@pytest.mark.parametrize("M,K,N,bias", [(1, 53, 37, True), (3, 200, 33, False), (5, 771, 130, True), (8, 64, 4099, True),
+                                        (11, 67, 9, False), (4, 7, 3, True)])
+def test_fp32_gemv_equals_fp32_linear(int8_op, M, K, N, bias):
+    g = torch.Generator().manual_seed(K * N + 2)
+    x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
+    b = torch.randn(N, generator=g) if bias else None
+    got = torch.ops.nanophi.gemv_fp32(x, w, b)
+    want = F.linear(x.double(), w.double(), None if b is None else b.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * K ** 0.5)
+    scale = torch.rand(N, generator=g)
+    q = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    want8 = F.linear(x.double(), q.double() * scale.double()[:, None], None if b is None else b.double())
+    torch.testing.assert_close(int8_op(x, q, scale, b).double(), want8, rtol=1e-5, atol=1e-5 * K ** 0.5)
+
+
 def test_int8_gemv_rejects_bad_input(int8_op):
     x, w, scale = torch.randn(1, 8), torch.zeros(4, 8, dtype=torch.int8), torch.ones(4)
     with pytest.raises(RuntimeError, match="int8 CPU tensor"):
@@ -86,6 +102,8 @@ def test_int8_gemv_rejects_bad_input(int8_op):
         int8_op(x, w, torch.ones(3), None)
     with pytest.raises(RuntimeError, match="bias has 5 values"):
         int8_op(x, w, scale, torch.ones(5))
+    with pytest.raises(RuntimeError, match="gemv_fp32: weight must be a contiguous 2-d fp32"):
+        torch.ops.nanophi.gemv_fp32(x, w, None)
 
 
 def test_nanophi_gemv_0_gives_none_after_one_warning(monkeypatch):
@@ -95,6 +113,8 @@ def test_nanophi_gemv_0_gives_none_after_one_warning(monkeypatch):
         assert gemv.kernel() is None
     with pytest.warns(UserWarning, match=r"^int8 gemv kernel unavailable \(NANOPHI_GEMV=0\); int8 weights use PyTorch"):
         assert gemv.int8_kernel() is None
+    with pytest.warns(UserWarning, match=r"^fp32 gemv kernel unavailable \(NANOPHI_GEMV=0\); batched fp32"):
+        assert gemv.fp32_kernel() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # asked again: the answer is remembered, no second warning
-        assert gemv.kernel() is None and gemv.int8_kernel() is None
+        assert gemv.kernel() is None and gemv.int8_kernel() is None and gemv.fp32_kernel() is None
