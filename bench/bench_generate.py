@@ -16,7 +16,8 @@ fp32 and with a large tensor copy, the memory bandwidth this machine has in the 
 decoding reads every weight once per token, so weight bytes per token x decode tok/s is the bandwidth
 it uses; prefill (the prompt, compute-bound) is timed apart. Goal: bf16 decoding >= 1.8x fp32.
 Batched decoding (batch_rows): 1, 2, 4 and 8 rows stepping together in nanophi/engine.py, as serve.py
-runs them, in fp32 (plain weights and packed for the batch), bf16 and int8: what serving's
+runs them, in fp32 (plain weights, the fp32 gemv kernel serve.py takes, and the oneDNN-packed copy it
+took before), bf16 and int8: what serving's
 continuous batching gets from one pass over the weights per step.
 Quality (quality=True): validation loss (whole sequences, and one position at a time as batch-1 decoding
 runs) and greedy agreement of each format against fp32, on a
@@ -71,6 +72,18 @@ def make_format(model, w):
         return torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model), {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
             dtype=torch.qint8)
+
+
+def packed_baseline(model, batch):
+    """fp32 as serve.py ran it before the fp32 gemv kernel: plain weights at 1-2 rows, a second copy
+    prepacked by oneDNN for more (FP32Linear's fallback where the kernel does not build)."""
+    from nanophi.weights import FP32Linear
+    m = apply_weights(copy.deepcopy(model), "fp32", batch=batch)
+    for layer in m.modules():
+        if isinstance(layer, FP32Linear):
+            layer.gemv = None
+            layer.packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), batch)
+    return m
 
 
 def build():
@@ -233,7 +246,8 @@ def decode_rate(model, n, prompts):
 
 def batch_table(model):
     most = max(batch_rows)
-    formats = {"fp32": model, f"fp32 packed for {most} (serve.py)": apply_weights(copy.deepcopy(model), "fp32", batch=most)}
+    formats = {"fp32": model, f"fp32 for {most} rows (serve.py: gemv kernel)": apply_weights(copy.deepcopy(model), "fp32", batch=most),
+               f"fp32 packed for {most} (before: oneDNN copy)": packed_baseline(model, most)}
     if cpu_has_bf16() and "bf16" in weights:
         formats[f"bf16 packed for {most}"] = apply_weights(copy.deepcopy(model), "bf16", batch=most)
     for w in ("int8", "int8-dyn"):
