@@ -16,9 +16,11 @@ fp32 and with a large tensor copy, the memory bandwidth this machine has in the 
 decoding reads every weight once per token, so weight bytes per token x decode tok/s is the bandwidth
 it uses; prefill (the prompt, compute-bound) is timed apart. Goal: bf16 decoding >= 1.8x fp32.
 Batched decoding (batch_rows): 1, 2, 4 and 8 rows stepping together in nanophi/engine.py, as serve.py
-runs them, in fp32 (plain weights and packed for the batch), bf16 and int8: what serving's
+runs them, in fp32 (plain weights, the fp32 gemv kernel serve.py takes, and the oneDNN-packed copy it
+took before), bf16 and int8: what serving's
 continuous batching gets from one pass over the weights per step.
-Quality (quality=True): validation loss and greedy agreement of each format against fp32, on a
+Quality (quality=True): validation loss (whole sequences, and one position at a time as batch-1 decoding
+runs) and greedy agreement of each format against fp32, on a
 model that has learnt something: quality_init_from, or by default a small GPT trained here for
 quality_iters steps on the Python documentation (random weights give near-uniform logits, where
 any format "agrees").
@@ -47,7 +49,8 @@ n_layer, n_head, n_embd = 12, 12, 768  # GPT-2 small
 n_positions = 2048  # room for a 1024 prompt plus new tokens
 threads = 0  # torch threads (0 = torch's default)
 seed = 0
-weights = ["bf16", "int8"]  # formats timed beside fp32 (bf16 only on CPUs with native bf16)
+weights = ["bf16", "int8", "int8-dyn"]  # formats timed beside fp32 (bf16 only on CPUs with native bf16);
+# int8-dyn: torch.ao's quantize_dynamic, what weights=int8 was before issue 23 (int8 activations too)
 batch_rows = [1, 2, 4, 8]  # rows decoding together in the batched table ([] = skip it)
 quality = True  # validation loss and greedy agreement of each format against fp32
 quality_init_from = ""  # a checkpoint as sample.py's init_from; '' = a small GPT trained here
@@ -57,6 +60,30 @@ quality_prompts = 16  # greedy continuations compared per format
 configure(globals())
 if threads:
     torch.set_num_threads(threads)
+
+
+def make_format(model, w):
+    """A copy of model in weight format w (nanophi/weights.py's, or the int8-dyn baseline)."""
+    if w != "int8-dyn":
+        return apply_weights(copy.deepcopy(model), w)
+    import warnings
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
+            dtype=torch.qint8)
+
+
+def packed_baseline(model, batch):
+    """fp32 as serve.py ran it before the fp32 gemv kernel: plain weights at 1-2 rows, a second copy
+    prepacked by oneDNN for more (FP32Linear's fallback where the kernel does not build)."""
+    from nanophi.weights import FP32Linear
+    m = apply_weights(copy.deepcopy(model), "fp32", batch=batch)
+    for layer in m.modules():
+        if isinstance(layer, FP32Linear):
+            layer.gemv = None
+            layer.packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), batch)
+    return m
 
 
 def build():
@@ -90,7 +117,7 @@ def main():
         if w == "bf16" and not cpu_has_bf16():
             print("weights bf16: skipped (no native bf16 on this CPU)")
             continue
-        formats[w] = apply_weights(copy.deepcopy(ours), w)
+        formats[w] = make_format(ours, w)
     print(f"model: {ours.get_num_params() / 1e6:.0f}M parameters (random GPT-2 small weights, n_positions "
           f"{n_positions}), built in {time.time() - t0:.1f}s; weights timed: {', '.join(formats)}")
     print(f"machine: {device_name('cpu')}, torch {torch.__version__}, transformers {transformers.__version__}, "
@@ -219,11 +246,13 @@ def decode_rate(model, n, prompts):
 
 def batch_table(model):
     most = max(batch_rows)
-    formats = {"fp32": model, f"fp32 packed for {most} (serve.py)": apply_weights(copy.deepcopy(model), "fp32", batch=most)}
+    formats = {"fp32": model, f"fp32 for {most} rows (serve.py: gemv kernel)": apply_weights(copy.deepcopy(model), "fp32", batch=most),
+               f"fp32 packed for {most} (before: oneDNN copy)": packed_baseline(model, most)}
     if cpu_has_bf16() and "bf16" in weights:
         formats[f"bf16 packed for {most}"] = apply_weights(copy.deepcopy(model), "bf16", batch=most)
-    if "int8" in weights:
-        formats["int8"] = apply_weights(copy.deepcopy(model), "int8")
+    for w in ("int8", "int8-dyn"):
+        if w in weights:
+            formats[w] = make_format(model, w)
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, VOCAB_SIZE, (16 + 3 * i,), generator=g).tolist() for i in range(most)]
     best = {(w, n): 0.0 for w in formats for n in batch_rows}
@@ -272,6 +301,21 @@ def train_small():
     return model.eval(), val_ids
 
 
+def decode_loss(model, x, y):
+    """Validation loss with every position fed alone through a KV cache, one row: the weights read as
+    batch-1 generation reads them (int8 and bf16 take the gemv kernels there, other kernels on whole
+    sequences); (loss, next-token argmax)."""
+    from nanophi.engine import KVCache
+    total, top1 = 0.0, []
+    for seq, tgt in zip(x, y):
+        cache = KVCache(model.config, 1, len(seq), "cpu", torch.float32)
+        logits = torch.cat([model(seq[t:t + 1].view(1, 1), cache=cache, slots=[0], last_only=True)[0][0]
+                            for t in range(len(seq))])
+        total += torch.nn.functional.cross_entropy(logits, tgt, reduction="sum").item()
+        top1.append(logits.argmax(-1))
+    return total / y.numel(), torch.cat(top1)
+
+
 def quality_table(names):
     """Validation loss, next-token agreement and greedy continuations of each format vs fp32."""
     if quality_init_from:
@@ -291,22 +335,26 @@ def quality_table(names):
     prompts = [val_ids[s:s + 32].unsqueeze(0) for s in starts]
     results = {}
     for w in names:
-        m = model if w == "fp32" else apply_weights(copy.deepcopy(model), w)
+        m = model if w == "fp32" else make_format(model, w)
         loss = sum(m(x[i:i + 8], y[i:i + 8], reduction="sum")[1].item() for i in range(0, n, 8)) / y.numel()
         top1 = torch.cat([m(x[i:i + 8])[0].argmax(-1) for i in range(0, n, 8)])
-        greedy = [m.generate(p, 32, temperature=0)[0, 32:] for p in prompts]
-        results[w] = (loss, top1, greedy)
-    print(f"\nquality of each format vs fp32: validation loss over {y.numel():,} tokens, next-token argmax "
-          f"agreement at the same positions, {quality_prompts} greedy continuations of 32 tokens")
-    print("| weights | val loss | delta vs fp32 | next-token agreement | identical continuations "
-          "| mean tokens before the first difference |")
-    print("|---|---:|---:|---:|---:|---:|")
-    base_loss, base_top1, base_greedy = results["fp32"]
-    for w, (loss, top1, greedy) in results.items():
+        dloss, dtop1 = decode_loss(m, x[:8, :64], y[:8, :64])
+        greedy = [stream_timed(m, p, 32)[0] for p in prompts]  # the engine: prompt prefill, then batch-1 steps
+        results[w] = (loss, top1, dloss, dtop1, greedy)
+    print(f"\nquality of each format vs fp32: validation loss over {y.numel():,} tokens (whole sequences: "
+          f"the many-row kernels) and over {min(n, 8) * 64} of them fed one position at a time through the KV "
+          f"cache (the batch-1 decoding kernels), next-token argmax agreement at the same positions, "
+          f"{quality_prompts} greedy continuations of 32 tokens by the engine")
+    print("| weights | val loss | delta vs fp32 | next-token agreement | decoding val loss | delta vs fp32 "
+          "| decoding agreement | identical continuations | mean tokens before the first difference |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base_loss, base_top1, base_dloss, base_dtop1, base_greedy = results["fp32"]
+    for w, (loss, top1, dloss, dtop1, greedy) in results.items():
         prefix = [int((a != b).nonzero()[0]) if (a != b).any() else len(a) for a, b in zip(greedy, base_greedy)]
         print(f"| {w} | {loss:.4f} | {loss - base_loss:+.4f} | {(top1 == base_top1).float().mean().item():.2%} | "
+              f"{dloss:.4f} | {dloss - base_dloss:+.4f} | {(dtop1 == base_dtop1).float().mean().item():.2%} | "
               f"{sum(p == 32 for p in prefix)}/{len(prefix)} | {sum(prefix) / len(prefix):.1f} |")
-    for w, (loss, _, _) in results.items():
+    for w, (loss, *_) in results.items():
         if w != "fp32":
             print(f"goal {w} validation loss within 0.02 of fp32: {'met' if abs(loss - base_loss) <= 0.02 else 'NOT met'}")
 

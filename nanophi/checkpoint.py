@@ -63,12 +63,13 @@ def save_checkpoint(path, state):
                 raise write_error(path, writer.error) from e
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """torch.load with weights_only=True: checkpoints hold tensors and plain Python values only."""
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """torch.load with weights_only=True: checkpoints hold tensors and plain Python values only.
+    mmap: tensors read from the file as they are touched (a ckpt.pt's optimizer moments never are)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         raise RuntimeError(f"{path}: not a loadable NanoPhi checkpoint ({type(e).__name__}: {e})") from None
 
@@ -143,8 +144,13 @@ def checked_config(ckpt, path="checkpoint"):
 
 
 def model_from_checkpoint(ckpt, path="checkpoint"):
-    model = GPT(checked_config(ckpt, path))
-    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    """The checkpoint's tensors become the model's weights (no random init, no second copy: with a
+    memory-mapped checkpoint the model's peak memory is its weights once)."""
+    with torch.device("meta"):
+        model = GPT(checked_config(ckpt, path))
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in clean_state_dict(ckpt["model"]).items()}
+    model.load_state_dict(sd, assign=True)
+    model.transformer.wte.weight = model.lm_head.weight  # assign replaced the tied Parameter by two
     return model
 
 
@@ -231,7 +237,7 @@ def load_model(init_from="resume", out_dir="out", device="cpu", which="best", bl
     """
     if init_from == "resume" or (isinstance(init_from, str) and init_from.endswith(".pt")):
         path = find_checkpoint(out_dir, which) if init_from == "resume" else init_from
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, mmap=True)
         model = merged_from_checkpoint(ckpt, path) if "lora" in ckpt else model_from_checkpoint(ckpt, path)
         source = path
     elif lora.is_adapter_dir(init_from):

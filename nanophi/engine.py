@@ -34,17 +34,24 @@ class KVCache:
     one forward pass (continuous batching); a forward pass picks its rows.
     """
 
-    def __init__(self, config, batch_size, max_len, device, dtype, zeros=False):
+    def __init__(self, config, batch_size, max_len, device, dtype):
         hs = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
-        # empty by default: rows of equal length only read positions already written, and clearing a
-        # block_size-long cache costs as much as tens of generated tokens on a CPU. Rows of different
-        # lengths read (masked) past their own end, and 0 * NaN is still NaN: Engine asks for zeros
-        new = torch.zeros if zeros else torch.empty
-        self.k = new(shape, device=device, dtype=dtype)
-        self.v = new(shape, device=device, dtype=dtype)
+        # empty, not zeros: a page of it is touched (resident memory) only when written, and clearing a
+        # whole block_size-long cache costs as much as tens of generated tokens on a CPU. Rows of
+        # different lengths read (masked) past their own end, where an unwritten position may hold
+        # NaN, and 0 * NaN is still NaN: CacheBatch clears those positions the first time they are read
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.lens = torch.zeros(batch_size, dtype=torch.long)  # positions filled per row (CPU: read as ints)
+        # per row: every position below max(clean, its length) holds a finite value (written or cleared)
+        self.clean = [0] * batch_size
+
+    def clear(self, slot, start, end):
+        """Zero positions start..end-1 of a row (its dead positions only: start >= its length)."""
+        self.k[:, slot, :, start:end] = 0
+        self.v[:, slot, :, start:end] = 0
 
     def batch(self, slots, T, device):
         return CacheBatch(self, slots, T, device)
@@ -66,6 +73,12 @@ class CacheBatch:
         contiguous = self.slots == list(range(self.slots[0], self.slots[0] + len(self.slots)))
         self.sel = slice(self.slots[0], self.slots[-1] + 1) if contiguous else None
         self.past = self.lens[0] if len(set(self.lens)) == 1 else None  # rows of equal length: no per-row mask
+        for s, p in zip(self.slots, self.lens):
+            # rows of different lengths in one view read keys up to `end`, past their own: never-written
+            # positions there are cleared once (masked, but 0 * NaN = NaN); other rows read only their own
+            if contiguous and self.past is None and max(cache.clean[s], p) < self.end:
+                cache.clear(s, max(cache.clean[s], p), self.end)
+                cache.clean[s] = self.end
         lens = torch.tensor(self.lens, device=device)
         self.positions = lens[:, None] + torch.arange(T, device=device)  # (B, T)
         self.mask, self.row_masks = None, None
@@ -103,6 +116,8 @@ class CacheBatch:
 
     def advance(self):
         self.cache.lens[self.slots] += self.T
+        for s, p in zip(self.slots, self.lens):  # written by this pass (padding included)
+            self.cache.clean[s] = max(self.cache.clean[s], p + self.T)
 
 
 Event = namedtuple("Event", "row text finish")  # finish: None, 'eot' (a stop id), 'stop' (a stop string), 'length'
@@ -250,7 +265,7 @@ class Engine:
     def _alloc(self):
         if self.cache is None:
             p = next(self.model.parameters())
-            self.cache = KVCache(self.model.config, self.n_slots, self.block_size, p.device, p.dtype, zeros=True)
+            self.cache = KVCache(self.model.config, self.n_slots, self.block_size, p.device, p.dtype)
 
     def _set_len(self, slot, ids):
         self.slot_ids[slot] = list(ids)

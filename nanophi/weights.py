@@ -7,14 +7,19 @@ sample.py, serve.py, eval.py and the benchmarks.
         activations, LayerNorm, attention and the residual stream stay in the model's dtype.
         CPUs with native bf16 (avx512_bf16 / amx) only; on CUDA the whole model is cast. On CPU
         1-2 rows go through nanophi/gemv.py's kernel, more through oneDNN (BF16Linear).
-  int8  PyTorch's dynamic quantization of the Linear layers (torch.ao.quantization.quantize_dynamic,
-        int8 weights per output channel, activations quantized on the fly). CPU only.
+  int8  the Linear layers' weights in int8, symmetric per output channel (one fp32 scale per row),
+        CPU only (Int8Linear). 1-2 rows go through nanophi/gemv.py's int8 kernel with fp32
+        activations (a quarter of fp32's bytes per token); more rows (prefill, batched decoding)
+        through PyTorch's dynamic quantization op on a packed copy of the same int8 values (fbgemm:
+        activations quantized on the fly, per tensor). Without the kernel: that op at every size.
   auto  bf16 on a CPU when dtype resolves to bfloat16 (autocast would otherwise recast every fp32
         weight at every token); fp32 otherwise, i.e. the dtype setting alone decides as before.
 
 Batched decoding (serve.py: up to max_batch rows per step) asks apply_weights for `batch` rows: on a
-CPU the fp32 Linear layers then also keep a copy prepacked for that many rows (PackedLinear). MKL's
-sgemm at 4-8 rows is 2-3x slower than at one row here, oneDNN's prepacked kernel is not.
+CPU the fp32 Linear layers then take nanophi/gemv.py's fp32 kernel up to 16 rows (FP32Linear). MKL's
+sgemm at 4-8 rows is 2-3x slower than at one row here; the kernel reads the plain weight once for 8
+rows. (Before: a second copy of the weights prepacked by oneDNN, +476 MB at GPT-2 124M, still the
+fallback where the kernel does not build.)
 
 Batch-1 generation on a CPU is bound by reading the weights, so fewer bytes per weight is speed.
 bench/bench_generate.py measures the speed and the quality cost (validation loss, greedy agreement).
@@ -50,7 +55,10 @@ def resolve_weights(weights, device, dtype="float32"):
     return weights
 
 
-SMALL_ROWS = 2  # up to this many rows of x a Linear reads its plain weight (fp32) or the gemv (bf16)
+SMALL_ROWS = 2  # up to this many rows of x bf16 takes the gemv kernel (oneDNN is faster from 4)
+# up to this many rows the fp32 and int8 kernels beat MKL / fbgemm (GPT-2 small's Linear layers: at 16 rows
+# the fp32 kernel is 37 ms against MKL's 47, int8's 20 against fbgemm's 13)
+FP32_GEMV_ROWS, INT8_GEMV_ROWS = 16, 8
 
 
 def can_pack(device):
@@ -58,25 +66,35 @@ def can_pack(device):
         and torch.backends.mkldnn.is_available()
 
 
-class PackedLinear(nn.Module):
-    """An fp32 nn.Linear for batched generation on a CPU. Measured over GPT-2 small's 49 Linear layers
-    in a row: plain F.linear 18 ms at 1 row, 52 ms at 8 rows (MKL's sgemm at small M); the oneDNN copy
-    prepacked for 8 rows 21 ms at 1 row, 30 ms at 8. So a step of one or two rows reads the plain
-    weight (memory speed) and a bigger one the packed copy. Costs one more copy of the weights."""
+class FP32Linear(nn.Module):
+    """An fp32 nn.Linear for batched generation on a CPU, where MKL's sgemm at 4-8 rows takes 2-3x its
+    1-row time. Up to FP32_GEMV_ROWS rows go through nanophi/gemv.py's fp32 kernel, which streams the
+    plain weight once for up to 8 rows (GPT-2 small's 49 Linear layers in a row: 17.6 ms at 1 row, 21 at
+    8, against MKL's 17.3 and 48 and the oneDNN copy prepacked for 8 rows 23 and 28) and sums every row
+    in the same order however many share the call; more rows (prefill) go through F.linear. Without
+    the kernel: 1-2 rows read the plain weight, more a second copy prepacked by oneDNN for `batch`."""
 
     def __init__(self, linear, batch):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: state_dict and tying unchanged
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch)
+        self.gemv = gemv.fp32_kernel() if linear.weight.device.type == "cpu" else None
+        self.packed = None
+        if self.gemv is None and can_pack(linear.weight.device):  # the fallback: a second copy of the weights
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch)
 
     def forward(self, x):
-        if x.numel() <= SMALL_ROWS * self.in_features or torch.is_grad_enabled():
+        if torch.is_grad_enabled():  # the kernels have no autograd
+            return F.linear(x, self.weight, self.bias)
+        if self.gemv is not None and x.numel() <= FP32_GEMV_ROWS * self.in_features:
+            return self.gemv(x, self.weight, self.bias)
+        if self.packed is None or x.numel() <= SMALL_ROWS * self.in_features:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed for batches"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, gemv={self.gemv is not None}, "
+                f"packed={self.packed is not None}")
 
 
 class BF16Linear(nn.Module):
@@ -117,6 +135,46 @@ class BF16Linear(nn.Module):
                 f"gemv={self.gemv is not None}, packed={self.packed}")
 
 
+def quantize_rows(weight):
+    """int8 values and an fp32 scale per output row, symmetric: weight ~= q * scale[:, None]."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # an all-zero row: any scale gives zeros
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale
+
+
+class Int8Linear(nn.Module):
+    """An nn.Linear's weights in int8 per output channel for CPU inference. Up to INT8_GEMV_ROWS rows of
+    x (decoding, batched up to 8) go through nanophi/gemv.py's int8 kernel: fp32 activations, the plain
+    int8 weight read at memory speed once for all rows (GPT-2 small's 49 Linear layers: 5.2 ms at 1 row,
+    10.5 at 8, against fbgemm's 6.3 and 10.7). More rows (prefill) go through
+    torch.ops.quantized.linear_dynamic on a copy of the same int8 values packed by fbgemm (what
+    quantize_dynamic runs: activations quantized per tensor, 13 ms at 16 rows against the kernel's 20).
+    The plain copy is kept only where the kernel runs."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        q, scale = quantize_rows(linear.weight)
+        self.gemv = gemv.int8_kernel() if q.device.type == "cpu" else None
+        self.scale = scale
+        self.bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+        with warnings.catch_warnings():  # quantized tensors announce their move to torchao; they still work
+            warnings.simplefilter("ignore")
+            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+            self.packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+        self.weight = q if self.gemv is not None else None
+
+    def forward(self, x):
+        if self.gemv is not None and x.numel() <= INT8_GEMV_ROWS * self.in_features:
+            return self.gemv(x, self.weight, self.scale, self.bias).to(x.dtype)
+        # reduce_range: fbgemm's activations use 7 bits so their int16 sums cannot overflow
+        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True).to(x.dtype)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, gemv={self.gemv is not None}"
+
+
 def _replace_linears(module, make):
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
@@ -131,11 +189,11 @@ def apply_weights(model, weights, batch=1):
     place; returns it. The result is for inference only. GPT-2 ties lm_head to wte: the converted
     lm_head gets its own copy of the weight, and wte stays fp32 for the embedding lookup. batch: the
     most rows one decoding step feeds (serve.py's max_batch); above 2 on a CPU, fp32 Linear layers
-    get a copy packed for it (PackedLinear) and bf16 ones are packed for it."""
+    take the fp32 gemv kernel (FP32Linear) and bf16 ones are packed for it."""
     device = next(model.parameters()).device
     if weights == "fp32":
         if batch > SMALL_ROWS and can_pack(device):
-            _replace_linears(model, lambda linear: PackedLinear(linear, batch))
+            _replace_linears(model, lambda linear: FP32Linear(linear, batch))
         return model
     if weights == "bf16" and device.type != "cpu":
         return model.to(torch.bfloat16)
@@ -143,10 +201,8 @@ def apply_weights(model, weights, batch=1):
         _replace_linears(model, lambda linear: BF16Linear(linear, batch))
         return model
     if weights == "int8":
-        with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works
-            warnings.simplefilter("ignore")
-            return torch.ao.quantization.quantize_dynamic(
-                model, {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        _replace_linears(model, Int8Linear)
+        return model
     raise ValueError(f"apply_weights: unresolved weights {weights!r} (call resolve_weights first)")
 
 
@@ -155,12 +211,14 @@ def weight_bytes_per_token(model):
     one row of each embedding; the KV cache is counted apart (it grows with the context)."""
     total = 0
     for m in model.modules():
-        if isinstance(m, (nn.Linear, PackedLinear)):  # PackedLinear reads one of its two copies
+        if isinstance(m, (nn.Linear, FP32Linear)):  # FP32Linear reads one of its copies
             total += m.weight.numel() * m.weight.element_size() + (m.bias.numel() * m.bias.element_size() if m.bias is not None else 0)
         elif isinstance(m, BF16Linear):
             bias = m.bias_fp32 if m.gemv is not None else m.bias  # what a batch-1 token reads
             total += m.in_features * m.out_features * 2 + (bias.numel() * bias.element_size() if bias is not None else 0)
-        elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
+        elif isinstance(m, Int8Linear):  # int8 values + an fp32 scale per row (+ bias)
+            total += m.in_features * m.out_features + m.out_features * 4 * (1 + (m.bias is not None))
+        elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):  # quantize_dynamic's (bench_generate's baseline)
             w = m.weight()
             total += w.numel() * w.element_size() + m.out_features * 4 * 2  # int8 + per-channel scale/zero point
             total += m.out_features * 4 if m.bias() is not None else 0

@@ -146,3 +146,24 @@ def test_rows_scattered_over_the_cache_attend_each_to_their_own_keys(model):
     list(engine.run(rows))
     assert sorted(r.slot for r in rows) == [1, 3, 4]  # the continued conversation kept its slot
     assert [(r.text, r.finish) for r in rows] == [alone(model, p, 12, temperature=0) for p in prompts]
+
+
+def test_unwritten_cache_positions_never_reach_the_output(model):
+    """The cache is allocated empty (its memory is garbage until written): here it starts as NaN. Rows of
+    different lengths decode in one view of the cache and read masked positions past their own end,
+    and a slot is reused after a longer conversation; every text must equal the row's text alone."""
+    engine = Engine(model, max_batch=3, cache_slots=0)
+    engine._alloc()
+    engine.cache.k.fill_(float("nan"))
+    engine.cache.v.fill_(float("nan"))
+    long_text = engine.complete(PROMPTS[3][:60], 20, temperature=0)  # slot 0: 80 positions written
+    assert long_text == alone(model, PROMPTS[3][:60], 20, temperature=0)
+    prompts = [encode("one two"), PROMPTS[1], encode("red green blue yellow")]
+    rows = [Row(p, 25, temperature=0) for p in prompts]
+    list(engine.run(rows))
+    assert sorted(r.slot for r in rows) == [0, 1, 2]  # slot 0, the long conversation's, taken over
+    assert [(r.text, r.finish) for r in rows] == [alone(model, p, 25, temperature=0) for p in prompts]
+    for s in range(3):  # what a row may read is finite; the rest was never touched
+        k = engine.cache.k[:, s]
+        assert not k[:, :, :engine.cache.clean[s]].isnan().any()
+        assert k[:, :, engine.cache.clean[s]:].isnan().all()

@@ -1,18 +1,19 @@
 """nanophi/weights.py: bf16 and int8 weights close to fp32 on a tiny model; sample.py with each format;
-BF16Linear with and without nanophi/gemv.py's kernel (the kernel itself: test_gemv.py)."""
+BF16Linear and Int8Linear with and without nanophi/gemv.py's kernels (the kernels themselves: test_gemv.py)."""
 import copy
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
 from conftest import ROOT
 from nanophi.device import cpu_has_bf16
-from nanophi.engine import Engine, Row
-from nanophi.weights import (SMALL_ROWS, BF16Linear, PackedLinear, apply_weights, can_pack, resolve_weights,
-                             weight_bytes_per_token)
+from nanophi.engine import Engine, KVCache, Row
+from nanophi.weights import (INT8_GEMV_ROWS, SMALL_ROWS, BF16Linear, FP32Linear, Int8Linear, apply_weights, can_pack,
+                             quantize_rows, resolve_weights, weight_bytes_per_token)
 
 FORMATS = ["int8"] + (["bf16"] if cpu_has_bf16() else [])
 
@@ -108,36 +109,112 @@ def test_bf16_linear_close_to_fp32(rows):
         assert torch.equal(got, layer.gemv(x, layer.weight, layer.bias_fp32))
 
 
+def test_quantize_rows_is_symmetric_per_row():
+    w = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 1.0, -2.9]])
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert q[0].tolist() == [64, -127, 32] and q[1].tolist() == [0, 0, 0] and q[2, 0] == 127
+    torch.testing.assert_close(scale[[0, 2]], torch.tensor([1 / 127, 3 / 127]))
+    assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()  # rounded, not truncated
+
+
+@pytest.mark.parametrize("rows,bias", [(1, True), (2, False), (2, True), (8, True), (12, False)])
+def test_int8_linear_close_to_fp32(rows, bias):
+    torch.manual_seed(rows)
+    linear = torch.nn.Linear(100, 203, bias=bias)  # neither a multiple of 16
+    x = torch.randn(1, rows, 100)
+    layer = Int8Linear(linear)
+    with torch.no_grad():
+        got, want = layer(x), linear(x)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert 0 < err < 0.03, err  # the weights really are int8, and only rounded
+    if layer.gemv is not None and rows <= INT8_GEMV_ROWS:  # decoding: fp32 activations, the dequantized weight
+        deq = layer.weight.double() * layer.scale.double()[:, None]
+        ref = torch.nn.functional.linear(x.double(), deq, None if layer.bias is None else layer.bias.double())
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    elif layer.gemv is not None:  # more rows (prefill): fbgemm's op on the same int8 values
+        assert layer.gemv(x, layer.weight, layer.scale, layer.bias).sub(got).abs().max() < 0.02 * want.abs().max()
+
+
+def decode_logits(model, ids):
+    """The logits of each step of batch-1 decoding, one token at a time through a KV cache."""
+    cache = KVCache(model.config, 1, len(ids), "cpu", torch.float32)
+    out = []
+    with torch.no_grad():
+        for t in ids:
+            out.append(model(torch.tensor([[t]]), cache=cache, slots=[0], last_only=True)[0][0, -1])
+    return torch.stack(out)
+
+
+def test_int8_decoding_close_to_fp32_and_closer_than_dynamic_quantization(tiny_model):
+    model = apply_weights(copy.deepcopy(tiny_model), "int8")
+    assert all(isinstance(m, Int8Linear) for m in (model.lm_head, model.transformer.h[0].mlp.c_fc))
+    ids = [464, 2068, 7586, 21831, 625, 262, 16931, 3290, 13, 198, 464, 3797]
+    want, got = decode_logits(tiny_model, ids), decode_logits(model, ids)
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert 0 < err < 0.03, err
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
+    if model.lm_head.gemv is not None:  # fp32 activations: nearer fp32 than quantize_dynamic's 7-bit ones
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dyn = torch.ao.quantization.quantize_dynamic(copy.deepcopy(tiny_model), {torch.nn.Linear}, dtype=torch.qint8)
+        dyn_err = ((decode_logits(dyn, ids) - want).abs().max() / want.abs().max()).item()
+        assert err < dyn_err, (err, dyn_err)
+
+
 @pytest.mark.slow
-def test_bf16_linear_without_the_kernel():
-    """NANOPHI_GEMV=0 (read when the kernel is first asked for) forces oneDNN's path, as where it cannot build."""
+def test_linear_layers_without_the_kernels():
+    """NANOPHI_GEMV=0 (read when a kernel is first asked for) forces the fallbacks, as where they cannot build:
+    oneDNN for bf16, fbgemm for int8, the oneDNN-packed copy for batched fp32."""
     code = ("import torch; from nanophi.weights import BF16Linear; torch.manual_seed(0); "
             "lin = torch.nn.Linear(64, 48); layer = BF16Linear(lin); x = torch.randn(1, 64); "
             "err = ((layer(x) - lin(x)).abs().max() / lin(x).abs().max()).item(); "
-            "print(layer.gemv is None, 0 < err < 0.02, layer(torch.randn(2, 3, 64)).shape)")
+            "print(layer.gemv is None, 0 < err < 0.02, layer(torch.randn(2, 3, 64)).shape); "
+            "from nanophi.weights import FP32Linear, Int8Linear; q, f = Int8Linear(lin), FP32Linear(lin, 8); "
+            "x = torch.randn(8, 64); err = ((q(x[:1]) - lin(x[:1])).abs().max() / lin(x[:1]).abs().max()).item(); "
+            "print(q.gemv is None, 0 < err < 0.03, f.gemv is None and f.packed is not None, "
+            "bool(torch.allclose(f(x), lin(x), atol=1e-5)))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
                        env={**os.environ, "NANOPHI_GEMV": "0"})
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["True", "True", "torch.Size([2,", "3,", "48])"]
+    assert r.stdout.split() == ["True", "True", "torch.Size([2,", "3,", "48])", "True", "True", "True", "True"]
     assert "bf16 gemv kernel unavailable (NANOPHI_GEMV=0)" in r.stderr
+    assert "int8 gemv kernel unavailable (NANOPHI_GEMV=0)" in r.stderr
 
 
-@pytest.mark.skipif(not can_pack("cpu"), reason="this torch has no oneDNN")
-def test_fp32_packed_for_batches_equals_plain(tiny_model):
+def test_fp32_for_batches_equals_plain(tiny_model):
     model = apply_weights(copy.deepcopy(tiny_model), "fp32", batch=8)
-    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
-    assert len(packed) == 4 * tiny_model.config.n_layer + 1
+    layers = [m for m in model.modules() if isinstance(m, FP32Linear)]
+    assert len(layers) == 4 * tiny_model.config.n_layer + 1
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied, the same Parameter
     assert model.state_dict().keys() == tiny_model.state_dict().keys()
     assert weight_bytes_per_token(model) == weight_bytes_per_token(tiny_model)
+    assert all(m.packed is None for m in layers) or layers[0].gemv is None  # the second copy only as the fallback
     torch.manual_seed(0)
-    for shape in [(1, 1), (1, 2), (3, 1), (8, 1), (2, 37)]:  # plain weight up to 2 rows, the packed copy above
+    for shape in [(1, 1), (1, 2), (3, 1), (8, 1), (2, 37)]:  # the kernel up to 16 rows, F.linear above
         x = torch.randint(0, 50257, shape)
         with torch.no_grad():
             want, got = tiny_model(x)[0], model(x)[0]
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    layer = packed[0]
+    layer = layers[0]
     x = torch.randn(8, layer.in_features, requires_grad=True)
-    layer(x).sum().backward()  # with gradients on, the plain weight (the packed copy has no autograd)
+    layer(x).sum().backward()  # with gradients on, the plain weight (the kernels have no autograd)
     assert layer.weight.grad is not None
     assert apply_weights(copy.deepcopy(tiny_model), "fp32", batch=2).lm_head.__class__ is torch.nn.Linear
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "int8"])
+def test_decoding_rows_do_not_depend_on_the_rows_beside_them(fmt):
+    """A row's output from the fp32 / int8 kernels is the same bit for bit alone or among 7 others."""
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(200, 77)
+    layer = FP32Linear(linear, 8) if fmt == "fp32" else Int8Linear(linear)
+    if layer.gemv is None:
+        pytest.skip("no gemv kernel on this machine")
+    x = torch.randn(8, 200)
+    with torch.no_grad():
+        together = layer(x)
+        for i in range(8):
+            assert torch.equal(layer(x[i:i + 1]), together[i:i + 1])
+        assert torch.equal(layer(x[2:5]), together[2:5])

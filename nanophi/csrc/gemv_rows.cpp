@@ -1,0 +1,176 @@
+// y = (x @ w.T) * scale + b for a few rows of x (fp32) and a plain row-major weight w [N, K], on x86-64
+// with AVX-512F (checked at run time: nanophi/gemv.py uses the ops only where gemv_has_avx512()). Two
+// ops, built beside gemv_bf16.cpp into one extension:
+//   gemv_int8: int8 w with one fp32 scale per output row (symmetric, no zero point). Each weight is
+//              widened int8 -> int32 -> fp32, multiplied and summed in fp32 with the fp32 activations,
+//              and the row's scale applied once to the sum: a quarter of fp32's bytes per token.
+//   gemv_fp32: fp32 w, for batched decoding, where MKL's sgemm at 4-8 rows takes 2-3x its 1-row time.
+// Up to 8 rows of x share one pass over the weight (more: one pass per 8), so a step of 8 rows costs
+// little more than one. Every output is summed in the same order whatever the number of rows (one
+// accumulator per row pair): a row's numbers do not depend on the rows sharing its step.
+// Threads and streams as in gemv_bf16.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include <immintrin.h>
+
+namespace {
+
+constexpr int64_t kPrefetchBytes = 4096;  // 4 KB ahead of each stream (tried 2-8 KB: the same within noise)
+
+__attribute__((target("avx512f"))) inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+__attribute__((target("avx512f"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+
+// R weight rows (two streams) against MR rows of x. One accumulator per (x row, weight row): more would
+// change the order of the sums with MR (batch-dependent rounding), and was no faster (memory-bound)
+template <typename W, int R, int MR>
+__attribute__((target("avx512f"))) void rows_avx512(const float* x, const W* const* wr, const float* scale,
+                                                    const float* b, float* y, int64_t K, int64_t N,
+                                                    const int64_t* nr) {
+  constexpr int NA = 1;  // kept as a name: the loop below is written for several
+  constexpr int64_t step = 64 / sizeof(W);  // one cache line of weights per row and step
+  __m512 acc[MR][R][NA];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NA; ++j) acc[m][r][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+    for (int r = 0; r < R; ++r)
+      for (int64_t c = 0; c < 64; c += step)  // never faults
+        _mm_prefetch(reinterpret_cast<const char*>(wr[r] + k + c) + kPrefetchBytes, _MM_HINT_T1);
+    for (int j = 0; j < 4; ++j) {
+      __m512 wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = load16(wr[r] + k + 16 * j);
+      for (int m = 0; m < MR; ++m) {
+        __m512 xv = _mm512_loadu_ps(x + m * K + k + 16 * j);
+        for (int r = 0; r < R; ++r) acc[m][r][j % NA] = _mm512_fmadd_ps(wv[r], xv, acc[m][r][j % NA]);
+      }
+    }
+  }
+  for (; k + 16 <= K; k += 16)
+    for (int m = 0; m < MR; ++m) {
+      __m512 xv = _mm512_loadu_ps(x + m * K + k);
+      for (int r = 0; r < R; ++r) acc[m][r][0] = _mm512_fmadd_ps(load16(wr[r] + k), xv, acc[m][r][0]);
+    }
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < R; ++r) {
+      __m512 sum = acc[m][r][0];
+      for (int j = 1; j < NA; ++j) sum = _mm512_add_ps(sum, acc[m][r][j]);
+      float s = _mm512_reduce_add_ps(sum);
+      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * float(wr[r][kk]);  // K % 16
+      y[m * N + nr[r]] = s * (scale ? scale[nr[r]] : 1.f) + (b ? b[nr[r]] : 0.f);
+    }
+}
+
+template <typename W, int MR>
+__attribute__((target("avx512f"))) void band_avx512(const float* x, const W* w, const float* scale,
+                                                    const float* b, float* y, int64_t K, int64_t N,
+                                                    int64_t n0, int64_t n1) {
+  const int64_t half = (n1 - n0 + 1) / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t nr[2] = {n0 + i, n0 + half + i};
+    const W* wr[2] = {w + nr[0] * K, w + nr[1] * K};
+    if (nr[1] < n1) rows_avx512<W, 2, MR>(x, wr, scale, b, y, K, N, nr);
+    else rows_avx512<W, 1, MR>(x, wr, scale, b, y, K, N, nr);
+  }
+}
+
+// up to kMaxRows rows of x share one pass over a band of the weight
+constexpr int64_t kMaxRows = 8;
+
+template <typename W>
+void band(int64_t mr, const float* x, const W* w, const float* scale, const float* b, float* y, int64_t K,
+          int64_t N, int64_t n0, int64_t n1) {
+  switch (mr) {
+    case 1: return band_avx512<W, 1>(x, w, scale, b, y, K, N, n0, n1);
+    case 2: return band_avx512<W, 2>(x, w, scale, b, y, K, N, n0, n1);
+    case 3: return band_avx512<W, 3>(x, w, scale, b, y, K, N, n0, n1);
+    case 4: return band_avx512<W, 4>(x, w, scale, b, y, K, N, n0, n1);
+    case 5: return band_avx512<W, 5>(x, w, scale, b, y, K, N, n0, n1);
+    case 6: return band_avx512<W, 6>(x, w, scale, b, y, K, N, n0, n1);
+    case 7: return band_avx512<W, 7>(x, w, scale, b, y, K, N, n0, n1);
+    default: return band_avx512<W, 8>(x, w, scale, b, y, K, N, n0, n1);
+  }
+}
+
+template <typename W>
+at::Tensor gemv_rows(const char* name, const at::Tensor& x, const at::Tensor& w, const float* sp,
+                     const c10::optional<at::Tensor>& bias) {
+  const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(x.size(-1) == K, name, ": x has ", x.size(-1), " features, the weight ", K);
+  at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    b = bias->to(at::kFloat).contiguous();
+    TORCH_CHECK(b.numel() == N, name, ": bias has ", b.numel(), " values, the weight ", N, " rows");
+  }
+  const int64_t M = x2.size(0);
+  at::Tensor y2 = at::empty({M, N}, x2.options());
+  const float* xp = x2.data_ptr<float>();
+  const W* wp = w.data_ptr<W>();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yp = y2.data_ptr<float>();
+  // bands of 16 rows; small weights (under ~128K values) stay on one thread, where waking the other costs more
+  const int64_t nbands = (N + 15) / 16;
+  const int64_t grain = std::max<int64_t>(1, 131072 / (16 * std::max<int64_t>(K, 1)));
+  at::parallel_for(0, nbands, grain, [&](int64_t begin, int64_t end) {
+    const int64_t n0 = begin * 16, n1 = std::min(N, end * 16);
+    for (int64_t m = 0; m < M; m += kMaxRows)
+      band<W>(std::min(kMaxRows, M - m), xp + m * K, wp, sp, bp, yp + m * N, K, N, n0, n1);
+  });
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return y2.view(shape);
+}
+
+at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                     const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar && w.is_contiguous() && w.device().is_cpu(),
+              "gemv_int8: weight must be a contiguous 2-d int8 CPU tensor");
+  TORCH_CHECK(__builtin_cpu_supports("avx512f"), "gemv_int8: this CPU has no AVX-512F");
+  at::Tensor s = scale.to(at::kFloat).contiguous();
+  TORCH_CHECK(s.numel() == w.size(0), "gemv_int8: scale has ", s.numel(), " values, the weight ", w.size(0), " rows");
+  return gemv_rows<int8_t>("gemv_int8", x, w, s.data_ptr<float>(), bias);
+}
+
+at::Tensor gemv_fp32(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous() && w.device().is_cpu(),
+              "gemv_fp32: weight must be a contiguous 2-d fp32 CPU tensor");
+  TORCH_CHECK(__builtin_cpu_supports("avx512f"), "gemv_fp32: this CPU has no AVX-512F");
+  return gemv_rows<float>("gemv_fp32", x, w, nullptr, bias);
+}
+
+at::Tensor gemv_fp32_meta(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  auto shape = x.sizes().vec();
+  shape.back() = w.size(0);
+  return at::empty(shape, x.options().dtype(at::kFloat));
+}
+
+at::Tensor gemv_int8_meta(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                          const c10::optional<at::Tensor>& bias) {
+  auto shape = x.sizes().vec();
+  shape.back() = w.size(0);
+  return at::empty(shape, x.options().dtype(at::kFloat));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(nanophi, m) {
+  m.def("gemv_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias) -> Tensor");
+  m.def("gemv_fp32(Tensor x, Tensor w, Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nanophi, CPU, m) {
+  m.impl("gemv_int8", gemv_int8);
+  m.impl("gemv_fp32", gemv_fp32);
+}
+TORCH_LIBRARY_IMPL(nanophi, Meta, m) {
+  m.impl("gemv_int8", gemv_int8_meta);
+  m.impl("gemv_fp32", gemv_fp32_meta);
+}
