@@ -76,18 +76,21 @@ _PLACES = ("on", "in", "near", "under", "by", "behind")
 
 
 def doubling(rng, held_out):
-    """(a) n+n=2n for consecutive n; held out: chains of N_SHOTS ending on an n of HELD_DOUBLE."""
+    """(a) n+n=2n for consecutive n; held out: chains of N_SHOTS ending on an n of HELD_DOUBLE.
+    Training chains also step n by 2 or 3 (half of them), so the answer must be read off n, not only
+    counted on from the previous answer; and they start up to 100: a chain is fixed by (start, step,
+    shots), exact dedup keeps one copy of each, and consecutive chains from 1-60 alone left 160
+    distinct ones, 1% of math's documents (now 1,257 of 20,000 drawn)."""
     while True:
         shots = N_SHOTS if held_out else rng.randint(3, 10)
-        # held out: small numbers; training: up to 150, since a chain is fixed by (start, shots) and exact
-        # dedup keeps one copy of each: starts up to 60 left ~360 distinct chains, 2% of math's documents
-        start = rng.randint(1, 60 if held_out else 150)
-        last = start + shots
+        step = 1 if held_out or rng.random() < 0.5 else rng.choice((2, 3))
+        start = rng.randint(1, 60 if held_out else 100)
+        last = start + step * shots
         # training: never ends on a held-out query, and never starts with a held-out prompt's equations
-        if (last in HELD_DOUBLE if held_out else
-                not held_query(last, last) and not (shots > N_SHOTS and held_query(start + N_SHOTS, start + N_SHOTS))):
+        if (last in HELD_DOUBLE if held_out else not held_query(last, last) and not (
+                step == 1 and shots > N_SHOTS and held_query(start + N_SHOTS, start + N_SHOTS))):
             break
-    eqs = [f"{n}+{n}={2 * n}" for n in range(start, last)]
+    eqs = [f"{n}+{n}={2 * n}" for n in range(start, last, step)]
     return _chain_item("doubling", eqs, f"{last}+{last}=", 2 * last, held_out)
 
 
