@@ -403,11 +403,15 @@ def test_ctrl_c_in_eval_cancels_queued_humaneval_work(problems, tmp_path):
                              "--sandbox_workers=2", f"--results={tmp_path / 'r.json'}"], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        t_end = time.time() + 60
-        while not _children_running(proc.pid, "sandbox_runner.py") and time.time() < t_end and proc.poll() is None:
-            time.sleep(0.05)
-        runners = _children_running(proc.pid, "sandbox_runner.py")
-        assert runners, "no sample started"
+        t_end, runners = time.time() + 60, []
+        # the runners seen are the ones kept: looking again could fall between two 3-second samples
+        while not runners and time.time() < t_end and proc.poll() is None:
+            runners = _children_running(proc.pid, "sandbox_runner.py")
+            if not runners:
+                time.sleep(0.05)
+        if not runners:  # say why: eval.py ended (its stderr), or never started a sample in 60 s
+            proc.kill()
+            raise AssertionError(f"no sample started; eval.py exit status {proc.wait()}: {proc.stderr.read()[-2000:]}")
         time.sleep(0.3)
         lines = []  # (seconds since the signal, line) as eval.py writes them
         reader = threading.Thread(target=lambda: lines.extend((time.time() - t0, x) for x in proc.stderr))
