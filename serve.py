@@ -372,17 +372,33 @@ class Worker:
     """The model's thread. Between engine steps it moves queued requests into the engine (while
     their rows fit in the batch) and drops cancelled ones; each step's text goes back to the jobs."""
 
-    def __init__(self, model, device, dtype, max_batch, max_queue, prefill_chunk=256, cache_slots=8):
-        self.model, self.device, self.dtype = model, device, dtype
+    def __init__(self, load, max_batch, max_queue, prefill_chunk=256, cache_slots=8):
+        """load() -> (model, device, dtype), called on the worker's own thread before it serves: with
+        OpenMP, a thread's parallel ops run ~1.5x slower when another thread ran parallel ops first
+        (loading and packing the weights do; docs/benchmarks.md), so every one of them runs here."""
         self.engine_args = dict(max_batch=max_batch, prefill_chunk=prefill_chunk, cache_slots=cache_slots)
-        self.engine = Engine(model, **self.engine_args)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.pending = queue.Queue()
         self.jobs = []  # requests in the engine
         self.stats = dict(requests=0, cancelled=0, errors=0)
         self.deadline = None  # set by drain(): when the requests still generating are ended
-        self.thread = threading.Thread(target=self._loop, name="nanophi-worker", daemon=True)
+        loaded, failed = threading.Event(), []
+
+        def start():
+            try:
+                self.model, self.device, self.dtype = load()
+                self.engine = Engine(self.model, **self.engine_args)
+            except BaseException as e:  # the caller raises it: bad settings end the script as before
+                failed.append(e)
+                return
+            finally:
+                loaded.set()
+            self._loop()
+        self.thread = threading.Thread(target=start, name="nanophi-worker", daemon=True)
         self.thread.start()
+        loaded.wait()
+        if failed:
+            raise failed[0]
 
     @property
     def active(self):
@@ -816,8 +832,14 @@ def main(argv=None):
         raise ConfigError(f"max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
     cfg["api_key"] = cfg["api_key"] or os.environ.get("NANOPHI_API_KEY", "")
     cfg["created"] = int(time.time())
-    run = load_for_inference(cfg["init_from"], cfg["out_dir"], cfg["device"], cfg["dtype"], cfg["weights"],
-                             cfg["which"], cfg["block_size"], batch=cfg["max_batch"])
+    runs = []
+
+    def load():  # on the worker's thread (Worker's docstring says why)
+        runs.append(load_for_inference(cfg["init_from"], cfg["out_dir"], cfg["device"], cfg["dtype"], cfg["weights"],
+                                       cfg["which"], cfg["block_size"], batch=cfg["max_batch"]))
+        return runs[0].model, runs[0].device, runs[0].dtype
+    worker = Worker(load, cfg["max_batch"], cfg["max_queue"], cfg["prefill_chunk"], cfg["cache_slots"])
+    run = runs[0]
     model, dev, ptdtype, weight_format, source = run.model, run.device, run.dtype, run.weights, run.source
     print(f"serving {source} as '{cfg['model_name']}' on {dev} ({ptdtype}, {weight_format} weights), context "
           f"{model.config.block_size}, {run.n_params / 1e6:.1f}M parameters")
@@ -826,7 +848,6 @@ def main(argv=None):
               "request's text can change with the load (fp32 keeps it)")
     if cfg["host"] not in ("127.0.0.1", "localhost", "::1") and not cfg["api_key"]:
         print(f"WARNING: listening on {cfg['host']} without an api_key: anyone who can reach it can use it")
-    worker = Worker(model, dev, ptdtype, cfg["max_batch"], cfg["max_queue"], cfg["prefill_chunk"], cfg["cache_slots"])
     app = make_app(worker, cfg, source)
     print(f"open http://{cfg['host']}:{cfg['port']}/  (API at http://{cfg['host']}:{cfg['port']}/v1)", flush=True)
     run_server(app, worker, cfg)
