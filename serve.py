@@ -373,7 +373,8 @@ class Worker:
     their rows fit in the batch) and drops cancelled ones; each step's text goes back to the jobs."""
 
     def __init__(self, load, max_batch, max_queue, prefill_chunk=256, cache_slots=8):
-        """load() -> (model, device, dtype), called on the worker's own thread before it serves: with
+        """load() -> what load_for_inference returns (model, device, dtype, ...: kept as .loaded), called
+        on the worker's own thread before it serves: with
         OpenMP, a thread's parallel ops run ~1.5x slower when another thread ran parallel ops first
         (loading and packing the weights do; docs/benchmarks.md), so every one of them runs here."""
         self.engine_args = dict(max_batch=max_batch, prefill_chunk=prefill_chunk, cache_slots=cache_slots)
@@ -386,7 +387,8 @@ class Worker:
 
         def start():
             try:
-                self.model, self.device, self.dtype = load()
+                self.loaded = load()
+                self.model, self.device, self.dtype = self.loaded.model, self.loaded.device, self.loaded.dtype
                 self.engine = Engine(self.model, **self.engine_args)
             except BaseException as e:  # the caller raises it: bad settings end the script as before
                 failed.append(e)
@@ -832,14 +834,11 @@ def main(argv=None):
         raise ConfigError(f"max_tokens={cfg['max_tokens']} is over max_tokens_cap={cfg['max_tokens_cap']}")
     cfg["api_key"] = cfg["api_key"] or os.environ.get("NANOPHI_API_KEY", "")
     cfg["created"] = int(time.time())
-    runs = []
-
-    def load():  # on the worker's thread (Worker's docstring says why)
-        runs.append(load_for_inference(cfg["init_from"], cfg["out_dir"], cfg["device"], cfg["dtype"], cfg["weights"],
-                                       cfg["which"], cfg["block_size"], batch=cfg["max_batch"]))
-        return runs[0].model, runs[0].device, runs[0].dtype
-    worker = Worker(load, cfg["max_batch"], cfg["max_queue"], cfg["prefill_chunk"], cfg["cache_slots"])
-    run = runs[0]
+    # the model is loaded on the worker's thread (Worker's docstring says why)
+    worker = Worker(lambda: load_for_inference(cfg["init_from"], cfg["out_dir"], cfg["device"], cfg["dtype"],
+                                               cfg["weights"], cfg["which"], cfg["block_size"], batch=cfg["max_batch"]),
+                    cfg["max_batch"], cfg["max_queue"], cfg["prefill_chunk"], cfg["cache_slots"])
+    run = worker.loaded
     model, dev, ptdtype, weight_format, source = run.model, run.device, run.dtype, run.weights, run.source
     print(f"serving {source} as '{cfg['model_name']}' on {dev} ({ptdtype}, {weight_format} weights), context "
           f"{model.config.block_size}, {run.n_params / 1e6:.1f}M parameters")

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -162,7 +163,7 @@ def test_textstream_holds_back_stop_prefixes_and_split_characters():
 
 def test_a_full_queue_answers_503(local_model):
     from serve import APIError, Worker
-    engine = Worker(lambda: (local_model, "cpu", "float32"), max_batch=1, max_queue=0)
+    engine = Worker(lambda: SimpleNamespace(model=local_model, device="cpu", dtype="float32"), max_batch=1, max_queue=0)
     with pytest.raises(APIError) as e:
         engine.submit(object())
     assert e.value.status == 503 and e.value.body()["error"]["code"] == "server_busy"
@@ -587,7 +588,7 @@ def test_prompt_arrays_times_n_are_capped_at_max_n(srv):
 def test_cancelling_many_rows_takes_one_pass(local_model):
     from nanophi.engine import Row
     from serve import Job, Worker
-    worker = Worker(lambda: (local_model, "cpu", "float32"), max_batch=1, max_queue=1)
+    worker = Worker(lambda: SimpleNamespace(model=local_model, device="cpu", dtype="float32"), max_batch=1, max_queue=1)
     # two requests' rows waiting in the engine; the second one's client leaves
     stay, leave = (Job([[1]], {"n": 1, "stream": True}, {}, None) for _ in range(2))
     for job in (stay, leave):

@@ -154,9 +154,7 @@ at::Tensor gemv_fp32_meta(const at::Tensor& x, const at::Tensor& w, const c10::o
 
 at::Tensor gemv_int8_meta(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                           const c10::optional<at::Tensor>& bias) {
-  auto shape = x.sizes().vec();
-  shape.back() = w.size(0);
-  return at::empty(shape, x.options().dtype(at::kFloat));
+  return gemv_fp32_meta(x, w, bias);  // the same output shape
 }
 
 }  // namespace
