@@ -15,8 +15,8 @@ block_size = 128
 dropout = 0.0
 batch_size = 8
 gradient_accumulation_steps = 1
-# 900 x 1,024 tokens x 20.5 MFLOP = 19 TFLOP: ~4-5 min at 60-83 GFLOP/s fp32 on the 2-core EPYC,
-# computed; measured here (2-core Xeon with AMX, bf16, 1 thread) under load (loadavg 1-3): 0.24 s/iteration
+# 900 x 1,024 tokens x 20.5 MFLOP = 19 TFLOP. Measured on fresh clones, idle, 2 threads: 2-core AMD EPYC,
+# AVX2 only (fp32): 0.18-0.27 s/iteration, 264 s in all; 2-core Xeon with AMX (bf16), 1 thread: 0.24 s/iteration
 max_iters = 900
 eval_interval = 300
 eval_iters = 1  # fixed batches of 8 x 128 tokens per task and split

@@ -19,9 +19,8 @@ block_size = 128
 dropout = 0.0
 batch_size = 8
 gradient_accumulation_steps = 1
-# 200 x 1,024 tokens x 20.5 MFLOP = 4.2 TFLOP: ~50-70 s at the 60-83 GFLOP/s fp32 training reaches on
-# the 2-core EPYC (83 = the 256-wide job's 250 x 2,048 tokens in 595 s), computed; measured here, on a
-# 2-core Xeon with AMX (dtype=auto picks bf16), 1 thread, under load (loadavg 1-3): 0.37 s/iteration
+# 200 x 1,024 tokens x 20.5 MFLOP = 4.2 TFLOP. Measured on fresh clones, idle, 2 threads: 2-core AMD EPYC,
+# AVX2 only (fp32): 0.35-0.47 s/iteration, 89 s in all; 2-core Xeon with AMX (bf16), 1 thread: 0.37 s/iteration
 max_iters = 200
 eval_interval = 100
 eval_iters = 1
