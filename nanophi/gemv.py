@@ -14,11 +14,13 @@ the speed, but no PyTorch kernel reads bf16 weights at memory speed at M=1 (meas
 Sapphire Rapids Xeon, torch 2.13, the 49 Linear shapes of GPT-2 124M in sequence: fp32 F.linear
 18-22 ms; oneDNN prepacked bf16 1.22-1.49x faster; plain bf16 F.linear 0.92x; torch.mv 0.58x;
 torch.compile of a widened product 1.15x). Generation was 1.27x fp32 against a 2x ideal. The weight
-is widened to fp32 by a 16-bit shift inside the dot products (AVX-512F), so activations stay fp32.
+is widened to fp32 by a 16-bit shift inside the dot products, so activations stay fp32.
 
-Built once with torch.utils.cpp_extension (setup.sh does it; cached under TORCH_EXTENSIONS_DIR,
-default ~/.cache/torch_extensions). Where it cannot be built or run (no compiler, not x86-64 with
-AVX-512, Windows) or NANOPHI_GEMV=0 is set, kernel(), int8_kernel() and fp32_kernel() return None
+The loops are written once over a vector type (csrc/simd.h) and built for the widest instruction set
+this CPU runs, AVX-512F (16 lanes) or AVX2+FMA (8), as torch itself dispatches at run time. Built
+once with torch.utils.cpp_extension (setup.sh does it; cached under TORCH_EXTENSIONS_DIR, default
+~/.cache/torch_extensions). Where it cannot be built or run (no compiler, not x86-64 with AVX-512 or
+AVX2, Windows) or NANOPHI_GEMV=0 is set, kernel(), int8_kernel() and fp32_kernel() return None
 after a one-line warning each: BF16Linear keeps oneDNN's path, Int8Linear fbgemm's dynamic op at
 every size, FP32Linear a oneDNN-packed second copy for batches.
 """
@@ -34,22 +36,37 @@ SOURCES = [os.path.join(CSRC, "gemv_bf16.cpp"), os.path.join(CSRC, "gemv_rows.cp
 _state = {}  # "built": None once built, else why not
 
 
+# the instruction sets the kernels are built for (csrc/simd.h), best first: torch's own run-time
+# choice for this CPU (ATEN_CPU_CAPABILITY=avx2 forces the narrower one) -> the compiler flags
+ISA_FLAGS = {"AVX512": ["-mavx512f"], "AVX2": ["-mavx2", "-mfma"]}
+
+
+def isa():
+    """The instruction set the kernels use on this CPU ('AVX512', 'AVX2'), or None."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return cap if cap in ISA_FLAGS else None
+
+
 def _build():
     """None once the ops are loaded, or the reason they are not available."""
     if os.environ.get("NANOPHI_GEMV", "1") == "0":
         return "NANOPHI_GEMV=0"
     if sys.platform == "win32" or platform.machine().lower() not in ("x86_64", "amd64"):
         return f"needs x86-64 Linux or macOS, not {sys.platform} {platform.machine()}"
+    name = isa()
+    if name is None:
+        return f"this CPU has neither AVX-512 nor AVX2 (torch reports {torch.backends.cpu.get_cpu_capability()})"
     from torch.utils.cpp_extension import load
     try:
-        # at::parallel_for is a header template: built without OpenMP it would run on one thread
-        # (libgomp.so.1 then resolves to the copy torch has already loaded, one thread pool)
-        load("nanophi_gemv", SOURCES, extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
-             is_python_module=False, verbose=False)
+        # one build per instruction set (its own name, so a cache shared between machines never runs
+        # the wrong one); at::parallel_for is a header template: built without OpenMP it would run on
+        # one thread (libgomp.so.1 then resolves to the copy torch has already loaded, one thread pool)
+        load(f"nanophi_gemv_{name.lower()}", SOURCES, extra_cflags=["-O3", "-fopenmp"] + ISA_FLAGS[name],
+             extra_ldflags=["-fopenmp"], extra_include_paths=[CSRC], is_python_module=False, verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the reason in one line
         return f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''})"
-    if not torch.ops.nanophi.gemv_has_avx512():
-        return "this CPU has no AVX-512"
+    if not torch.ops.nanophi.gemv_cpu_ok():
+        return f"this CPU does not run the {name} build"
     return None
 
 

@@ -14,13 +14,15 @@ from nanophi import gemv
 
 
 def gemv_expected():
-    """Where the kernel must build and run (setup.sh builds it): x86-64 Linux, a C++ compiler, AVX-512."""
+    """Where the kernels must build and run (setup.sh builds them): x86-64 Linux, a C++ compiler, and
+    AVX-512F or AVX2+FMA."""
     try:
-        avx512 = "avx512f" in open("/proc/cpuinfo").read()
+        flags = set(" ".join(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split())
     except OSError:
-        avx512 = False
+        flags = set()
+    isa = "avx512f" in flags or {"avx2", "fma"} <= flags
     return (sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("c++") is not None
-            and avx512 and os.environ.get("NANOPHI_GEMV", "1") != "0")
+            and isa and os.environ.get("NANOPHI_GEMV", "1") != "0")
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +34,13 @@ def gemv_op():
     return op
 
 
-# odd sizes reach every path: pairs of weight rows and a leftover one, 32- and 16-wide steps and the
-# scalar K tail (53 = 32 + 16 + 5), bands split between threads (N = 4099), pairs of x rows and a
-# leftover one (M = 3)
+# odd sizes reach every path, for AVX-512's 32- and 16-wide steps and AVX2's 16 and 8: pairs of weight
+# rows and a leftover one, both steps and the scalar K tail (53 = 32 + 16 + 5; 29 = 16 + 8 + 5), bands
+# split between threads (N = 4099), pairs of x rows and a leftover one (M = 3)
 @pytest.mark.parametrize("shape,K,N,bias", [
     ((1, 53), 53, 37, True), ((2, 771), 771, 130, True), ((1, 48), 48, 5, False), ((3, 100), 100, 7, True),
-    ((2, 1, 67), 67, 9, False), ((1, 2, 67), 67, 9, True), ((1, 64), 64, 4099, True), ((2, 16), 16, 1, True)])
+    ((2, 1, 67), 67, 9, False), ((1, 2, 67), 67, 9, True), ((1, 64), 64, 4099, True), ((2, 16), 16, 1, True),
+    ((2, 29), 29, 11, True)])
 def test_gemv_equals_fp32_linear(gemv_op, shape, K, N, bias):
     g = torch.Generator().manual_seed(K * N)
     x = torch.randn(shape, generator=g)
@@ -58,7 +61,8 @@ def int8_op(gemv_op):
     return op
 
 
-# the same odd sizes, and K = 200 for the 64-wide step, the 16-wide one and a scalar tail (200 = 3 * 64 + 8)
+# the same odd sizes, and K = 200 for the 64-wide step and the lane-wide one (200 = 3 * 64 + 8: AVX-512's
+# 16-wide step and a scalar tail of 8, or AVX2's 8-wide step)
 @pytest.mark.parametrize("shape,K,N,bias", [
     ((1, 53), 53, 37, True), ((2, 771), 771, 130, True), ((1, 48), 48, 5, False), ((3, 100), 100, 7, True),
     ((2, 1, 67), 67, 9, False), ((1, 2, 67), 67, 9, True), ((1, 64), 64, 4099, True), ((2, 16), 16, 1, True),

@@ -1,6 +1,6 @@
 // y = x @ w.T + b for a few rows of x (fp32) and a plain row-major bf16 weight w [N, K], on x86-64
-// with AVX-512F (checked at run time: nanophi/gemv.py uses the op only where gemv_has_avx512()).
-// Built by nanophi/gemv.py (torch.utils.cpp_extension.load); why it exists is said there.
+// with AVX-512F or AVX2+FMA (simd.h: the build's flags choose, nanophi/gemv.py builds the one this CPU
+// runs). Built by nanophi/gemv.py (torch.utils.cpp_extension.load); why it exists is said there.
 //
 // bf16 is the top half of an fp32, so widening a weight is a shift or a mask: every product and sum is
 // done in fp32 with the fp32 activations. Each thread takes a band of output rows (torch's own
@@ -12,7 +12,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include <immintrin.h>
+#include "simd.h"
 
 namespace {
 
@@ -23,78 +23,70 @@ inline float bf16_to_float(uint16_t v) {
   return f;
 }
 
-__attribute__((target("avx512f"))) inline __m512 load_bf16(const uint16_t* p) {
-  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
 // Each thread streams its share of w as two sequential streams (the rows of its first and second
 // half, in pairs): two streams per core and software prefetches 8 KB ahead of each reach the
 // bandwidth of MKL's fp32 gemv (Sapphire Rapids); with one stream the hardware prefetchers alone
 // reach ~70%, with the prefetches ~93%.
 constexpr int64_t kPrefetchBytes = 8192;
+constexpr int64_t kBlock = 2 * simd::kLanes;  // bf16 per register: kLanes even ones and kLanes odd ones
 
-// A block of 32 bf16 is 16 lanes of 32 bits: the even elements are the low halves (widened by a
-// shift), the odd ones the high halves (widened by masking the low half off); xs holds x in that
-// order. Two cheap ops per 32 weights instead of a shuffle and a shift per 16.
+// A block of kBlock bf16 is kLanes lanes of 32 bits: the even elements are the low halves (widened by
+// a shift), the odd ones the high halves (widened by masking the low half off); xs holds x in that
+// order (reorder_x).
 template <int R, int MR>
-__attribute__((target("avx512f"))) void rows_avx512(const float* x, const float* xs, const uint16_t* const* wr,
-                                                    const float* b, float* y, int64_t K, int64_t N,
-                                                    const int64_t* nr) {
-  const __m512i high = _mm512_set1_epi32(int32_t(0xFFFF0000u));
-  __m512 acc[MR][R][2];
+void rows_simd(const float* x, const float* xs, const uint16_t* const* wr, const float* b, float* y, int64_t K,
+               int64_t N, const int64_t* nr) {
+  using simd::kLanes;
+  simd::vec acc[MR][R][2];
   for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) acc[m][r][0] = acc[m][r][1] = simd::zero();
   int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
-    __m512 even[R], odd[R];
+  for (; k + kBlock <= K; k += kBlock) {
+    simd::vec even[R], odd[R];
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(wr[r] + k) + kPrefetchBytes, _MM_HINT_T1);  // never faults
-      __m512i v = _mm512_loadu_si512(wr[r] + k);
-      even[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-      odd[r] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+      if (k % 32 == 0)  // one cache line of bf16 per row: never faults
+        _mm_prefetch(reinterpret_cast<const char*>(wr[r] + k) + kPrefetchBytes, _MM_HINT_T1);
+      simd::load_bf16_pairs(wr[r] + k, even[r], odd[r]);
     }
     for (int m = 0; m < MR; ++m) {
-      __m512 xe = _mm512_loadu_ps(xs + m * K + k), xo = _mm512_loadu_ps(xs + m * K + k + 16);
+      simd::vec xe = simd::load(xs + m * K + k), xo = simd::load(xs + m * K + k + kLanes);
       for (int r = 0; r < R; ++r) {
-        acc[m][r][0] = _mm512_fmadd_ps(even[r], xe, acc[m][r][0]);
-        acc[m][r][1] = _mm512_fmadd_ps(odd[r], xo, acc[m][r][1]);
+        acc[m][r][0] = simd::fma(even[r], xe, acc[m][r][0]);
+        acc[m][r][1] = simd::fma(odd[r], xo, acc[m][r][1]);
       }
     }
   }
-  for (; k + 16 <= K; k += 16)
+  for (; k + kLanes <= K; k += kLanes)
     for (int m = 0; m < MR; ++m) {
-      __m512 xv = _mm512_loadu_ps(x + m * K + k);
-      for (int r = 0; r < R; ++r) acc[m][r][0] = _mm512_fmadd_ps(load_bf16(wr[r] + k), xv, acc[m][r][0]);
+      simd::vec xv = simd::load(x + m * K + k);
+      for (int r = 0; r < R; ++r) acc[m][r][0] = simd::fma(simd::load_bf16(wr[r] + k), xv, acc[m][r][0]);
     }
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < R; ++r) {
-      float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][r][0], acc[m][r][1]));
-      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * bf16_to_float(wr[r][kk]);  // K % 16
+      float s = simd::sum(simd::add(acc[m][r][0], acc[m][r][1]));
+      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * bf16_to_float(wr[r][kk]);  // K % kLanes
       y[m * N + nr[r]] = s + (b ? b[nr[r]] : 0.f);
     }
 }
 
 template <int MR>
-__attribute__((target("avx512f"))) void band_avx512(const float* x, const float* xs, const uint16_t* w,
-                                                    const float* b, float* y, int64_t K, int64_t N,
-                                                    int64_t n0, int64_t n1) {
+void band_simd(const float* x, const float* xs, const uint16_t* w, const float* b, float* y, int64_t K, int64_t N,
+               int64_t n0, int64_t n1) {
   const int64_t half = (n1 - n0 + 1) / 2;
   for (int64_t i = 0; i < half; ++i) {
     const int64_t nr[2] = {n0 + i, n0 + half + i};
     const uint16_t* wr[2] = {w + nr[0] * K, w + nr[1] * K};
-    if (nr[1] < n1) rows_avx512<2, MR>(x, xs, wr, b, y, K, N, nr);
-    else rows_avx512<1, MR>(x, xs, wr, b, y, K, N, nr);
+    if (nr[1] < n1) rows_simd<2, MR>(x, xs, wr, b, y, K, N, nr);
+    else rows_simd<1, MR>(x, xs, wr, b, y, K, N, nr);
   }
 }
 
-bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f"); }
 
 at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.device().is_cpu(),
               "gemv_bf16: weight must be a contiguous 2-d bf16 CPU tensor");
   const int64_t N = w.size(0), K = w.size(1);
-  TORCH_CHECK(cpu_has_avx512(), "gemv_bf16: this CPU has no AVX-512F");
+  TORCH_CHECK(simd::cpu_ok(), "gemv_bf16: this CPU has no ", simd::kIsa);
   TORCH_CHECK(x.size(-1) == K, "gemv_bf16: x has ", x.size(-1), " features, the weight ", K);
   at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
   at::Tensor b;
@@ -108,14 +100,14 @@ at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, const c10::option
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y2.data_ptr<float>();
-  at::Tensor xs2 = at::empty_like(x2);  // x reordered for the fast loop (rows_avx512)
+  at::Tensor xs2 = at::empty_like(x2);  // x reordered for the fast loop (rows_simd)
   float* xsp = xs2.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m) {
     const float* xm = xp + m * K;
     float* xsm = xsp + m * K;
     int64_t k = 0;
-    for (; k + 32 <= K; k += 32)
-      for (int i = 0; i < 16; ++i) xsm[k + i] = xm[k + 2 * i], xsm[k + 16 + i] = xm[k + 2 * i + 1];
+    for (; k + kBlock <= K; k += kBlock)
+      for (int i = 0; i < simd::kLanes; ++i) xsm[k + i] = xm[k + 2 * i], xsm[k + simd::kLanes + i] = xm[k + 2 * i + 1];
     for (; k < K; ++k) xsm[k] = xm[k];
   }
   // bands of 16 rows; small weights (under ~64K values) stay on one thread, where waking the other costs more
@@ -125,8 +117,8 @@ at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, const c10::option
     const int64_t n0 = begin * band, n1 = std::min(N, end * band);
     for (int64_t m = 0; m < M; m += 2) {  // pairs of x rows share one pass over the weight band
       const int64_t mr = std::min<int64_t>(2, M - m);
-      if (mr == 2) band_avx512<2>(xp + m * K, xsp + m * K, wp, bp, yp + m * N, K, N, n0, n1);
-      else band_avx512<1>(xp + m * K, xsp + m * K, wp, bp, yp + m * N, K, N, n0, n1);
+      if (mr == 2) band_simd<2>(xp + m * K, xsp + m * K, wp, bp, yp + m * N, K, N, n0, n1);
+      else band_simd<1>(xp + m * K, xsp + m * K, wp, bp, yp + m * N, K, N, n0, n1);
     }
   });
   auto shape = x.sizes().vec();
@@ -145,7 +137,7 @@ at::Tensor gemv_bf16_meta(const at::Tensor& x, const at::Tensor& w, const c10::o
 
 TORCH_LIBRARY(nanophi, m) {
   m.def("gemv_bf16(Tensor x, Tensor w, Tensor? bias) -> Tensor");
-  m.def("gemv_has_avx512() -> bool", cpu_has_avx512);
+  m.def("gemv_cpu_ok() -> bool", simd::cpu_ok);  // this CPU runs the instruction set the build chose
 }
 
 TORCH_LIBRARY_IMPL(nanophi, CPU, m) { m.impl("gemv_bf16", gemv_bf16); }

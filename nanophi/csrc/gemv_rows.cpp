@@ -1,6 +1,6 @@
 // y = (x @ w.T) * scale + b for a few rows of x (fp32) and a plain row-major weight w [N, K], on x86-64
-// with AVX-512F (checked at run time: nanophi/gemv.py uses the ops only where gemv_has_avx512()). Two
-// ops, built beside gemv_bf16.cpp into one extension:
+// with AVX-512F or AVX2+FMA (simd.h: the build's flags choose, nanophi/gemv.py builds the one this CPU
+// runs). Two ops, built beside gemv_bf16.cpp into one extension:
 //   gemv_int8: int8 w with one fp32 scale per output row (symmetric, no zero point). Each weight is
 //              widened int8 -> int32 -> fp32, multiplied and summed in fp32 with the fp32 activations,
 //              and the row's scale applied once to the sum: a quarter of fp32's bytes per token.
@@ -16,68 +16,59 @@
 #include <algorithm>
 #include <cstdint>
 
-#include <immintrin.h>
+#include "simd.h"
 
 namespace {
 
 constexpr int64_t kPrefetchBytes = 4096;  // 4 KB ahead of each stream (tried 2-8 KB: the same within noise)
-
-__attribute__((target("avx512f"))) inline __m512 load16(const int8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
-__attribute__((target("avx512f"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+constexpr int64_t kChunk = 64;            // weights per row and step of the main loop
 
 // R weight rows (two streams) against MR rows of x. One accumulator per (x row, weight row): more would
 // change the order of the sums with MR (batch-dependent rounding), and was no faster (memory-bound)
 template <typename W, int R, int MR>
-__attribute__((target("avx512f"))) void rows_avx512(const float* x, const W* const* wr, const float* scale,
-                                                    const float* b, float* y, int64_t K, int64_t N,
-                                                    const int64_t* nr) {
-  constexpr int NA = 1;  // kept as a name: the loop below is written for several
-  constexpr int64_t step = 64 / sizeof(W);  // one cache line of weights per row and step
-  __m512 acc[MR][R][NA];
+void rows_simd(const float* x, const W* const* wr, const float* scale, const float* b, float* y, int64_t K,
+               int64_t N, const int64_t* nr) {
+  using simd::kLanes;
+  constexpr int64_t line = 64 / sizeof(W);  // weights per cache line
+  simd::vec acc[MR][R];
   for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < NA; ++j) acc[m][r][j] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) acc[m][r] = simd::zero();
   int64_t k = 0;
-  for (; k + 64 <= K; k += 64) {
+  for (; k + kChunk <= K; k += kChunk) {
     for (int r = 0; r < R; ++r)
-      for (int64_t c = 0; c < 64; c += step)  // never faults
+      for (int64_t c = 0; c < kChunk; c += line)  // never faults
         _mm_prefetch(reinterpret_cast<const char*>(wr[r] + k + c) + kPrefetchBytes, _MM_HINT_T1);
-    for (int j = 0; j < 4; ++j) {
-      __m512 wv[R];
-      for (int r = 0; r < R; ++r) wv[r] = load16(wr[r] + k + 16 * j);
+    for (int j = 0; j < kChunk / kLanes; ++j) {
+      simd::vec wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = simd::load(wr[r] + k + kLanes * j);
       for (int m = 0; m < MR; ++m) {
-        __m512 xv = _mm512_loadu_ps(x + m * K + k + 16 * j);
-        for (int r = 0; r < R; ++r) acc[m][r][j % NA] = _mm512_fmadd_ps(wv[r], xv, acc[m][r][j % NA]);
+        simd::vec xv = simd::load(x + m * K + k + kLanes * j);
+        for (int r = 0; r < R; ++r) acc[m][r] = simd::fma(wv[r], xv, acc[m][r]);
       }
     }
   }
-  for (; k + 16 <= K; k += 16)
+  for (; k + kLanes <= K; k += kLanes)
     for (int m = 0; m < MR; ++m) {
-      __m512 xv = _mm512_loadu_ps(x + m * K + k);
-      for (int r = 0; r < R; ++r) acc[m][r][0] = _mm512_fmadd_ps(load16(wr[r] + k), xv, acc[m][r][0]);
+      simd::vec xv = simd::load(x + m * K + k);
+      for (int r = 0; r < R; ++r) acc[m][r] = simd::fma(simd::load(wr[r] + k), xv, acc[m][r]);
     }
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < R; ++r) {
-      __m512 sum = acc[m][r][0];
-      for (int j = 1; j < NA; ++j) sum = _mm512_add_ps(sum, acc[m][r][j]);
-      float s = _mm512_reduce_add_ps(sum);
-      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * float(wr[r][kk]);  // K % 16
+      float s = simd::sum(acc[m][r]);
+      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * float(wr[r][kk]);  // K % kLanes
       y[m * N + nr[r]] = s * (scale ? scale[nr[r]] : 1.f) + (b ? b[nr[r]] : 0.f);
     }
 }
 
 template <typename W, int MR>
-__attribute__((target("avx512f"))) void band_avx512(const float* x, const W* w, const float* scale,
-                                                    const float* b, float* y, int64_t K, int64_t N,
-                                                    int64_t n0, int64_t n1) {
+void band_simd(const float* x, const W* w, const float* scale, const float* b, float* y, int64_t K, int64_t N,
+               int64_t n0, int64_t n1) {
   const int64_t half = (n1 - n0 + 1) / 2;
   for (int64_t i = 0; i < half; ++i) {
     const int64_t nr[2] = {n0 + i, n0 + half + i};
     const W* wr[2] = {w + nr[0] * K, w + nr[1] * K};
-    if (nr[1] < n1) rows_avx512<W, 2, MR>(x, wr, scale, b, y, K, N, nr);
-    else rows_avx512<W, 1, MR>(x, wr, scale, b, y, K, N, nr);
+    if (nr[1] < n1) rows_simd<W, 2, MR>(x, wr, scale, b, y, K, N, nr);
+    else rows_simd<W, 1, MR>(x, wr, scale, b, y, K, N, nr);
   }
 }
 
@@ -88,14 +79,14 @@ template <typename W>
 void band(int64_t mr, const float* x, const W* w, const float* scale, const float* b, float* y, int64_t K,
           int64_t N, int64_t n0, int64_t n1) {
   switch (mr) {
-    case 1: return band_avx512<W, 1>(x, w, scale, b, y, K, N, n0, n1);
-    case 2: return band_avx512<W, 2>(x, w, scale, b, y, K, N, n0, n1);
-    case 3: return band_avx512<W, 3>(x, w, scale, b, y, K, N, n0, n1);
-    case 4: return band_avx512<W, 4>(x, w, scale, b, y, K, N, n0, n1);
-    case 5: return band_avx512<W, 5>(x, w, scale, b, y, K, N, n0, n1);
-    case 6: return band_avx512<W, 6>(x, w, scale, b, y, K, N, n0, n1);
-    case 7: return band_avx512<W, 7>(x, w, scale, b, y, K, N, n0, n1);
-    default: return band_avx512<W, 8>(x, w, scale, b, y, K, N, n0, n1);
+    case 1: return band_simd<W, 1>(x, w, scale, b, y, K, N, n0, n1);
+    case 2: return band_simd<W, 2>(x, w, scale, b, y, K, N, n0, n1);
+    case 3: return band_simd<W, 3>(x, w, scale, b, y, K, N, n0, n1);
+    case 4: return band_simd<W, 4>(x, w, scale, b, y, K, N, n0, n1);
+    case 5: return band_simd<W, 5>(x, w, scale, b, y, K, N, n0, n1);
+    case 6: return band_simd<W, 6>(x, w, scale, b, y, K, N, n0, n1);
+    case 7: return band_simd<W, 7>(x, w, scale, b, y, K, N, n0, n1);
+    default: return band_simd<W, 8>(x, w, scale, b, y, K, N, n0, n1);
   }
 }
 
@@ -133,7 +124,7 @@ at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
                      const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar && w.is_contiguous() && w.device().is_cpu(),
               "gemv_int8: weight must be a contiguous 2-d int8 CPU tensor");
-  TORCH_CHECK(__builtin_cpu_supports("avx512f"), "gemv_int8: this CPU has no AVX-512F");
+  TORCH_CHECK(simd::cpu_ok(), "gemv_int8: this CPU has no ", simd::kIsa);
   at::Tensor s = scale.to(at::kFloat).contiguous();
   TORCH_CHECK(s.numel() == w.size(0), "gemv_int8: scale has ", s.numel(), " values, the weight ", w.size(0), " rows");
   return gemv_rows<int8_t>("gemv_int8", x, w, s.data_ptr<float>(), bias);
@@ -142,7 +133,7 @@ at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 at::Tensor gemv_fp32(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous() && w.device().is_cpu(),
               "gemv_fp32: weight must be a contiguous 2-d fp32 CPU tensor");
-  TORCH_CHECK(__builtin_cpu_supports("avx512f"), "gemv_fp32: this CPU has no AVX-512F");
+  TORCH_CHECK(simd::cpu_ok(), "gemv_fp32: this CPU has no ", simd::kIsa);
   return gemv_rows<float>("gemv_fp32", x, w, nullptr, bias);
 }
 
