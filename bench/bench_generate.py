@@ -38,7 +38,8 @@ from nanophi.device import cpu_has_bf16, device_name, measure_copy_bandwidth  # 
 from nanophi.engine import Engine, Row  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from nanophi.tokenizer import EOT_ID, VOCAB_SIZE  # noqa: E402
-from nanophi.weights import apply_weights, weight_bytes_per_token  # noqa: E402
+from nanophi import gemv  # noqa: E402
+from nanophi.weights import apply_weights, resolve_weights, weight_bytes_per_token  # noqa: E402
 
 # -----------------------------------------------------------------------------
 contexts = [128, 1024]  # prompt lengths in tokens
@@ -60,6 +61,14 @@ quality_prompts = 16  # greedy continuations compared per format
 configure(globals())
 if threads:
     torch.set_num_threads(threads)
+
+
+def bf16_ok():
+    try:
+        resolve_weights("bf16", "cpu")
+        return True
+    except ValueError:
+        return False
 
 
 def make_format(model, w):
@@ -112,10 +121,14 @@ def main():
     import transformers
     t0 = time.time()
     ours, hf = build()
-    formats = {"fp32": ours}
+    formats = {"fp32": make_format(ours, "fp32")}  # as sample.py runs it: the kernel or BLAS, as probed here
+    choice, entry = gemv.fp32_rows_choice()
+    print(gemv.describe_choice(entry))
+    if choice == "gemv":
+        formats["fp32 BLAS (plain F.linear)"] = ours
     for w in weights:
-        if w == "bf16" and not cpu_has_bf16():
-            print("weights bf16: skipped (no native bf16 on this CPU)")
+        if w == "bf16" and not bf16_ok():
+            print("weights bf16: skipped (no native bf16 and no gemv kernel on this CPU)")
             continue
         formats[w] = make_format(ours, w)
     print(f"model: {ours.get_num_params() / 1e6:.0f}M parameters (random GPT-2 small weights, n_positions "
@@ -248,7 +261,7 @@ def batch_table(model):
     most = max(batch_rows)
     formats = {"fp32": model, f"fp32 for {most} rows (serve.py: gemv kernel)": apply_weights(copy.deepcopy(model), "fp32", batch=most),
                f"fp32 packed for {most} (before: oneDNN copy)": packed_baseline(model, most)}
-    if cpu_has_bf16() and "bf16" in weights:
+    if bf16_ok() and "bf16" in weights:
         formats[f"bf16 packed for {most}"] = apply_weights(copy.deepcopy(model), "bf16", batch=most)
     for w in ("int8", "int8-dyn"):
         if w in weights:

@@ -86,14 +86,14 @@ BF16_MIN_SPEEDUP = 1.3
 PROBE_FILE = "dtype_probe.json"
 
 
-def probe_cpu_dtype(cache_dir=None, n=1024, repeats=3):
-    """Training's dtype='auto' on a CPU: 'bfloat16' where bf16 matmuls are faster than fp32 by
-    BF16_MIN_SPEEDUP here, else 'float32'. Same-shape matmuls timed in both precisions (~0.2 s), the
-    result kept in <cache_dir>/dtype_probe.json under this CPU's name, thread count and torch version,
-    since one vendor's CPU is 3x faster in bf16 and another's 2x slower. Returns (dtype, entry)."""
+def cached_probe(filename, measure, valid, cache_dir=None):
+    """A measurement of this machine, made once: measure() -> a dict entry, kept in
+    <cache_dir>/<filename> (JSON, written atomically) under this CPU's name, thread count and torch
+    version; valid(entry) says whether a cached entry can be trusted. Returns the entry with
+    cached/path/key added. Used by probe_cpu_dtype and nanophi/gemv.py's kernel choice."""
     from nanophi.files import atomic_file
     from nanophi.tokenizer import CACHE_DIR
-    path = os.path.join(cache_dir or CACHE_DIR, PROBE_FILE)
+    path = os.path.join(cache_dir or CACHE_DIR, filename)
     key = f"{cpu_model_name()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
     try:
         cache = json.load(open(path))
@@ -102,29 +102,39 @@ def probe_cpu_dtype(cache_dir=None, n=1024, repeats=3):
     except (OSError, ValueError):
         cache = {}  # none yet, or unreadable: measure again and rewrite it
     entry = cache.get(key)
-    if isinstance(entry, dict) and entry.get("dtype") in ("float32", "bfloat16"):
-        return entry["dtype"], dict(entry, cached=True, path=path, key=key)
-    # measured whatever /proc/cpuinfo says: a VM may hide avx512_bf16 that the CPU still runs
-    # a 256 screen first: emulated bf16 runs ~50x slower and would make the full probe take half a minute
-    fp32 = measure_matmul_flops("float32", n=256, repeats=repeats)
-    bf16 = measure_matmul_flops("bfloat16", n=256, repeats=repeats)
-    if bf16 >= fp32:
-        fp32 = measure_matmul_flops("float32", n=n, repeats=repeats)
-        bf16 = measure_matmul_flops("bfloat16", n=n, repeats=repeats)
-    else:
-        n = 256
-    entry = {"dtype": "bfloat16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "float32",
-             "fp32_gflops": round(fp32 / 1e9, 1), "bf16_gflops": round(bf16 / 1e9, 1),
-             "why": f"{n}x{n} matmul, bf16 {bf16 / fp32:.2f}x fp32, bf16 needs {BF16_MIN_SPEEDUP}x",
-             "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if isinstance(entry, dict) and valid(entry):
+        return dict(entry, cached=True, path=path, key=key)
+    entry = dict(measure(), measured=time.strftime("%Y-%m-%d %H:%M:%S"))
     cache[key] = entry
     try:
         with atomic_file(path) as tmp:
             with open(tmp, "w") as f:
                 json.dump(cache, f, indent=1)
-    except OSError as e:  # a read-only home still trains; it measures again next time
-        print(f"dtype probe: not cached ({e})", file=sys.stderr)
-    return entry["dtype"], dict(entry, cached=False, path=path, key=key)
+    except OSError as e:  # a read-only home still runs; it measures again next time
+        print(f"{filename}: not cached ({e})", file=sys.stderr)
+    return dict(entry, cached=False, path=path, key=key)
+
+
+def probe_cpu_dtype(cache_dir=None, n=1024, repeats=3):
+    """Training's dtype='auto' on a CPU: 'bfloat16' where bf16 matmuls are faster than fp32 by
+    BF16_MIN_SPEEDUP here, else 'float32'. Same-shape matmuls timed in both precisions (~0.2 s), the
+    result kept in <cache_dir>/dtype_probe.json (cached_probe), since one vendor's CPU is 3x faster in
+    bf16 and another's 2x slower. Returns (dtype, entry)."""
+    def measure(n=n):
+        # measured whatever /proc/cpuinfo says: a VM may hide avx512_bf16 that the CPU still runs
+        # a 256 screen first: emulated bf16 runs ~50x slower and would make the full probe take half a minute
+        fp32 = measure_matmul_flops("float32", n=256, repeats=repeats)
+        bf16 = measure_matmul_flops("bfloat16", n=256, repeats=repeats)
+        if bf16 >= fp32:
+            fp32 = measure_matmul_flops("float32", n=n, repeats=repeats)
+            bf16 = measure_matmul_flops("bfloat16", n=n, repeats=repeats)
+        else:
+            n = 256
+        return {"dtype": "bfloat16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "float32",
+                "fp32_gflops": round(fp32 / 1e9, 1), "bf16_gflops": round(bf16 / 1e9, 1),
+                "why": f"{n}x{n} matmul, bf16 {bf16 / fp32:.2f}x fp32, bf16 needs {BF16_MIN_SPEEDUP}x"}
+    entry = cached_probe(PROBE_FILE, measure, lambda e: e.get("dtype") in ("float32", "bfloat16"), cache_dir)
+    return entry["dtype"], entry
 
 
 def describe_probe(entry):

@@ -5,8 +5,10 @@ sample.py, serve.py, eval.py and the benchmarks.
   fp32  as trained.
   bf16  the Linear layers' weights in bfloat16 (half the bytes each generated token reads),
         activations, LayerNorm, attention and the residual stream stay in the model's dtype.
-        CPUs with native bf16 (avx512_bf16 / amx) only; on CUDA the whole model is cast. On CPU
-        1-2 rows go through nanophi/gemv.py's kernel, more through oneDNN (BF16Linear).
+        On CUDA the whole model is cast. On a CPU with native bf16 (avx512_bf16 / amx) 1-2 rows go
+        through nanophi/gemv.py's kernel, more through oneDNN (BF16Linear); on one without (AVX2),
+        the kernel (it widens bf16 to fp32 by a shift) up to 64 rows, prefill through fp32 BLAS
+        on the weight widened per call.
   int8  the Linear layers' weights in int8, symmetric per output channel (one fp32 scale per row),
         CPU only (Int8Linear). 1-2 rows go through nanophi/gemv.py's int8 kernel with fp32
         activations (a quarter of fp32's bytes per token); more rows (prefill, batched decoding)
@@ -16,7 +18,9 @@ sample.py, serve.py, eval.py and the benchmarks.
         weight at every token); fp32 otherwise, i.e. the dtype setting alone decides as before.
 
 Batched decoding (serve.py: up to max_batch rows per step) asks apply_weights for `batch` rows: on a
-CPU the fp32 Linear layers then take nanophi/gemv.py's fp32 kernel up to 16 rows (FP32Linear). MKL's
+CPU the fp32 Linear layers then take nanophi/gemv.py's fp32 kernel up to 16 rows (FP32Linear); at
+batch 1 too where the kernel beats this machine's BLAS at one row (gemv.fp32_rows_choice, measured
+once per machine: MKL at one row is 1.8x slower than the kernel on an AMD EPYC, equal on a Xeon). MKL's
 sgemm at 4-8 rows is 2-3x slower than at one row here; the kernel reads the plain weight once for 8
 rows. (Before: a second copy of the weights prepacked by oneDNN, +476 MB at GPT-2 124M, still the
 fallback where the kernel does not build.)
@@ -24,6 +28,7 @@ fallback where the kernel does not build.)
 Batch-1 generation on a CPU is bound by reading the weights, so fewer bytes per weight is speed.
 bench/bench_generate.py measures the speed and the quality cost (validation loss, greedy agreement).
 """
+import sys
 import warnings
 
 import torch
@@ -46,9 +51,9 @@ def resolve_weights(weights, device, dtype="float32"):
     if weights == "int8" and dev != "cpu":
         raise ValueError(f"weights=int8 (PyTorch's dynamic quantization) runs on CPU only, not {dev}; "
                          "use weights=bf16 or fp32")
-    if weights == "bf16" and dev == "cpu" and not cpu_has_bf16():
-        raise ValueError("weights=bf16: this CPU has no native bf16 (avx512_bf16/amx), where bf16 is emulated and "
-                         "slower than fp32; use weights=int8 or fp32")
+    if weights == "bf16" and dev == "cpu" and not cpu_has_bf16() and gemv.kernel() is None:
+        raise ValueError("weights=bf16: this CPU has no native bf16 (avx512_bf16/amx) and the gemv kernel that "
+                         f"widens bf16 to fp32 is unavailable ({gemv.unavailable()}); use weights=int8 or fp32")
     if weights == "bf16" and dev == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
         raise ValueError(f"weights=bf16 on {torch.cuda.get_device_name(device)} is emulated and slow; use fp32 "
                          "(with dtype=float16 autocast)")
@@ -59,6 +64,9 @@ SMALL_ROWS = 2  # up to this many rows of x bf16 takes the gemv kernel (oneDNN i
 # up to this many rows the fp32 and int8 kernels beat MKL / fbgemm (GPT-2 small's Linear layers: at 16 rows
 # the fp32 kernel is 37 ms against MKL's 47, int8's 20 against fbgemm's 13)
 FP32_GEMV_ROWS, INT8_GEMV_ROWS = 16, 8
+# bf16 without native bf16 (AVX2): the kernel up to this many rows, then widen + fp32 BLAS (2-core AMD EPYC,
+# GPT-2 small's layers: 64 rows 273 ms against 305 widened, 16 rows 79 against 199)
+WIDE_ROWS = 64
 
 
 def can_pack(device):
@@ -113,7 +121,10 @@ class BF16Linear(nn.Module):
         on_cpu = self.weight.device.type == "cpu"
         self.gemv = gemv.kernel() if on_cpu else None
         self.bias_fp32 = None if linear.bias is None else linear.bias.detach().float()
-        self.packed, self.packed_weight = can_pack(self.weight.device), None
+        # without native bf16 (an AVX2 CPU) oneDNN's bf16 is emulated (~1 GFLOP/s): the kernel takes up to
+        # WIDE_ROWS rows, more (prefill) widen the weight to fp32 per call (~1/10 of a 512-token prefill)
+        self.native = not on_cpu or cpu_has_bf16()
+        self.packed, self.packed_weight = can_pack(self.weight.device) and self.native, None
         if self.packed:
             try:
                 self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch)
@@ -121,8 +132,11 @@ class BF16Linear(nn.Module):
                 self.packed = False
 
     def forward(self, x):
-        if self.gemv is not None and x.numel() <= SMALL_ROWS * self.in_features:  # at 4 rows oneDNN is faster
+        rows = SMALL_ROWS if self.native else WIDE_ROWS  # with native bf16, oneDNN is faster from 4 rows
+        if self.gemv is not None and x.numel() <= rows * self.in_features:
             return self.gemv(x, self.weight, self.bias_fp32).to(x.dtype)
+        if not self.native:
+            return F.linear(x.float(), self.weight.float(), self.bias_fp32).to(x.dtype)
         xb = x.to(torch.bfloat16)
         if self.packed:
             y = torch.ops.mkldnn._linear_pointwise(xb, self.packed_weight, self.bias, "none", [], "")
@@ -192,7 +206,13 @@ def apply_weights(model, weights, batch=1):
     take the fp32 gemv kernel (FP32Linear) and bf16 ones are packed for it."""
     device = next(model.parameters()).device
     if weights == "fp32":
-        if batch > SMALL_ROWS and can_pack(device):
+        if device.type != "cpu":
+            return model
+        # batch 1 too where the kernel beats this machine's BLAS at one row (measured once, cached)
+        choice, entry = gemv.fp32_rows_choice()
+        if not entry["cached"] and "gemv_ms" in entry:  # the first run on this machine says what it measured
+            print(gemv.describe_choice(entry), file=sys.stderr)
+        if batch > SMALL_ROWS and can_pack(device) or choice == "gemv":
             _replace_linears(model, lambda linear: FP32Linear(linear, batch))
         return model
     if weights == "bf16" and device.type != "cpu":

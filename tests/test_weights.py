@@ -12,10 +12,13 @@ import torch
 from conftest import ROOT
 from nanophi.device import cpu_has_bf16
 from nanophi.engine import Engine, KVCache, Row
-from nanophi.weights import (INT8_GEMV_ROWS, SMALL_ROWS, BF16Linear, FP32Linear, Int8Linear, apply_weights, can_pack,
-                             quantize_rows, resolve_weights, weight_bytes_per_token)
+from nanophi import gemv
+from nanophi.weights import (INT8_GEMV_ROWS, SMALL_ROWS, WIDE_ROWS, BF16Linear, FP32Linear, Int8Linear, apply_weights,
+                             can_pack, quantize_rows, resolve_weights, weight_bytes_per_token)
 
-FORMATS = ["int8"] + (["bf16"] if cpu_has_bf16() else [])
+# bf16 on a CPU: native bf16 (oneDNN), or the gemv kernel that widens it to fp32 (AVX2 CPUs)
+BF16_OK = cpu_has_bf16() or gemv.kernel() is not None
+FORMATS = ["int8"] + (["bf16"] if BF16_OK else [])
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def test_resolve_weights_checks_before_loading():
         resolve_weights("fp16", "cpu")
     with pytest.raises(ValueError, match="CPU only"):
         resolve_weights("int8", "cuda")
-    if cpu_has_bf16():
+    if BF16_OK:
         assert resolve_weights("bf16", "cpu") == "bf16"
     else:
         with pytest.raises(ValueError, match="no native bf16"):
@@ -94,7 +97,7 @@ def test_sample_rejects_unknown_format(tiny_out_dir):
     assert "weights must be one of auto, fp32, bf16, int8; got 'fp8'" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("rows", [1, 2, 8])
+@pytest.mark.parametrize("rows", [1, 2, 8, WIDE_ROWS + 3])
 def test_bf16_linear_close_to_fp32(rows):
     torch.manual_seed(rows)
     linear = torch.nn.Linear(96, 200)
@@ -105,8 +108,13 @@ def test_bf16_linear_close_to_fp32(rows):
     assert got.dtype == torch.float32 and got.shape == want.shape
     err = ((got - want).abs().max() / want.abs().max()).item()
     assert 0 < err < 0.02, err  # the weights really are bf16, and only rounded
-    if layer.gemv is not None and rows <= SMALL_ROWS:  # batch-1 decoding takes the kernel
+    # batch-1 decoding takes the kernel; without native bf16, batched decoding too (oneDNN's bf16 is emulated)
+    if layer.gemv is not None and rows <= (SMALL_ROWS if layer.native else WIDE_ROWS):
         assert torch.equal(got, layer.gemv(x, layer.weight, layer.bias_fp32))
+    elif not layer.native:  # prefill: fp32 BLAS on the weight widened, the same values
+        widened = torch.nn.functional.linear(x, layer.weight.float(), layer.bias_fp32)
+        torch.testing.assert_close(got, widened, rtol=1e-5, atol=1e-5)
+    assert layer.packed == (layer.native and can_pack("cpu"))
 
 
 def test_quantize_rows_is_symmetric_per_row():
@@ -201,7 +209,9 @@ def test_fp32_for_batches_equals_plain(tiny_model):
     x = torch.randn(8, layer.in_features, requires_grad=True)
     layer(x).sum().backward()  # with gradients on, the plain weight (the kernels have no autograd)
     assert layer.weight.grad is not None
-    assert apply_weights(copy.deepcopy(tiny_model), "fp32", batch=2).lm_head.__class__ is torch.nn.Linear
+    # 1-2 rows: the plain layer, unless the kernel beat BLAS at one row on this machine (the next test)
+    small = apply_weights(copy.deepcopy(tiny_model), "fp32", batch=2).lm_head.__class__
+    assert small is (FP32Linear if gemv.fp32_rows_choice()[0] == "gemv" else torch.nn.Linear)
 
 
 @pytest.mark.parametrize("fmt", ["fp32", "int8"])
@@ -218,3 +228,24 @@ def test_decoding_rows_do_not_depend_on_the_rows_beside_them(fmt):
         for i in range(8):
             assert torch.equal(layer(x[i:i + 1]), together[i:i + 1])
         assert torch.equal(layer(x[2:5]), together[2:5])
+
+
+def test_fp32_batch_one_follows_the_measured_choice(tiny_model, tmp_path):
+    """gemv.fp32_rows_choice times the kernel against BLAS at one row, once per machine (cached); apply_weights
+    puts batch-1 fp32 on the kernel only where it won here, and the numbers stay fp32's."""
+    choice, entry = gemv.fp32_rows_choice(cache_dir=str(tmp_path))
+    assert choice in ("gemv", "blas")
+    if gemv.fp32_kernel() is None:
+        assert choice == "blas" and "no kernel" in entry["why"]
+    else:
+        assert entry["cached"] is False and (choice == "gemv") == (entry["gemv_ms"] < entry["blas_ms"])
+        again = gemv.fp32_rows_choice(cache_dir=str(tmp_path))[1]
+        assert again["cached"] is True and again["gemv_ms"] == entry["gemv_ms"]  # measured once
+        assert "1 row: kernel" in gemv.describe_choice(entry)
+    model = apply_weights(copy.deepcopy(tiny_model), "fp32")  # the user's cache: what sample.py does here
+    on_kernel = isinstance(model.lm_head, FP32Linear)
+    assert on_kernel == (gemv.fp32_rows_choice()[0] == "gemv")
+    if on_kernel:
+        assert model.lm_head.packed is None and model.lm_head.weight is model.transformer.wte.weight
+    ids = [464, 2068, 7586, 21831, 625, 262]
+    torch.testing.assert_close(decode_logits(model, ids), decode_logits(tiny_model, ids), rtol=1e-4, atol=1e-4)
