@@ -149,12 +149,18 @@ class BF16Linear(nn.Module):
                 f"gemv={self.gemv is not None}, packed={self.packed}")
 
 
-def quantize_rows(weight):
-    """int8 values and an fp32 scale per output row, symmetric: weight ~= q * scale[:, None]."""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # an all-zero row: any scale gives zeros
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q.contiguous(), scale
+def quantize_rows(weight, chunk=4096):
+    """int8 values and an fp32 scale per output row, symmetric: weight ~= q * scale[:, None]. In chunks
+    of rows, so the fp32 temporaries stay small (GPT-2's lm_head whole: ~3 x 154 MB at the peak)."""
+    w = weight.detach()
+    q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    scale = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
+    for i in range(0, w.shape[0], chunk):
+        part = w[i:i + chunk].float()
+        s = (part.abs().amax(dim=1) / 127).clamp(min=1e-12)  # an all-zero row: any scale gives zeros
+        q[i:i + chunk] = torch.round(part / s[:, None]).clamp(-127, 127)
+        scale[i:i + chunk] = s
+    return q, scale
 
 
 class Int8Linear(nn.Module):
@@ -189,19 +195,86 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, gemv={self.gemv is not None}"
 
 
-def _replace_linears(module, make):
+class TiedEmbedding(nn.Module):
+    """GPT-2's token embedding read from the converted lm_head it is tied to (bf16, or int8 with its
+    per-row scale, which is per token here), so the fp32 table (154 MB at 124M) is not kept beside it."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = [head]  # a list: not a submodule, so the layer is not listed (or converted) twice
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+
+    def forward(self, idx):
+        head = self.head[0]
+        rows = F.embedding(idx, head.weight).float()
+        return rows * head.scale[idx].unsqueeze(-1) if isinstance(head, Int8Linear) else rows
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}, from {type(self.head[0]).__name__}"
+
+
+def _file_mappings():
+    """(start, end) of this process's file-backed memory mappings (Linux), e.g. a checkpoint loaded with mmap."""
+    spans = []
+    try:
+        for line in open("/proc/self/maps"):
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/"):
+                start, end = (int(a, 16) for a in fields[0].split("-"))
+                spans.append((start, end))
+    except OSError:
+        pass
+    return spans
+
+
+def release_pages(tensor, spans):
+    """Give back the resident pages of a tensor that lives in a memory-mapped checkpoint and that nothing
+    reads any more (a converted Linear's fp32 weight): without this they stay in the process's memory
+    (peak and steady) for as long as any other tensor of the file is alive. Only whole pages inside the
+    tensor, only where the memory is a file mapping; a re-read would fetch them again from the file."""
+    if tensor is None or tensor.device.type != "cpu" or sys.platform != "linux":
+        return
+    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size()
+    if not any(a <= start and end <= b for a, b in spans):
+        return
+    import ctypes
+    import mmap
+    page = mmap.PAGESIZE
+    lo, hi = (start + page - 1) // page * page, end // page * page
+    if hi > lo:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+
+
+def _replace_linears(module, make, spans=(), keep=()):
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
             setattr(module, name, make(child))
+            if not any(child.weight is k for k in keep):
+                release_pages(child.weight, spans)
         else:
-            _replace_linears(child, make)
+            _replace_linears(child, make, spans, keep)
+
+
+def _convert_on_cpu(model, make):
+    """Convert every Linear; the tied token embedding then reads lm_head's converted weight, and the fp32
+    pages of a memory-mapped checkpoint are given back as each layer is done."""
+    spans = _file_mappings()
+    wte = model.transformer.wte
+    tied = model.lm_head.weight is wte.weight
+    _replace_linears(model, make, spans, keep=(wte.weight,))
+    if tied and getattr(model.lm_head, "weight", None) is not None:
+        model.transformer.wte = TiedEmbedding(model.lm_head)
+        release_pages(wte.weight, spans)
+    return model
 
 
 @torch.no_grad()
 def apply_weights(model, weights, batch=1):
     """Put a loaded model (eval mode, on its device) into a resolved format (resolve_weights), in
-    place; returns it. The result is for inference only. GPT-2 ties lm_head to wte: the converted
-    lm_head gets its own copy of the weight, and wte stays fp32 for the embedding lookup. batch: the
+    place; returns it. The result is for inference only. GPT-2 ties lm_head to wte: on a CPU the
+    token embedding then reads the converted lm_head (TiedEmbedding), so no fp32 table is kept; fp32
+    pages of a memory-mapped checkpoint are given back as each layer is converted. batch: the
     most rows one decoding step feeds (serve.py's max_batch); above 2 on a CPU, fp32 Linear layers
     take the fp32 gemv kernel (FP32Linear) and bf16 ones are packed for it."""
     device = next(model.parameters()).device
@@ -218,11 +291,9 @@ def apply_weights(model, weights, batch=1):
     if weights == "bf16" and device.type != "cpu":
         return model.to(torch.bfloat16)
     if weights == "bf16":
-        _replace_linears(model, lambda linear: BF16Linear(linear, batch))
-        return model
+        return _convert_on_cpu(model, lambda linear: BF16Linear(linear, batch))
     if weights == "int8":
-        _replace_linears(model, Int8Linear)
-        return model
+        return _convert_on_cpu(model, Int8Linear)
     raise ValueError(f"apply_weights: unresolved weights {weights!r} (call resolve_weights first)")
 
 
@@ -246,4 +317,6 @@ def weight_bytes_per_token(model):
             total += sum(p.numel() * p.element_size() for p in m.parameters())
         elif isinstance(m, nn.Embedding):
             total += m.weight.size(1) * m.weight.element_size()
+        elif isinstance(m, TiedEmbedding):  # one row of the head's weight (+ its scale)
+            total += m.embedding_dim * m.head[0].weight.element_size() + 4 * isinstance(m.head[0], Int8Linear)
     return total

@@ -249,3 +249,52 @@ def test_fp32_batch_one_follows_the_measured_choice(tiny_model, tmp_path):
         assert model.lm_head.packed is None and model.lm_head.weight is model.transformer.wte.weight
     ids = [464, 2068, 7586, 21831, 625, 262]
     torch.testing.assert_close(decode_logits(model, ids), decode_logits(tiny_model, ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tied_embedding_reads_the_converted_head(tiny_model, fmt):
+    """On a CPU the token embedding of a converted model reads lm_head's bf16/int8 weight: no fp32 table beside it."""
+    from nanophi.weights import TiedEmbedding
+    model = apply_weights(copy.deepcopy(tiny_model), fmt)
+    emb = model.transformer.wte
+    assert isinstance(emb, TiedEmbedding) and emb.head[0] is model.lm_head
+    assert not any(p.dtype == torch.float32 and p.shape == tiny_model.lm_head.weight.shape for p in model.parameters())
+    idx = torch.tensor([[0, 5, 50256, 17]])
+    want, got = tiny_model.transformer.wte(idx), emb(idx)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    if fmt == "int8":  # exactly the dequantized rows (the head's scale is per token)
+        torch.testing.assert_close(got, model.lm_head.weight[idx].float() * model.lm_head.scale[idx, None])
+    assert ((got - want).abs().max() / want.abs().max()).item() < 0.01
+    assert weight_bytes_per_token(model) < weight_bytes_per_token(tiny_model)
+
+
+def rss_mb():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self")
+def test_release_pages_gives_back_a_mapped_checkpoint_and_nothing_else(tmp_path):
+    from nanophi.weights import _file_mappings, release_pages
+    path = str(tmp_path / "big.pt")
+    torch.save({"a": torch.ones(16 << 20), "b": torch.full((1000,), 3.0)}, path)  # 64 MB + a neighbour
+    sd = torch.load(path, mmap=True, weights_only=True)
+    anon = torch.ones(4 << 20)
+    assert sd["a"].sum().item() == 16 << 20  # every page read in
+    before = rss_mb()
+    release_pages(anon, _file_mappings())  # not a file mapping: untouched
+    release_pages(sd["a"], _file_mappings())
+    assert before - rss_mb() > 48, (before, rss_mb())
+    assert anon.sum().item() == 4 << 20 and torch.equal(sd["b"], torch.full((1000,), 3.0))
+    assert sd["a"][:10].tolist() == [1.0] * 10  # read again, from the file
+
+
+def test_converted_from_a_mapped_checkpoint_equals_converted_from_memory(tiny_out_dir):
+    """load_for_inference maps the checkpoint and gives back the fp32 pages while converting: the result is
+    the same model as converting a copy held in ordinary memory."""
+    from nanophi.checkpoint import load_for_inference, load_model
+    ids = torch.tensor([[464, 2068, 7586, 21831, 625, 262, 16931]])
+    for fmt in FORMATS:
+        mapped = load_for_inference("resume", tiny_out_dir, weights=fmt, dtype="float32").model
+        plain = apply_weights(copy.deepcopy(load_model("resume", tiny_out_dir)[0]), fmt)
+        with torch.no_grad():
+            assert torch.equal(mapped(ids)[0], plain(ids)[0]), fmt
