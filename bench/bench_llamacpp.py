@@ -109,6 +109,22 @@ def our_rate(model, repeats, prompt=0, new=0, depth=0):
     return statistics.median(times)
 
 
+def linear_ms(model, repeats):
+    """Milliseconds one batch-1 token spends in the model's Linear layers alone (lm_head included), each
+    fed one row in sequence, best of repeats: the floor under our decoding step in this format, the rest
+    being attention, LayerNorm, GELU, sampling and Python."""
+    from nanophi.weights import BF16Linear, FP32Linear, Int8Linear
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, FP32Linear, BF16Linear, Int8Linear))]
+    xs = [torch.randn(1, 1, m.in_features) for m in layers]
+    best = float("inf")
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        for m, x in zip(layers, xs):
+            m(x)
+        best = min(best, time.perf_counter() - t)
+    return best * 1e3
+
+
 STREAMS = 8
 STREAM_TOKENS = [48, 64, 80, 96, 112, 128, 56, 72]  # one request per stream, 48-128 tokens each
 
@@ -249,6 +265,15 @@ def main():
                 with torch.no_grad():
                     ours = our_rate(model, args.repeats, **test)
                 show(name, theirs, ours, theirs and ours / theirs)
+                if test.get("depth") is None and test.get("new"):  # what our step is made of, at context 0
+                    with torch.no_grad():
+                        lin = linear_ms(model, args.repeats)
+                    step = 1e3 / ours
+                    print(f"  {ours_fmt}: our Linear layers alone {lin:.1f} ms a token (at most {1e3 / lin:.0f} tok/s); "
+                          f"the rest of our step {step - lin:.1f} ms; llama.cpp's whole step "
+                          f"{1e3 / theirs if theirs else float('nan'):.1f} ms", flush=True)
+                    rows.append({"metric": f"{ours_fmt} Linear layers alone (ms a token)", "nanophi": round(lin, 2),
+                                 "rest_ms": round(step - lin, 2), "llama.cpp_step_ms": theirs and round(1e3 / theirs, 2)})
             del model
             if args.servers == "True":
                 for row in server_rows(tools, ggufs[llama_fmt], os.path.join(work, "random.pt"), ours_fmt, llama_fmt,

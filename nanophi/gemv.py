@@ -104,6 +104,12 @@ def int8_kernel():
                                 "(slower at batch 1, activations quantized)")
 
 
+def bf16_rows_kernel():
+    """torch.ops.nanophi.gemv_bf16_rows(x, w, bias): as kernel(), one pass over w for up to 8 rows of x
+    (kernel() makes one per 2), for batched decoding where oneDNN's bf16 is emulated; or None (warned once)."""
+    return _kernel("gemv_bf16_rows", "batched bf16 decoding uses the 2-row kernel")
+
+
 def fp32_kernel():
     """torch.ops.nanophi.gemv_fp32(x, w, bias) -> x @ w.T + bias (w: (N, K) contiguous fp32), or None
     where unavailable (warned once)."""

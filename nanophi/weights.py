@@ -64,8 +64,9 @@ SMALL_ROWS = 2  # up to this many rows of x bf16 takes the gemv kernel (oneDNN i
 # up to this many rows the fp32 and int8 kernels beat MKL / fbgemm (GPT-2 small's Linear layers: at 16 rows
 # the fp32 kernel is 37 ms against MKL's 47, int8's 20 against fbgemm's 13)
 FP32_GEMV_ROWS, INT8_GEMV_ROWS = 16, 8
-# bf16 without native bf16 (AVX2): the kernel up to this many rows, then widen + fp32 BLAS (2-core AMD EPYC,
-# GPT-2 small's layers: 64 rows 273 ms against 305 widened, 16 rows 79 against 199)
+# bf16 without native bf16 (AVX2): the rows kernel up to this many rows, then widen + fp32 BLAS (2-core AMD
+# EPYC, GPT-2 small's layers: 64 rows 171-213 ms against 305 widened, 8 rows 20-23 against 213; at 512 rows
+# BLAS's 150 GFLOP/s win)
 WIDE_ROWS = 64
 
 
@@ -124,6 +125,10 @@ class BF16Linear(nn.Module):
         # without native bf16 (an AVX2 CPU) oneDNN's bf16 is emulated (~1 GFLOP/s): the kernel takes up to
         # WIDE_ROWS rows, more (prefill) widen the weight to fp32 per call (~1/10 of a 512-token prefill)
         self.native = not on_cpu or cpu_has_bf16()
+        if on_cpu and not self.native and gemv.bf16_rows_kernel() is not None:
+            # one pass over the weight for up to 8 rows (4 on AVX2), at 1-2 rows as fast as the pair kernel, and
+            # one summing order for every row count: a row's numbers do not depend on the rows beside it
+            self.gemv = gemv.bf16_rows_kernel()
         self.packed, self.packed_weight = can_pack(self.weight.device) and self.native, None
         if self.packed:
             try:

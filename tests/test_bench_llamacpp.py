@@ -40,3 +40,15 @@ def test_export_random_gives_what_the_converter_reads(tmp_path):
     assert config["n_ctx"] == 64 and config["architectures"] == ["GPT2LMHeadModel"]
     assert all(os.path.isfile(os.path.join(path, f)) for f in ("vocab.json", "merges.txt", "tokenizer_config.json"))
     assert GPT2LMHeadModel.from_pretrained(path).config.n_layer == 2
+
+
+def test_linear_ms_times_every_linear_layer_of_each_format():
+    import torch
+    from model import GPT, GPTConfig
+    from nanophi.weights import apply_weights
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)).eval()
+    with torch.no_grad():
+        plain = bench_llamacpp.linear_ms(model, 1)
+        int8 = bench_llamacpp.linear_ms(apply_weights(model, "int8"), 1)
+    assert 0 < plain < 1e4 and 0 < int8 < 1e4

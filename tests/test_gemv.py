@@ -80,7 +80,7 @@ def test_int8_gemv_equals_the_dequantized_weight(int8_op, shape, K, N, bias):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * K ** 0.5)
 
 
-# up to 8 rows share a pass; 11 = one pass of 8 and one of 3
+# up to 8 rows share a pass (int8 and bf16 on AVX2: 4); 11 = one pass of 8 and one of 3 (or 4 + 4 + 3)
 @pytest.mark.parametrize("M,K,N,bias", [(1, 53, 37, True), (3, 200, 33, False), (5, 771, 130, True), (8, 64, 4099, True),
                                         (11, 67, 9, False), (4, 7, 3, True)])
 def test_fp32_gemv_equals_fp32_linear(int8_op, M, K, N, bias):
@@ -94,6 +94,9 @@ def test_fp32_gemv_equals_fp32_linear(int8_op, M, K, N, bias):
     q = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
     want8 = F.linear(x.double(), q.double() * scale.double()[:, None], None if b is None else b.double())
     torch.testing.assert_close(int8_op(x, q, scale, b).double(), want8, rtol=1e-5, atol=1e-5 * K ** 0.5)
+    wb = w.bfloat16()  # the bf16 rows op (batched decoding without native bf16): the same loop over 16-bit weights
+    wantb = F.linear(x.double(), wb.double(), None if b is None else b.double())
+    torch.testing.assert_close(gemv.bf16_rows_kernel()(x, wb, b).double(), wantb, rtol=1e-5, atol=1e-5 * K ** 0.5)
 
 
 def test_int8_gemv_rejects_bad_input(int8_op):

@@ -55,7 +55,7 @@ void rows_simd(const float* x, const W* const* wr, const float* scale, const flo
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < R; ++r) {
       float s = simd::sum(acc[m][r]);
-      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * float(wr[r][kk]);  // K % kLanes
+      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * simd::to_float(wr[r][kk]);  // K % kLanes
       y[m * N + nr[r]] = s * (scale ? scale[nr[r]] : 1.f) + (b ? b[nr[r]] : 0.f);
     }
 }
@@ -72,8 +72,12 @@ void band_simd(const float* x, const W* w, const float* scale, const float* b, f
   }
 }
 
-// up to kMaxRows rows of x share one pass over a band of the weight
-constexpr int64_t kMaxRows = 8;
+// up to max_rows rows of x share one pass over a band of the weight. AVX2 has 16 vector registers: 8 rows
+// x 2 weight streams of accumulators spill, which costs more than a second pass over int8/bf16 weights
+// (compute-bound there: 8 rows of GPT-2 124M's layers, bf16 28.5 -> 20.4 ms) but less than one over fp32's
+// 4 bytes a weight (memory-bound: 27.5 -> 35.3 ms), so fp32 keeps 8 (2-core AMD EPYC, AVX2)
+template <typename W>
+constexpr int64_t max_rows() { return simd::kLanes == 8 && sizeof(W) < 4 ? 4 : 8; }
 
 template <typename W>
 void band(int64_t mr, const float* x, const W* w, const float* scale, const float* b, float* y, int64_t K,
@@ -104,7 +108,7 @@ at::Tensor gemv_rows(const char* name, const at::Tensor& x, const at::Tensor& w,
   const int64_t M = x2.size(0);
   at::Tensor y2 = at::empty({M, N}, x2.options());
   const float* xp = x2.data_ptr<float>();
-  const W* wp = w.data_ptr<W>();
+  const W* wp = static_cast<const W*>(w.const_data_ptr());  // bf16 read as its 16 bits
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y2.data_ptr<float>();
   // bands of 16 rows; small weights (under ~128K values) stay on one thread, where waking the other costs more
@@ -112,8 +116,8 @@ at::Tensor gemv_rows(const char* name, const at::Tensor& x, const at::Tensor& w,
   const int64_t grain = std::max<int64_t>(1, 131072 / (16 * std::max<int64_t>(K, 1)));
   at::parallel_for(0, nbands, grain, [&](int64_t begin, int64_t end) {
     const int64_t n0 = begin * 16, n1 = std::min(N, end * 16);
-    for (int64_t m = 0; m < M; m += kMaxRows)
-      band<W>(std::min(kMaxRows, M - m), xp + m * K, wp, sp, bp, yp + m * N, K, N, n0, n1);
+    for (int64_t m = 0; m < M; m += max_rows<W>())
+      band<W>(std::min(max_rows<W>(), M - m), xp + m * K, wp, sp, bp, yp + m * N, K, N, n0, n1);
   });
   auto shape = x.sizes().vec();
   shape.back() = N;
@@ -137,6 +141,15 @@ at::Tensor gemv_fp32(const at::Tensor& x, const at::Tensor& w, const c10::option
   return gemv_rows<float>("gemv_fp32", x, w, nullptr, bias);
 }
 
+// bf16 w for 3+ rows (batched decoding on CPUs without native bf16, where oneDNN's bf16 is emulated):
+// up to 8 rows per pass over the weight, where gemv_bf16.cpp's kernel makes one pass per 2 rows
+at::Tensor gemv_bf16_rows(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.device().is_cpu(),
+              "gemv_bf16_rows: weight must be a contiguous 2-d bf16 CPU tensor");
+  TORCH_CHECK(simd::cpu_ok(), "gemv_bf16_rows: this CPU has no ", simd::kIsa);
+  return gemv_rows<uint16_t>("gemv_bf16_rows", x, w, nullptr, bias);
+}
+
 at::Tensor gemv_fp32_meta(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
   auto shape = x.sizes().vec();
   shape.back() = w.size(0);
@@ -153,13 +166,16 @@ at::Tensor gemv_int8_meta(const at::Tensor& x, const at::Tensor& w, const at::Te
 TORCH_LIBRARY_FRAGMENT(nanophi, m) {
   m.def("gemv_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias) -> Tensor");
   m.def("gemv_fp32(Tensor x, Tensor w, Tensor? bias) -> Tensor");
+  m.def("gemv_bf16_rows(Tensor x, Tensor w, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nanophi, CPU, m) {
   m.impl("gemv_int8", gemv_int8);
   m.impl("gemv_fp32", gemv_fp32);
+  m.impl("gemv_bf16_rows", gemv_bf16_rows);
 }
 TORCH_LIBRARY_IMPL(nanophi, Meta, m) {
   m.impl("gemv_int8", gemv_int8_meta);
   m.impl("gemv_fp32", gemv_fp32_meta);
+  m.impl("gemv_bf16_rows", gemv_fp32_meta);
 }

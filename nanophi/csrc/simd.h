@@ -5,10 +5,21 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include <immintrin.h>
 
 namespace simd {
+
+// one weight widened to fp32, for the tails of the loops (bf16 is the top half of an fp32)
+inline float to_float(float v) { return v; }
+inline float to_float(int8_t v) { return float(v); }
+inline float to_float(uint16_t v) {
+  uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
 
 #if defined(__AVX512F__)
 constexpr int kLanes = 16;
@@ -24,6 +35,7 @@ inline vec load_bf16(const uint16_t* p) {  // kLanes bf16: the top half of an fp
   __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
+inline vec load(const uint16_t* p) { return load_bf16(p); }
 // 2 * kLanes bf16 in one register: the even elements widened by a shift, the odd ones by masking the
 // low half off (two cheap ops per 2 * kLanes weights instead of a widen and a shift per kLanes)
 inline void load_bf16_pairs(const uint16_t* p, vec& even, vec& odd) {
@@ -49,6 +61,7 @@ inline vec load_bf16(const uint16_t* p) {
   __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
+inline vec load(const uint16_t* p) { return load_bf16(p); }
 inline void load_bf16_pairs(const uint16_t* p, vec& even, vec& odd) {
   __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
