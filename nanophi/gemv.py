@@ -19,7 +19,8 @@ is widened to fp32 by a 16-bit shift inside the dot products, so activations sta
 The loops are written once over a vector type (csrc/simd.h) and built for the widest instruction set
 this CPU runs, AVX-512F (16 lanes) or AVX2+FMA (8), as torch itself dispatches at run time. Built
 once with torch.utils.cpp_extension (setup.sh does it; cached under TORCH_EXTENSIONS_DIR, default
-~/.cache/torch_extensions). Where it cannot be built or run (no compiler, not x86-64 with AVX-512 or
+~/.cache/torch_extensions, per source version: other clones with the same sources reuse it). Where it
+cannot be built or run (no compiler, not x86-64 with AVX-512 or
 AVX2, Windows) or NANOPHI_GEMV=0 is set, kernel(), int8_kernel() and fp32_kernel() return None
 after a one-line warning each: BF16Linear keeps oneDNN's path, Int8Linear fbgemm's dynamic op at
 every size, FP32Linear a oneDNN-packed second copy for batches.
@@ -47,6 +48,30 @@ def isa():
     return cap if cap in ISA_FLAGS else None
 
 
+def _stable_sources():
+    """csrc/ copied (once, atomically) under torch's extensions root at a folder named by its contents' hash."""
+    import hashlib
+    import shutil
+    from torch.utils.cpp_extension import get_default_build_root
+    names = sorted(f for f in os.listdir(CSRC) if f.endswith((".cpp", ".h")))
+    h = hashlib.sha256()
+    for f in names:
+        h.update(f.encode() + b"\0" + open(os.path.join(CSRC, f), "rb").read() + b"\0")
+    digest = h.hexdigest()[:12]
+    src = os.path.join(get_default_build_root(), f"nanophi_src_{digest}")
+    if not os.path.isdir(src):
+        tmp = f"{src}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for f in names:
+            shutil.copy2(os.path.join(CSRC, f), tmp)
+        try:
+            os.rename(tmp, src)
+        except OSError:  # another process made it first: the same contents
+            shutil.rmtree(tmp, ignore_errors=True)
+    return src, digest
+
+
 def _build():
     """None once the ops are loaded, or the reason they are not available."""
     if os.environ.get("NANOPHI_GEMV", "1") == "0":
@@ -58,11 +83,15 @@ def _build():
         return f"this CPU has neither AVX-512 nor AVX2 (torch reports {torch.backends.cpu.get_cpu_capability()})"
     from torch.utils.cpp_extension import load
     try:
-        # one build per instruction set (its own name, so a cache shared between machines never runs
-        # the wrong one); at::parallel_for is a header template: built without OpenMP it would run on
-        # one thread (libgomp.so.1 then resolves to the copy torch has already loaded, one thread pool)
-        load(f"nanophi_gemv_{name.lower()}", SOURCES, extra_cflags=["-O3", "-fopenmp"] + ISA_FLAGS[name],
-             extra_ldflags=["-fopenmp"], extra_include_paths=[CSRC], is_python_module=False, verbose=False)
+        # one build per instruction set and source version, from a copy of the sources at a path named by
+        # their hash: a second clone of the repository (Colab's, the notebook test's) finds the same build
+        # instead of recompiling (~25 s on 2 cores), and a cache shared between machines never runs the
+        # wrong one; at::parallel_for is a header template: built without OpenMP it would run on one
+        # thread (libgomp.so.1 then resolves to the copy torch has already loaded, one thread pool)
+        src, digest = _stable_sources()
+        load(f"nanophi_gemv_{name.lower()}_{digest}", [os.path.join(src, os.path.basename(f)) for f in SOURCES],
+             extra_cflags=["-O3", "-fopenmp"] + ISA_FLAGS[name], extra_ldflags=["-fopenmp"],
+             extra_include_paths=[src], is_python_module=False, verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the reason in one line
         return f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''})"
     if not torch.ops.nanophi.gemv_cpu_ok():
