@@ -15,12 +15,15 @@ path (finetune a pretrained GPT-2 from its transformers directory) with a small 
    match, how often an answer stops at end-of-text      eval.py --compare_with=<base dir>
 6. the seeds' showcase prompts on held-out variants
    (new numbers, new nouns): base vs finetuned, ✓/✗     nanophi/showcase.py
-7. print one greedy sample per tag                       sample.py --tag=...
+7. print one greedy sample per tag                       sample.py --tag=... (its main(), in this process)
 
 Each step is the same command a user would type, run here one after another with its output
 shown as it comes; a failing step stops the job with its exit status. Settings below can be
 overridden like any script's (--key=value), e.g. --max_iters=100 for a quicker look.
 """
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
@@ -58,16 +61,22 @@ def run(title, cmd):
 
 
 def sample_each_tag():
+    import sample  # sample.py itself, in this process: seven interpreter starts cost ~30 s on 2 cores
     for task in SAMPLES:  # one greedy sample per tag: a reproducible printout
         tag = task.tag.strip("[]")
         print(f"\n--- [{tag}] {task.sample!r}", flush=True)
-        cmd = [PY, "sample.py", f"--out_dir={out_dir}", f"--tag={tag}", f"--start={task.sample}", "--temperature=0",
-               f"--max_new_tokens={sample_tokens}", "--echo=True", "--no_repeat_ngram_size=4"]
+        argv = [f"--out_dir={out_dir}", f"--tag={tag}", f"--start={task.sample}", "--temperature=0",
+                f"--max_new_tokens={sample_tokens}", "--echo=True", "--no_repeat_ngram_size=4"]
         if task.system:
-            cmd.append(f"--system={task.system}")
-        r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # settings chatter only shown on failure
-        if r.returncode != 0:
-            sys.exit(f"{r.stderr}\npipeline: sampling [{tag}] failed with exit status {r.returncode}")
+            argv.append(f"--system={task.system}")
+        importlib.reload(sample)  # every setting back to its default, as a fresh `python sample.py` has
+        chatter = io.StringIO()  # settings chatter only shown on failure
+        try:
+            with contextlib.redirect_stderr(chatter):
+                sample.main(argv)
+        except Exception as e:  # noqa: BLE001 (any failure ends the job, with what sample.py said)
+            sys.exit(f"{chatter.getvalue()}\npipeline: sampling [{tag}] failed: {type(e).__name__}: {e}")
+        sys.stdout.flush()
 
 
 def show_showcase():
