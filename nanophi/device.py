@@ -137,12 +137,17 @@ def probe_cpu_dtype(cache_dir=None, n=1024, repeats=3):
     return entry["dtype"], entry
 
 
+def cache_note(entry):
+    """How a cached_probe entry came to be, for a log line: measured now, or when and where it was cached."""
+    if entry["cached"]:
+        return f"cached {entry.get('measured', '')} in {entry['path']}, delete it to re-measure"
+    return f"measured now, cached in {entry['path']}"
+
+
 def describe_probe(entry):
     """One line for the training log: what auto chose on this CPU and the figures behind it."""
     return (f"dtype auto on this CPU: {entry['dtype']} (matmul fp32 {entry['fp32_gflops']:.0f} GFLOP/s, "
-            f"bf16 {entry['bf16_gflops']:.0f} GFLOP/s; {entry['why']}; "
-            + (f"cached {entry.get('measured', '')} in {entry['path']}, delete it to re-measure)" if entry["cached"]
-               else f"measured now, cached in {entry['path']})"))
+            f"bf16 {entry['bf16_gflops']:.0f} GFLOP/s; {entry['why']}; {cache_note(entry)})")
 
 
 def pick_dtype(dtype="auto", device="cpu", training=False):

@@ -20,8 +20,8 @@ The loops are written once over a vector type (csrc/simd.h) and built for the wi
 this CPU runs, AVX-512F (16 lanes) or AVX2+FMA (8), as torch itself dispatches at run time. Built
 once with torch.utils.cpp_extension (setup.sh does it; cached under TORCH_EXTENSIONS_DIR, default
 ~/.cache/torch_extensions, per source version: other clones with the same sources reuse it). Where it
-cannot be built or run (no compiler, not x86-64 with AVX-512 or
-AVX2, Windows) or NANOPHI_GEMV=0 is set, kernel(), int8_kernel() and fp32_kernel() return None
+cannot be built or run (no compiler, not x86-64 with AVX-512 or AVX2, Windows) or NANOPHI_GEMV=0 is
+set, kernel(), int8_kernel() and fp32_kernel() return None
 after a one-line warning each: BF16Linear keeps oneDNN's path, Int8Linear fbgemm's dynamic op at
 every size, FP32Linear a oneDNN-packed second copy for batches.
 """
@@ -135,8 +135,9 @@ def int8_kernel():
 
 def bf16_rows_kernel():
     """torch.ops.nanophi.gemv_bf16_rows(x, w, bias): as kernel(), one pass over w for up to 8 rows of x
-    (kernel() makes one per 2), for batched decoding where oneDNN's bf16 is emulated; or None (warned once)."""
-    return _kernel("gemv_bf16_rows", "batched bf16 decoding uses the 2-row kernel")
+    (kernel() makes one per 2), for CPUs without native bf16, where oneDNN's bf16 is emulated; or None
+    (warned once)."""
+    return _kernel("gemv_bf16_rows", "bf16 weights are widened to fp32 for BLAS at every size (slower at batch 1)")
 
 
 def fp32_kernel():
@@ -177,10 +178,9 @@ def describe_choice(entry):
     """One line for a log: the fp32 batch-1 path and the figures behind it."""
     if "gemv_ms" not in entry:
         return f"fp32 decoding: BLAS ({entry['why']})"
+    from nanophi.device import cache_note
     return (f"fp32 decoding: {'gemv kernel' if entry['choice'] == 'gemv' else 'BLAS'} (1 row: kernel "
-            f"{entry['gemv_ms']} ms, BLAS {entry['blas_ms']} ms; "
-            + (f"cached {entry.get('measured', '')} in {entry['path']})" if entry["cached"]
-               else f"measured now, cached in {entry['path']})"))
+            f"{entry['gemv_ms']} ms, BLAS {entry['blas_ms']} ms; {cache_note(entry)})")
 
 
 if __name__ == "__main__":  # setup.sh: build now, so the first request does not pay the compile

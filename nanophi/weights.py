@@ -120,15 +120,14 @@ class BF16Linear(nn.Module):
         self.weight = linear.weight.detach().to(torch.bfloat16).contiguous()
         self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
         on_cpu = self.weight.device.type == "cpu"
-        self.gemv = gemv.kernel() if on_cpu else None
         self.bias_fp32 = None if linear.bias is None else linear.bias.detach().float()
         # without native bf16 (an AVX2 CPU) oneDNN's bf16 is emulated (~1 GFLOP/s): the kernel takes up to
-        # WIDE_ROWS rows, more (prefill) widen the weight to fp32 per call (~1/10 of a 512-token prefill)
+        # WIDE_ROWS rows, more (prefill) widen the weight to fp32 per call (~1/10 of a 512-token prefill).
+        # There the rows kernel: one pass over the weight for up to 8 rows (4 on AVX2), at 1-2 rows as fast
+        # as the pair kernel, and one summing order for every row count (a row's numbers do not depend on
+        # the rows beside it)
         self.native = not on_cpu or cpu_has_bf16()
-        if on_cpu and not self.native and gemv.bf16_rows_kernel() is not None:
-            # one pass over the weight for up to 8 rows (4 on AVX2), at 1-2 rows as fast as the pair kernel, and
-            # one summing order for every row count: a row's numbers do not depend on the rows beside it
-            self.gemv = gemv.bf16_rows_kernel()
+        self.gemv = None if not on_cpu else gemv.kernel() if self.native else gemv.bf16_rows_kernel()
         self.packed, self.packed_weight = can_pack(self.weight.device) and self.native, None
         if self.packed:
             try:

@@ -10,18 +10,10 @@
 #include <torch/library.h>
 
 #include <cstdint>
-#include <cstring>
 
 #include "simd.h"
 
 namespace {
-
-inline float bf16_to_float(uint16_t v) {
-  uint32_t u = uint32_t(v) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
 
 // Each thread streams its share of w as two sequential streams (the rows of its first and second
 // half, in pairs): two streams per core and software prefetches 8 KB ahead of each reach the
@@ -59,12 +51,12 @@ void rows_simd(const float* x, const float* xs, const uint16_t* const* wr, const
   for (; k + kLanes <= K; k += kLanes)
     for (int m = 0; m < MR; ++m) {
       simd::vec xv = simd::load(x + m * K + k);
-      for (int r = 0; r < R; ++r) acc[m][r][0] = simd::fma(simd::load_bf16(wr[r] + k), xv, acc[m][r][0]);
+      for (int r = 0; r < R; ++r) acc[m][r][0] = simd::fma(simd::load(wr[r] + k), xv, acc[m][r][0]);
     }
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < R; ++r) {
       float s = simd::sum(simd::add(acc[m][r][0], acc[m][r][1]));
-      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * bf16_to_float(wr[r][kk]);  // K % kLanes
+      for (int64_t kk = k; kk < K; ++kk) s += x[m * K + kk] * simd::to_float(wr[r][kk]);  // K % kLanes
       y[m * N + nr[r]] = s + (b ? b[nr[r]] : 0.f);
     }
 }
@@ -80,7 +72,6 @@ void band_simd(const float* x, const float* xs, const uint16_t* w, const float* 
     else rows_simd<1, MR>(x, xs, wr, b, y, K, N, nr);
   }
 }
-
 
 at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.device().is_cpu(),

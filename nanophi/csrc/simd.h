@@ -31,11 +31,10 @@ inline vec load(const float* p) { return _mm512_loadu_ps(p); }
 inline vec load(const int8_t* p) {  // kLanes int8 widened int8 -> int32 -> fp32
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
-inline vec load_bf16(const uint16_t* p) {  // kLanes bf16: the top half of an fp32, widened by a shift
+inline vec load(const uint16_t* p) {  // kLanes bf16: the top half of an fp32, widened by a shift
   __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
-inline vec load(const uint16_t* p) { return load_bf16(p); }
 // 2 * kLanes bf16 in one register: the even elements widened by a shift, the odd ones by masking the
 // low half off (two cheap ops per 2 * kLanes weights instead of a widen and a shift per kLanes)
 inline void load_bf16_pairs(const uint16_t* p, vec& even, vec& odd) {
@@ -57,11 +56,10 @@ inline vec load(const float* p) { return _mm256_loadu_ps(p); }
 inline vec load(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
-inline vec load_bf16(const uint16_t* p) {
+inline vec load(const uint16_t* p) {
   __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
-inline vec load(const uint16_t* p) { return load_bf16(p); }
 inline void load_bf16_pairs(const uint16_t* p, vec& even, vec& odd) {
   __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
