@@ -268,12 +268,17 @@ def main():
                 if test.get("depth") is None and test.get("new"):  # what our step is made of, at context 0
                     with torch.no_grad():
                         lin = linear_ms(model, args.repeats)
+                        os.environ["NANOPHI_DECODER"] = "0"  # the same step through model.forward (nanophi/decode.py)
+                        unfused = our_rate(model, args.repeats, **test)
+                        del os.environ["NANOPHI_DECODER"]
                     step = 1e3 / ours
                     print(f"  {ours_fmt}: our Linear layers alone {lin:.1f} ms a token (at most {1e3 / lin:.0f} tok/s); "
                           f"the rest of our step {step - lin:.1f} ms; llama.cpp's whole step "
-                          f"{1e3 / theirs if theirs else float('nan'):.1f} ms", flush=True)
+                          f"{1e3 / theirs if theirs else float('nan'):.1f} ms; through model.forward instead of the "
+                          f"one-call step {unfused:.2f} tok/s ({ours / unfused:.2f}x)", flush=True)
                     rows.append({"metric": f"{ours_fmt} Linear layers alone (ms a token)", "nanophi": round(lin, 2),
-                                 "rest_ms": round(step - lin, 2), "llama.cpp_step_ms": theirs and round(1e3 / theirs, 2)})
+                                 "rest_ms": round(step - lin, 2), "llama.cpp_step_ms": theirs and round(1e3 / theirs, 2),
+                                 "model_forward_tok_s": round(unfused, 2)})
             del model
             if args.servers == "True":
                 for row in server_rows(tools, ggufs[llama_fmt], os.path.join(work, "random.pt"), ours_fmt, llama_fmt,

@@ -22,6 +22,7 @@ from collections import namedtuple
 import torch
 from torch.nn import functional as F
 
+from nanophi import decode
 from nanophi.sampling import fit_context, sample_next
 from nanophi.textformat import TextStream
 from nanophi.tokenizer import EOT_ID
@@ -191,6 +192,7 @@ class Engine:
         self.slot_scope = [None] * self.n_slots  # the scope of the slot's last row
         self.waiting, self.rows = [], []  # rows without a slot yet, rows with one (in arrival order)
         self.steps = self.tokens = self.reused = 0  # counters: steps, tokens generated, prompt tokens reused
+        self.decoder = None  # nanophi/decode.py's one-call decoding step, made at the first one (False: none)
 
     # ------------------------------------------------------------------ rows in and out
 
@@ -350,6 +352,11 @@ class Engine:
         keys and values land past the row's length, which the next tokens overwrite); logits (B, vocab)
         at each row's last real position."""
         T = max(map(len, chunks))
+        if T == 1:
+            if self.decoder is None:
+                self.decoder = decode.decoder(self.model) or False
+            if self.decoder and len(rows) <= self.decoder.max_rows and self.cache.k.dtype == torch.float32:
+                return self._decode(rows, [c[0] for c in chunks])
         dev = self.cache.k.device
         idx = torch.tensor([c + [0] * (T - len(c)) for c in chunks], dtype=torch.long, device=dev)
         ragged = any(len(c) < T for c in chunks)
@@ -361,6 +368,19 @@ class Engine:
             if ragged:
                 self.cache.lens[r.slot] = len(self.slot_ids[r.slot])
         return logits[:, -1, :]
+
+    def _decode(self, rows, ids):
+        """One new token per row through the Decoder (the same step as model.forward, in one C++ call)."""
+        slots = [r.slot for r in rows]
+        lens = self.cache.lens.tolist()
+        pos = [lens[s] for s in slots]
+        logits = self.decoder.step(ids, slots, pos, self.cache.k, self.cache.v)
+        for r, s, p, t in zip(rows, slots, pos, ids):
+            self.slot_ids[s].append(t)
+            r.todo = []
+            self.cache.clean[s] = max(self.cache.clean[s], p + 1)
+        self.cache.lens[slots] += 1
+        return logits
 
     def _draw(self, rows, logits):
         """Next ids of rows, rows with the same settings sampled together (each with its own generator)."""

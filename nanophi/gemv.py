@@ -33,7 +33,8 @@ import warnings
 import torch
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = [os.path.join(CSRC, "gemv_bf16.cpp"), os.path.join(CSRC, "gemv_rows.cpp")]  # one extension, three ops
+# one extension: the three gemv ops, and decode.cpp's Decoder (nanophi/decode.py), which calls them
+SOURCES = [os.path.join(CSRC, f) for f in ("gemv_bf16.cpp", "gemv_rows.cpp", "decode.cpp")]
 _state = {}  # "built": None once built, else why not
 
 

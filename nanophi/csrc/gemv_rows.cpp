@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "gemv.h"
 #include "simd.h"
 
 namespace {
@@ -94,6 +95,32 @@ void band(int64_t mr, const float* x, const W* w, const float* scale, const floa
   }
 }
 
+}  // namespace
+
+namespace nanophi {
+
+// y[M, N] = (x[M, K] @ w[N, K].T) * scale + b: bands of 16 weight rows over torch's threads; small
+// weights (under ~128K values) stay on one thread, where waking the other costs more
+template <typename W>
+void gemv_raw(const float* x, const W* w, const float* scale, const float* b, float* y, int64_t M, int64_t K,
+              int64_t N) {
+  const int64_t nbands = (N + 15) / 16;
+  const int64_t grain = std::max<int64_t>(1, 131072 / (16 * std::max<int64_t>(K, 1)));
+  at::parallel_for(0, nbands, grain, [&](int64_t begin, int64_t end) {
+    const int64_t n0 = begin * 16, n1 = std::min(N, end * 16);
+    for (int64_t m = 0; m < M; m += max_rows<W>())
+      band<W>(std::min(max_rows<W>(), M - m), x + m * K, w, scale, b, y + m * N, K, N, n0, n1);
+  });
+}
+template void gemv_raw<float>(const float*, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t);
+template void gemv_raw<int8_t>(const float*, const int8_t*, const float*, const float*, float*, int64_t, int64_t, int64_t);
+template void gemv_raw<uint16_t>(const float*, const uint16_t*, const float*, const float*, float*, int64_t, int64_t,
+                                 int64_t);
+
+}  // namespace nanophi
+
+namespace {
+
 template <typename W>
 at::Tensor gemv_rows(const char* name, const at::Tensor& x, const at::Tensor& w, const float* sp,
                      const c10::optional<at::Tensor>& bias) {
@@ -107,18 +134,8 @@ at::Tensor gemv_rows(const char* name, const at::Tensor& x, const at::Tensor& w,
   }
   const int64_t M = x2.size(0);
   at::Tensor y2 = at::empty({M, N}, x2.options());
-  const float* xp = x2.data_ptr<float>();
-  const W* wp = static_cast<const W*>(w.const_data_ptr());  // bf16 read as its 16 bits
-  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  float* yp = y2.data_ptr<float>();
-  // bands of 16 rows; small weights (under ~128K values) stay on one thread, where waking the other costs more
-  const int64_t nbands = (N + 15) / 16;
-  const int64_t grain = std::max<int64_t>(1, 131072 / (16 * std::max<int64_t>(K, 1)));
-  at::parallel_for(0, nbands, grain, [&](int64_t begin, int64_t end) {
-    const int64_t n0 = begin * 16, n1 = std::min(N, end * 16);
-    for (int64_t m = 0; m < M; m += max_rows<W>())
-      band<W>(std::min(max_rows<W>(), M - m), xp + m * K, wp, sp, bp, yp + m * N, K, N, n0, n1);
-  });
+  nanophi::gemv_raw<W>(x2.data_ptr<float>(), static_cast<const W*>(w.const_data_ptr()),  // bf16 read as its 16 bits
+                       sp, b.defined() ? b.data_ptr<float>() : nullptr, y2.data_ptr<float>(), M, K, N);
   auto shape = x.sizes().vec();
   shape.back() = N;
   return y2.view(shape);

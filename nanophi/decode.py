@@ -1,0 +1,98 @@
+"""
+The whole decoding step in one C++ call on CPU (csrc/decode.cpp's Decoder): the engine's rows that
+each feed one new token go through it instead of model.forward, where the model is one it knows.
+
+Why: at batch 1 on a 2-core CPU the Linear layers (the gemv kernels) are most of a token, and the
+rest, ~25 small ATen ops per block and the Python around them, was 3.5-4 ms of GPT-2 124M's
+22-26 ms fp32 token (docs/benchmarks.md). The Decoder reads the same weights and the engine's KV
+cache, and runs the same arithmetic as model.py's Block with its own vectorised LayerNorm, GELU and
+one-query attention. Its numbers differ from model.forward's only by float rounding (tests check
+the logits and the greedy text), and a row's numbers never depend on the rows beside it.
+
+Used when: the model is on CPU in eval mode with fp32 activations, every Linear is one this file knows
+(nn.Linear, weights.py's FP32Linear, BF16Linear or Int8Linear with its kernel), the gemv extension is
+built, the cache is fp32, and the step has at most max_rows rows (the most the Linear kernels take
+before BLAS, fbgemm or oneDNN are faster). NANOPHI_DECODER=0 turns it off (for side-by-side benches).
+Anything else (CUDA, LoRA layers, training, prefill chunks) runs model.forward as before.
+"""
+import os
+
+import torch
+from torch import nn
+
+from nanophi import gemv
+from nanophi.weights import FP32_GEMV_ROWS, INT8_GEMV_ROWS, SMALL_ROWS, WIDE_ROWS, BF16Linear, FP32Linear, \
+    Int8Linear, TiedEmbedding
+
+KINDS = {"fp32": 0, "int8": 1, "bf16": 2, "blas": 3}  # csrc/decode.cpp's Kind
+NONE = torch.empty(0)  # "no tensor here" in the Decoder's list
+
+
+class Decoder:
+    """A model's decoding step for up to max_rows rows: step(ids, slots, positions, k, v) -> logits (B, vocab)."""
+
+    def __init__(self, op, max_rows):
+        self.op, self.max_rows = op, max_rows
+
+    def step(self, ids, slots, positions, k, v):
+        return self.op.step(torch.tensor(ids, dtype=torch.long), slots, positions, k, v)
+
+
+def _linear(m):
+    """(kind, [weight, scale, bias], most rows) of a Linear the Decoder reads, or None."""
+    if type(m) is nn.Linear and m.weight.dtype == torch.float32:
+        return "blas", [m.weight.detach(), NONE, NONE if m.bias is None else m.bias.detach()], 1 << 30
+    if isinstance(m, FP32Linear) and m.gemv is not None:
+        return "fp32", [m.weight.detach(), NONE, NONE if m.bias is None else m.bias.detach()], FP32_GEMV_ROWS
+    if isinstance(m, BF16Linear) and m.gemv is not None:
+        rows = SMALL_ROWS if m.native else WIDE_ROWS  # with native bf16, oneDNN is faster from 3 rows
+        return "bf16", [m.weight, NONE, NONE if m.bias_fp32 is None else m.bias_fp32], rows
+    if isinstance(m, Int8Linear) and m.gemv is not None:
+        return "int8", [m.weight, m.scale, NONE if m.bias is None else m.bias], INT8_GEMV_ROWS
+    return None
+
+
+def _norm(m):
+    if type(m).__name__ != "LayerNorm" or m.weight.dtype != torch.float32:
+        return None
+    return [m.weight.detach(), NONE if m.bias is None else m.bias.detach()]
+
+
+def decoder(model):
+    """The model's Decoder, or None where it does not apply (then the engine runs model.forward)."""
+    if os.environ.get("NANOPHI_DECODER", "1") == "0" or model.training:
+        return None
+    tr = getattr(model, "transformer", None)
+    if tr is None or next(model.parameters()).device.type != "cpu" or gemv.fp32_kernel() is None:
+        return None
+    try:
+        make = torch.classes.nanophi.Decoder
+    except (AttributeError, RuntimeError):  # an extension built before decode.cpp existed
+        return None
+    wte = tr.wte
+    if isinstance(wte, TiedEmbedding):
+        head = wte.head[0]
+        table = [head.weight, head.scale if isinstance(head, Int8Linear) else NONE]
+    elif type(wte) is nn.Embedding and wte.weight.dtype == torch.float32:
+        table = [wte.weight.detach(), NONE]
+    else:
+        return None
+    if tr.wpe.weight.dtype != torch.float32:
+        return None
+    tensors, kinds, rows = table + [tr.wpe.weight.detach()], [], 1 << 30
+    parts = []
+    for block in tr.h:
+        parts += [_norm(block.ln_1), _linear(block.attn.c_attn), _linear(block.attn.c_proj),
+                  _norm(block.ln_2), _linear(block.mlp.c_fc), _linear(block.mlp.c_proj)]
+    parts += [_norm(tr.ln_f), _linear(model.lm_head)]
+    for p in parts:
+        if p is None:
+            return None
+        if isinstance(p[0], str):  # a Linear
+            kinds.append(KINDS[p[0]])
+            tensors += p[1]
+            rows = min(rows, p[2])
+        else:
+            tensors += p
+    op = make(model.config.n_head, tensors, kinds, 1e-5)
+    return Decoder(op, rows)

@@ -1,0 +1,124 @@
+"""nanophi/decode.py: the one-call decoding step against model.forward on the same weights and cache,
+in every weight format, rows alone or together, through the engine, and where it must not be used."""
+import pytest
+import torch
+from torch import nn
+
+from model import GPT, GPTConfig
+from nanophi import decode, gemv
+from nanophi.engine import Engine, KVCache, Row
+from nanophi.weights import apply_weights
+
+# n_embd 40 over 4 heads: head size 10 and widths that are not a multiple of 8 or 16 reach every scalar tail
+SHAPES = [dict(n_layer=2, n_head=4, n_embd=40, block_size=48, vocab_size=101, bias=True),
+          dict(n_layer=3, n_head=2, n_embd=64, block_size=48, vocab_size=77, bias=False)]
+FORMATS = ["blas", "fp32", "bf16", "int8"]  # blas: the plain nn.Linear model, fp32: FP32Linear's kernel
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    if gemv.fp32_kernel() is None:
+        pytest.skip(f"no gemv extension here ({gemv.unavailable()}): the engine runs model.forward")
+
+
+def tiny(shape, fmt, seed=0):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**shape)).eval()
+    with torch.no_grad():  # LayerNorms and biases away from 1 and 0, so a wrong one shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    if fmt == "fp32":
+        return apply_weights(model, "fp32", batch=8)  # above 2 rows: FP32Linear, the fp32 kernel
+    return model if fmt == "blas" else apply_weights(model, fmt)
+
+
+def prefilled(model, prompts):
+    """A cache with each prompt prefilled by model.forward in its own slot."""
+    cache = KVCache(model.config, len(prompts) + 1, model.config.block_size, "cpu", torch.float32)
+    with torch.no_grad():
+        for s, p in enumerate(prompts):
+            model(torch.tensor([p]), cache=cache, slots=[s], last_only=True)
+    return cache
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_decoder_step_equals_model_forward(shape, fmt):
+    model = tiny(shape, fmt)
+    dec = decode.decoder(model)
+    assert dec is not None
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, shape["vocab_size"], (n,), generator=g).tolist() for n in (5, 1, 17)]
+    new = [3, 8, 60]
+    ours, theirs = prefilled(model, prompts), prefilled(model, prompts)
+    with torch.no_grad():
+        want = torch.cat([model(torch.tensor([[t]]), cache=theirs, slots=[s], last_only=True)[0][:, -1]
+                          for s, t in enumerate(new)])
+    got = dec.step(new, [0, 1, 2], [len(p) for p in prompts], ours.k, ours.v)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for s, p in enumerate(prompts):  # the new token's keys and values, where model.forward wrote them
+        torch.testing.assert_close(ours.k[:, s, :, :len(p) + 1], theirs.k[:, s, :, :len(p) + 1], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours.v[:, s, :, :len(p) + 1], theirs.v[:, s, :, :len(p) + 1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8"])  # the kernels' formats: BLAS sums 1 row and 5 differently
+def test_a_rows_numbers_do_not_depend_on_its_batch_mates(fmt):
+    model = tiny(SHAPES[0], fmt)
+    dec = decode.decoder(model)
+    prompts = [[1, 2, 3], [4] * 30, [7, 8], [9] * 11, [5]]
+    together = prefilled(model, prompts)
+    both = dec.step([10, 11, 12, 13, 14], [0, 1, 2, 3, 4], [3, 30, 2, 11, 1], together.k, together.v)
+    for i, p in enumerate(prompts):
+        alone = prefilled(model, prompts)
+        one = dec.step([10 + i], [i], [len(p)], alone.k, alone.v)
+        assert torch.equal(one[0], both[i]), f"row {i} changed with its batch"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_engine_text_is_the_same_with_and_without_the_decoder(fmt):
+    model = tiny(SHAPES[1], fmt, seed=3)
+
+    def run(use):
+        engine = Engine(model, max_batch=4)
+        engine.decoder = None if use else False
+        rows = [Row([1, 2, 3 + i], 20, temperature=0 if i % 2 else 0.8, top_k=20, stop_ids=(),
+                    generator=torch.Generator().manual_seed(i)) for i in range(4)]
+        list(engine.run(rows))
+        assert bool(engine.decoder) == use
+        return [r.seen for r in rows]
+    assert run(True) == run(False)
+
+
+def test_decoding_to_the_end_of_the_context():
+    model = tiny(SHAPES[0], "fp32")
+    engine = Engine(model, max_batch=1)
+    row = Row([5], 200, temperature=0, stop_ids=())  # past block_size 48: the engine restarts its window
+    list(engine.run([row]))
+    assert engine.decoder and row.n_tokens == 200 and row.finish == "length"
+
+
+def test_models_it_does_not_know_run_model_forward(monkeypatch):
+    model = tiny(SHAPES[0], "blas")
+    model.train()
+    assert decode.decoder(model) is None  # training: dropout and autograd are model.forward's
+    model.eval()
+    model.transformer.h[1].mlp.c_fc = nn.Sequential(model.transformer.h[1].mlp.c_fc)  # a wrapped Linear (as LoRA's)
+    assert decode.decoder(model) is None
+    monkeypatch.setenv("NANOPHI_DECODER", "0")
+    assert decode.decoder(tiny(SHAPES[0], "int8")) is None
+
+
+def test_bad_steps_name_what_is_wrong():
+    model = tiny(SHAPES[0], "int8")
+    dec = decode.decoder(model)
+    cache = prefilled(model, [[1, 2]])
+    with pytest.raises(RuntimeError, match="position 48 is past"):
+        dec.step([3], [0], [48], cache.k, cache.v)
+    with pytest.raises(RuntimeError, match="token id 101 is not below 101"):
+        dec.step([101], [0], [2], cache.k, cache.v)
+    with pytest.raises(RuntimeError, match="slot 2 is not in the cache's 2"):
+        dec.step([3], [2], [2], cache.k, cache.v)
+    with pytest.raises(RuntimeError, match="contiguous fp32"):
+        dec.step([3], [0], [2], cache.k.bfloat16(), cache.v.bfloat16())
