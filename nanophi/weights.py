@@ -13,7 +13,8 @@ sample.py, serve.py, eval.py and the benchmarks.
         CPU only (Int8Linear). 1-2 rows go through nanophi/gemv.py's int8 kernel with fp32
         activations (a quarter of fp32's bytes per token); more rows (prefill, batched decoding)
         through PyTorch's dynamic quantization op on a packed copy of the same int8 values (fbgemm:
-        activations quantized on the fly, per tensor). Without the kernel: that op at every size.
+        activations quantized on the fly, per tensor); lm_head, fed one position per row, has no such
+        copy. Without the kernel: that op at every size.
   auto  bf16 on a CPU when dtype resolves to bfloat16 (autocast would otherwise recast every fp32
         weight at every token); fp32 otherwise, i.e. the dtype setting alone decides as before.
 
@@ -113,11 +114,11 @@ class BF16Linear(nn.Module):
     oneDNN's blocked layout (a plain bf16 weight is repacked inside every oneDNN call, which at
     batch 1 costs as much as the bytes saved)."""
 
-    def __init__(self, linear, batch=1):
+    def __init__(self, linear, batch=1, spans=(), prefill=True):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # plain attributes, not Parameters: an opaque oneDNN tensor has no place in a state_dict
-        self.weight = linear.weight.detach().to(torch.bfloat16).contiguous()
+        self.weight = convert_rows(linear.weight, torch.bfloat16, spans)
         self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
         on_cpu = self.weight.device.type == "cpu"
         self.bias_fp32 = None if linear.bias is None else linear.bias.detach().float()
@@ -128,7 +129,8 @@ class BF16Linear(nn.Module):
         # the rows beside it)
         self.native = not on_cpu or cpu_has_bf16()
         self.gemv = None if not on_cpu else gemv.kernel() if self.native else gemv.bf16_rows_kernel()
-        self.packed, self.packed_weight = can_pack(self.weight.device) and self.native, None
+        # prefill=False (lm_head, which generation feeds one position per row): no packed copy for many rows
+        self.packed, self.packed_weight = prefill and can_pack(self.weight.device) and self.native, None
         if self.packed:
             try:
                 self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch)
@@ -153,9 +155,24 @@ class BF16Linear(nn.Module):
                 f"gemv={self.gemv is not None}, packed={self.packed}")
 
 
-def quantize_rows(weight, chunk=4096):
+CHUNK_ROWS = 4096  # rows converted at a time: the fp32 temporaries stay small (GPT-2's lm_head whole: 154 MB each)
+
+
+def convert_rows(weight, dtype, spans=()):
+    """weight in dtype, converted CHUNK_ROWS rows at a time; the pages of each chunk read from a
+    memory-mapped checkpoint are given back as it is done (release_pages), so the fp32 original and
+    its conversion are never both whole in memory (GPT-2 124M loaded in bf16: peak 687 -> 552 MB)."""
+    w = weight.detach()
+    out = torch.empty(w.shape, dtype=dtype, device=w.device)
+    for i in range(0, w.shape[0], CHUNK_ROWS):
+        out[i:i + CHUNK_ROWS] = w[i:i + CHUNK_ROWS]
+        release_pages(w[i:i + CHUNK_ROWS], spans)
+    return out
+
+
+def quantize_rows(weight, chunk=CHUNK_ROWS, spans=()):
     """int8 values and an fp32 scale per output row, symmetric: weight ~= q * scale[:, None]. In chunks
-    of rows, so the fp32 temporaries stay small (GPT-2's lm_head whole: ~3 x 154 MB at the peak)."""
+    of rows (the fp32 temporaries stay small), each chunk's checkpoint pages given back when done."""
     w = weight.detach()
     q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
     scale = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
@@ -164,6 +181,7 @@ def quantize_rows(weight, chunk=4096):
         s = (part.abs().amax(dim=1) / 127).clamp(min=1e-12)  # an all-zero row: any scale gives zeros
         q[i:i + chunk] = torch.round(part / s[:, None]).clamp(-127, 127)
         scale[i:i + chunk] = s
+        release_pages(w[i:i + chunk], spans)
     return q, scale
 
 
@@ -176,21 +194,25 @@ class Int8Linear(nn.Module):
     quantize_dynamic runs: activations quantized per tensor, 13 ms at 16 rows against the kernel's 20).
     The plain copy is kept only where the kernel runs."""
 
-    def __init__(self, linear):
+    def __init__(self, linear, spans=(), prefill=True):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        q, scale = quantize_rows(linear.weight)
+        q, scale = quantize_rows(linear.weight, spans=spans)
         self.gemv = gemv.int8_kernel() if q.device.type == "cpu" else None
         self.scale = scale
         self.bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
-        with warnings.catch_warnings():  # quantized tensors announce their move to torchao; they still work
-            warnings.simplefilter("ignore")
-            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
-            self.packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+        self.packed = None
+        # prefill=False (lm_head: generation feeds it one position per row) with the kernel: no fbgemm
+        # copy (+52 MB at GPT-2's 50K x 768); the rare many-row call (a loss) takes the kernel, slower
+        if prefill or self.gemv is None:
+            with warnings.catch_warnings():  # quantized tensors announce their move to torchao; they still work
+                warnings.simplefilter("ignore")
+                qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+                self.packed = torch.ops.quantized.linear_prepack(qw, self.bias)
         self.weight = q if self.gemv is not None else None
 
     def forward(self, x):
-        if self.gemv is not None and x.numel() <= INT8_GEMV_ROWS * self.in_features:
+        if self.gemv is not None and (x.numel() <= INT8_GEMV_ROWS * self.in_features or self.packed is None):
             return self.gemv(x, self.weight, self.scale, self.bias).to(x.dtype)
         # reduce_range: fbgemm's activations use 7 bits so their int16 sums cannot overflow
         return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True).to(x.dtype)
@@ -260,16 +282,29 @@ def _replace_linears(module, make, spans=(), keep=()):
             _replace_linears(child, make, spans, keep)
 
 
+def _trim_heap():
+    """Hand the C heap's free memory back to the system (glibc): the conversion's freed temporaries
+    otherwise stay in the process (int8 at 124M: 150 MB resident after loading)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _convert_on_cpu(model, make):
-    """Convert every Linear; the tied token embedding then reads lm_head's converted weight, and the fp32
-    pages of a memory-mapped checkpoint are given back as each layer is done."""
+    """Convert every Linear (make(linear, spans, prefill): prefill=False for lm_head, which generation feeds
+    one position per row); the tied token embedding then reads lm_head's converted weight, and the fp32
+    pages of a memory-mapped checkpoint are given back chunk by chunk as each layer is converted."""
     spans = _file_mappings()
     wte = model.transformer.wte
     tied = model.lm_head.weight is wte.weight
-    _replace_linears(model, make, spans, keep=(wte.weight,))
+    head = model.lm_head
+    _replace_linears(model, lambda linear: make(linear, spans, linear is not head), spans, keep=(wte.weight,))
     if tied and getattr(model.lm_head, "weight", None) is not None:
         model.transformer.wte = TiedEmbedding(model.lm_head)
         release_pages(wte.weight, spans)
+    _trim_heap()
     return model
 
 
@@ -295,7 +330,7 @@ def apply_weights(model, weights, batch=1):
     if weights == "bf16" and device.type != "cpu":
         return model.to(torch.bfloat16)
     if weights == "bf16":
-        return _convert_on_cpu(model, lambda linear: BF16Linear(linear, batch))
+        return _convert_on_cpu(model, lambda linear, spans, prefill: BF16Linear(linear, batch, spans, prefill))
     if weights == "int8":
         return _convert_on_cpu(model, Int8Linear)
     raise ValueError(f"apply_weights: unresolved weights {weights!r} (call resolve_weights first)")

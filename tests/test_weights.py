@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from conftest import ROOT
 from nanophi.device import cpu_has_bf16
@@ -301,3 +302,21 @@ def test_converted_from_a_mapped_checkpoint_equals_converted_from_memory(tiny_ou
         plain = apply_weights(copy.deepcopy(load_model("resume", tiny_out_dir)[0]), fmt)
         with torch.no_grad():
             assert torch.equal(mapped(ids)[0], plain(ids)[0]), fmt
+
+
+def test_int8_head_keeps_no_prefill_copy_and_still_takes_many_rows(tiny_model):
+    """lm_head gets one position per row in generation: no fbgemm copy (52 MB at GPT-2's size); a loss over
+    many positions goes through the kernel instead, with the same numbers as the dequantized weight."""
+    model = apply_weights(copy.deepcopy(tiny_model), "int8")
+    head = model.lm_head
+    if head.gemv is None:
+        pytest.skip("no int8 kernel here: the head keeps fbgemm's copy")
+    assert head.packed is None and model.transformer.h[0].mlp.c_fc.packed is not None
+    x = torch.randn(2, 40, head.in_features)
+    with torch.no_grad():
+        want = F.linear(x, head.weight.float() * head.scale[:, None])
+        torch.testing.assert_close(head(x), want, rtol=1e-4, atol=1e-4)
+        ids = torch.randint(0, 50257, (2, 40))
+        _, loss = model(ids, targets=ids)
+        _, ref = tiny_model(ids, targets=ids)
+    assert abs(loss.item() - ref.item()) < 0.05 * ref.item()
