@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from model import GPT, GPTConfig  # noqa: E402
 from nanophi.checkpoint import save_checkpoint  # noqa: E402
-from nanophi.device import measure_copy_bandwidth  # noqa: E402
+from nanophi.device import measure_copy_bandwidth, measure_matmul_flops  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_serve import free_port, pct, stream_client  # noqa: E402  (the same client for both servers)
 
@@ -250,6 +250,13 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         ggufs = convert(args.llama_cpp, tools, export_random(work), work)
         bandwidth = measure_copy_bandwidth()
+        # prefill is compute-bound: each token costs 2 FLOPs per weight of the blocks' Linear layers (the
+        # vocab projection is of the last position only); the rate beside this machine's fp32 matmul
+        matmul = measure_matmul_flops("float32")
+        flops_per_token = 2 * sum(m.in_features * m.out_features for n, m in GPT(GPTConfig()).named_modules()
+                                  if isinstance(m, torch.nn.Linear) and n != "lm_head")
+        print(f"fp32 matmul (2048^2, torch's BLAS) {matmul / 1e9:.0f} GFLOP/s; prefill needs {flops_per_token / 1e6:.0f} "
+              f"MFLOP a token in Linear layers, so at most {matmul / flops_per_token:.0f} tok/s at that rate")
         print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; {args.threads} threads; {args.repeats} repetitions "
               f"(llama-bench's mean, our median); ratio = NanoPhi / llama.cpp (for time and memory: llama.cpp / NanoPhi)")
         print(f"{'metric (GPT-2 124M)':58} {'llama.cpp':>10} {'NanoPhi':>10} {'ratio':>6}  load avg")
@@ -265,6 +272,10 @@ def main():
                 with torch.no_grad():
                     ours = our_rate(model, args.repeats, **test)
                 show(name, theirs, ours, theirs and ours / theirs)
+                if test.get("prompt"):
+                    print(f"  prefill in Linear FLOPs: ours {ours * flops_per_token / 1e9:.0f} GFLOP/s, llama.cpp "
+                          f"{(theirs or 0) * flops_per_token / 1e9:.0f}, this machine's fp32 matmul "
+                          f"{matmul / 1e9:.0f}", flush=True)
                 if test.get("depth") is None and test.get("new"):  # what our step is made of, at context 0
                     with torch.no_grad():
                         lin = linear_ms(model, args.repeats)
@@ -288,7 +299,8 @@ def main():
               f"{bandwidth / 500e6:.0f} tok/s at this copy bandwidth (bf16 weights are half as many bytes, int8 a quarter)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"copy_bandwidth_gbs": bandwidth / 1e9, "threads": args.threads, "rows": rows}, f, indent=1)
+            json.dump({"copy_bandwidth_gbs": bandwidth / 1e9, "fp32_matmul_gflops": matmul / 1e9, "threads": args.threads,
+                       "rows": rows}, f, indent=1)
 
 if __name__ == "__main__":
     main()

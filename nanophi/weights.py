@@ -30,6 +30,7 @@ Batch-1 generation on a CPU is bound by reading the weights, so fewer bytes per 
 bench/bench_generate.py measures the speed and the quality cost (validation loss, greedy agreement).
 """
 import sys
+import threading
 import warnings
 
 import torch
@@ -107,6 +108,22 @@ class FP32Linear(nn.Module):
                 f"packed={self.packed is not None}")
 
 
+_scratch = threading.local()
+SCRATCH_MAX = 16 << 20  # values: a block's largest weight widened (GPT-2 124M: 2.4M), not a 50K-row head
+
+
+def _widened(weight):
+    """A bf16 weight widened to fp32 in a buffer this thread reuses (it stays in the last-level cache
+    between layers); a weight larger than SCRATCH_MAX gets a fresh copy."""
+    n = weight.numel()
+    if n > SCRATCH_MAX:
+        return weight.float()
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < n:
+        buf = _scratch.buf = torch.empty(n)
+    return buf[:n].view(weight.shape).copy_(weight)
+
+
 class BF16Linear(nn.Module):
     """An nn.Linear's weights in bf16 for inference. On CPU, 1-2 rows of x (batch-1 decoding) go
     through nanophi/gemv.py's kernel, which streams the plain bf16 weight at memory speed with fp32
@@ -141,8 +158,8 @@ class BF16Linear(nn.Module):
         rows = SMALL_ROWS if self.native else WIDE_ROWS  # with native bf16, oneDNN is faster from 4 rows
         if self.gemv is not None and x.numel() <= rows * self.in_features:
             return self.gemv(x, self.weight, self.bias_fp32).to(x.dtype)
-        if not self.native:
-            return F.linear(x.float(), self.weight.float(), self.bias_fp32).to(x.dtype)
+        if not self.native:  # widened into this thread's scratch: no fresh 9 MB (c_fc) to fault in per call
+            return F.linear(x.float(), _widened(self.weight), self.bias_fp32).to(x.dtype)
         xb = x.to(torch.bfloat16)
         if self.packed:
             y = torch.ops.mkldnn._linear_pointwise(xb, self.packed_weight, self.bias, "none", [], "")

@@ -320,3 +320,16 @@ def test_int8_head_keeps_no_prefill_copy_and_still_takes_many_rows(tiny_model):
         _, loss = model(ids, targets=ids)
         _, ref = tiny_model(ids, targets=ids)
     assert abs(loss.item() - ref.item()) < 0.05 * ref.item()
+
+
+def test_bf16_widening_reuses_one_scratch_buffer(monkeypatch):
+    """Prefill on a CPU without native bf16 widens each weight into one reused fp32 buffer per thread."""
+    from nanophi import weights
+    a, b = torch.randn(30, 20).bfloat16(), torch.randn(7, 11).bfloat16()
+    wa = weights._widened(a)
+    assert torch.equal(wa, a.float())
+    wb = weights._widened(b)  # smaller: the same memory, refilled
+    assert torch.equal(wb, b.float()) and wb.data_ptr() == wa.data_ptr()
+    monkeypatch.setattr(weights, "SCRATCH_MAX", 100)
+    big = weights._widened(a)  # over the limit: a fresh copy, the scratch untouched
+    assert torch.equal(big, a.float()) and big.data_ptr() != wa.data_ptr() and torch.equal(wb, b.float())
