@@ -106,12 +106,14 @@ class CacheBatch:
             for i, (s, p) in enumerate(zip(self.slots, self.lens)):
                 ks[s, :, p:p + self.T] = k[i]
                 vs[s, :, p:p + self.T] = v[i]
+        wide = (lambda t: t.to(q.dtype)) if ks.dtype != q.dtype else (lambda t: t)  # an fp16 cache, fp32 queries
         if self.sel is not None:
-            return F.scaled_dot_product_attention(q, ks[self.sel, :, :self.end], vs[self.sel, :, :self.end],
+            return F.scaled_dot_product_attention(q, wide(ks[self.sel, :, :self.end]), wide(vs[self.sel, :, :self.end]),
                                                   attn_mask=self.mask, is_causal=self.mask is None and self.T > 1)
         out = []
         for i, (s, p, mask) in enumerate(zip(self.slots, self.lens, self.row_masks)):
-            out.append(F.scaled_dot_product_attention(q[i:i + 1], ks[s:s + 1, :, :p + self.T], vs[s:s + 1, :, :p + self.T],
+            out.append(F.scaled_dot_product_attention(q[i:i + 1], wide(ks[s:s + 1, :, :p + self.T]),
+                                                      wide(vs[s:s + 1, :, :p + self.T]),
                                                       attn_mask=mask, is_causal=mask is None and self.T > 1))
         return torch.cat(out)
 
@@ -179,8 +181,12 @@ def common_prefix(a, b):
 class Engine:
     """Continuous batching over one model. Not thread-safe: one thread adds rows and calls step()."""
 
-    def __init__(self, model, max_batch=8, prefill_chunk=256, cache_slots=4):
+    def __init__(self, model, max_batch=8, prefill_chunk=256, cache_slots=4, kv_dtype="auto"):
+        """kv_dtype: the KV cache's dtype; 'auto' is fp16 where the Decoder runs (a CPU: half the memory and
+        half the reads at long contexts, as llama.cpp's default cache; keys and values rounded to fp16,
+        everything else fp32), else the model's. 'float32' keeps model.forward's numbers exactly."""
         self.model = model
+        self.kv_dtype = kv_dtype
         self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
         self.n_slots = max_batch + cache_slots
         self.block_size = model.config.block_size
@@ -192,7 +198,7 @@ class Engine:
         self.slot_scope = [None] * self.n_slots  # the scope of the slot's last row
         self.waiting, self.rows = [], []  # rows without a slot yet, rows with one (in arrival order)
         self.steps = self.tokens = self.reused = 0  # counters: steps, tokens generated, prompt tokens reused
-        self.decoder = None  # nanophi/decode.py's one-call decoding step, made at the first one (False: none)
+        self.decoder = None  # nanophi/decode.py's one-call decoding step, made with the cache (False: none)
 
     # ------------------------------------------------------------------ rows in and out
 
@@ -267,7 +273,11 @@ class Engine:
     def _alloc(self):
         if self.cache is None:
             p = next(self.model.parameters())
-            self.cache = KVCache(self.model.config, self.n_slots, self.block_size, p.device, p.dtype)
+            self.decoder = decode.decoder(self.model) or False
+            dtype = p.dtype if self.kv_dtype == "auto" else getattr(torch, self.kv_dtype)
+            if self.kv_dtype == "auto" and self.decoder and p.dtype == torch.float32:
+                dtype = torch.float16
+            self.cache = KVCache(self.model.config, self.n_slots, self.block_size, p.device, dtype)
 
     def _set_len(self, slot, ids):
         self.slot_ids[slot] = list(ids)
@@ -352,11 +362,8 @@ class Engine:
         keys and values land past the row's length, which the next tokens overwrite); logits (B, vocab)
         at each row's last real position."""
         T = max(map(len, chunks))
-        if T == 1:
-            if self.decoder is None:
-                self.decoder = decode.decoder(self.model) or False
-            if self.decoder and len(rows) <= self.decoder.max_rows and self.cache.k.dtype == torch.float32:
-                return self._decode(rows, [c[0] for c in chunks])
+        if T == 1 and self.decoder and len(rows) <= self.decoder.max_rows:
+            return self._decode(rows, [c[0] for c in chunks])
         dev = self.cache.k.device
         idx = torch.tensor([c + [0] * (T - len(c)) for c in chunks], dtype=torch.long, device=dev)
         ragged = any(len(c) < T for c in chunks)

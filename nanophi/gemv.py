@@ -40,7 +40,7 @@ _state = {}  # "built": None once built, else why not
 
 # the instruction sets the kernels are built for (csrc/simd.h), best first: torch's own run-time
 # choice for this CPU (ATEN_CPU_CAPABILITY=avx2 forces the narrower one) -> the compiler flags
-ISA_FLAGS = {"AVX512": ["-mavx512f"], "AVX2": ["-mavx2", "-mfma"]}
+ISA_FLAGS = {"AVX512": ["-mavx512f"], "AVX2": ["-mavx2", "-mfma", "-mf16c"]}  # F16C: the fp16 KV cache
 
 
 def isa():

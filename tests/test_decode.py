@@ -77,18 +77,40 @@ def test_a_rows_numbers_do_not_depend_on_its_batch_mates(fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_engine_text_is_the_same_with_and_without_the_decoder(fmt):
+def test_engine_text_is_the_same_with_and_without_the_decoder(fmt, monkeypatch):
     model = tiny(SHAPES[1], fmt, seed=3)
 
-    def run(use):
-        engine = Engine(model, max_batch=4)
-        engine.decoder = None if use else False
+    def run(use, kv_dtype):
+        monkeypatch.setenv("NANOPHI_DECODER", "1" if use else "0")
+        engine = Engine(model, max_batch=4, kv_dtype=kv_dtype)
         rows = [Row([1, 2, 3 + i], 20, temperature=0 if i % 2 else 0.8, top_k=20, stop_ids=(),
                     generator=torch.Generator().manual_seed(i)) for i in range(4)]
         list(engine.run(rows))
         assert bool(engine.decoder) == use
-        return [r.seen for r in rows]
-    assert run(True) == run(False)
+        return [r.seen for r in rows], engine.cache.k.dtype
+    plain, dtype = run(False, "auto")
+    assert dtype == torch.float32  # model.forward alone: the model's dtype
+    assert run(True, "float32") == (plain, torch.float32)
+    # the default with the Decoder: an fp16 cache, keys and values rounded; on this model the same text
+    assert run(True, "auto") == (plain, torch.float16)
+
+
+@pytest.mark.parametrize("fmt", ["blas", "int8"])
+def test_an_fp16_cache_stays_close_to_fp32(fmt):
+    """The Decoder on an fp16 KV cache (the engine's default on CPU) against model.forward on an fp32 one."""
+    model = tiny(SHAPES[0], fmt)
+    dec = decode.decoder(model)
+    prompts = [[1, 2, 3, 4, 5] * 6, [9, 8]]
+    exact = prefilled(model, prompts)
+    half = KVCache(model.config, 3, model.config.block_size, "cpu", torch.float16)
+    with torch.no_grad():  # the prompts through model.forward into the fp16 cache (prefill writes, then reads it)
+        for s, p in enumerate(prompts):
+            model(torch.tensor([p]), cache=half, slots=[s], last_only=True)
+        want = torch.cat([model(torch.tensor([[7]]), cache=exact, slots=[s], last_only=True)[0][:, -1] for s in (0, 1)])
+    got = dec.step([7, 7], [0, 1], [30, 2], half.k, half.v)
+    assert half.k.dtype == torch.float16
+    torch.testing.assert_close(got, want, rtol=0, atol=3e-3 * want.abs().max().item())
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
 
 
 def test_decoding_to_the_end_of_the_context():
@@ -120,5 +142,5 @@ def test_bad_steps_name_what_is_wrong():
         dec.step([101], [0], [2], cache.k, cache.v)
     with pytest.raises(RuntimeError, match="slot 2 is not in the cache's 2"):
         dec.step([3], [2], [2], cache.k, cache.v)
-    with pytest.raises(RuntimeError, match="contiguous fp32"):
+    with pytest.raises(RuntimeError, match="contiguous fp32 or fp16"):
         dec.step([3], [0], [2], cache.k.bfloat16(), cache.v.bfloat16())

@@ -75,15 +75,6 @@ struct Layer {
   Linear attn, proj, fc, mproj;
 };
 
-float dot(const float* a, const float* b, int64_t n) {
-  simd::vec acc = simd::zero();
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) acc = simd::fma(simd::load(a + i), simd::load(b + i), acc);
-  float s = simd::sum(acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
 // y = a * x + y
 void axpy(float a, const float* x, float* y, int64_t n) {
   const simd::vec av = simd::set1(a);
@@ -93,6 +84,37 @@ void axpy(float a, const float* x, float* y, int64_t n) {
 }
 
 void add_into(float* y, const float* x, int64_t n) { axpy(1.f, x, y, n); }
+
+// the KV cache in fp32 or fp16 (half the memory and the reads at long contexts; llama.cpp's default too)
+inline simd::vec load_kv(const float* p) { return simd::load(p); }
+inline simd::vec load_kv(const at::Half* p) { return simd::load_fp16(reinterpret_cast<const uint16_t*>(p)); }
+inline float to_f(float v) { return v; }
+inline float to_f(at::Half v) { return float(v); }
+
+template <typename T>
+float dot_kv(const float* q, const T* k, int64_t n) {
+  simd::vec acc = simd::zero();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) acc = simd::fma(simd::load(q + i), load_kv(k + i), acc);
+  float s = simd::sum(acc);
+  for (; i < n; ++i) s += q[i] * to_f(k[i]);
+  return s;
+}
+
+template <typename T>
+void axpy_kv(float a, const T* v, float* y, int64_t n) {
+  const simd::vec av = simd::set1(a);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) simd::store(y + i, simd::fma(av, load_kv(v + i), simd::load(y + i)));
+  for (; i < n; ++i) y[i] += a * to_f(v[i]);
+}
+
+void put_kv(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+void put_kv(at::Half* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) simd::store_fp16(reinterpret_cast<uint16_t*>(dst + i), simd::load(src + i));
+  for (; i < n; ++i) dst[i] = at::Half(src[i]);
+}
 
 // y = LayerNorm(x) over n values, eps as model.py's (mean, then the variance about it: two passes in cache)
 void layer_norm(const float* x, const Norm& norm, float* y, int64_t n, float eps) {
@@ -216,6 +238,36 @@ struct Decoder : torch::CustomClassHolder {
     V = head.N;
   }
 
+  // layer l's attention for every row: this token's key and value into the cache at pos[b], then one
+  // query over the row's pos[b] + 1 positions; (row, head) pairs over the threads once the step's
+  // attention is worth waking the other one
+  template <typename T>
+  void attend(int64_t l, T* kp, T* vp, const std::vector<int64_t>& slots, const std::vector<int64_t>& pos, int64_t S,
+              int64_t P, int64_t longest) {
+    const int64_t B = slots.size(), hs = C / n_head;
+    const float scale = 1.f / std::sqrt(float(hs));
+    const int64_t grain = std::max<int64_t>(1, 65536 / (longest * hs));
+    at::parallel_for(0, B * n_head, grain, [&](int64_t begin, int64_t end) {
+      std::vector<float> s(longest);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / n_head, hd = i % n_head, n = pos[b] + 1;
+        const float* q = qkv.data() + b * 3 * C + hd * hs;
+        const int64_t base = (((l * S) + slots[b]) * n_head + hd) * P * hs;
+        T* ks = kp + base;
+        T* vs = vp + base;
+        put_kv(ks + pos[b] * hs, q + C, hs);  // this token's key and value
+        put_kv(vs + pos[b] * hs, q + 2 * C, hs);
+        for (int64_t j = 0; j < n; ++j) s[j] = dot_kv(q, ks + j * hs, hs) * scale;
+        const float total = exp_shifted(s.data(), n);
+        float* out = att.data() + b * C + hd * hs;
+        std::fill(out, out + hs, 0.f);
+        for (int64_t j = 0; j < n; ++j) axpy_kv(s[j], vs + j * hs, out, hs);
+        const float inv = 1.f / total;
+        for (int64_t d = 0; d < hs; ++d) out[d] *= inv;
+      }
+    });
+  }
+
   void embed(int64_t id, int64_t pos, float* out) const {
     const float* p = wpe.data_ptr<float>() + pos * C;
     if (wte.scalar_type() == at::kFloat) {
@@ -232,14 +284,16 @@ struct Decoder : torch::CustomClassHolder {
   }
 
   // ids (B,) int64; slots and pos: each row's cache slot and its cached length (the new token's position);
-  // k, v: the engine's cache (layers, slots, heads, positions, head size), fp32. Returns the logits (B, V).
+  // k, v: the engine's cache (layers, slots, heads, positions, head size), fp32 or fp16. Returns the logits (B, V).
   at::Tensor step(at::Tensor ids, std::vector<int64_t> slots, std::vector<int64_t> pos, at::Tensor k, at::Tensor v) {
     const int64_t B = ids.numel(), L = layers.size(), hs = C / n_head;
     TORCH_CHECK(ids.scalar_type() == at::kLong && (int64_t)slots.size() == B && (int64_t)pos.size() == B,
                 "Decoder.step: ", B, " ids (int64), ", slots.size(), " slots, ", pos.size(), " positions");
-    TORCH_CHECK(k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous() &&
-                    k.dim() == 5 && k.sizes() == v.sizes() && k.size(0) == L && k.size(2) == n_head && k.size(4) == hs,
-                "Decoder.step: the cache must be two contiguous fp32 tensors (", L, ", slots, ", n_head, ", positions, ", hs, ")");
+    TORCH_CHECK((k.scalar_type() == at::kFloat || k.scalar_type() == at::kHalf) && v.scalar_type() == k.scalar_type() &&
+                    k.is_contiguous() && v.is_contiguous() && k.dim() == 5 && k.sizes() == v.sizes() && k.size(0) == L &&
+                    k.size(2) == n_head && k.size(4) == hs,
+                "Decoder.step: the cache must be two contiguous fp32 or fp16 tensors (", L, ", slots, ", n_head,
+                ", positions, ", hs, ")");
     const int64_t S = k.size(1), P = k.size(3);
     const int64_t* idp = ids.contiguous().data_ptr<int64_t>();
     int64_t longest = 0;
@@ -253,34 +307,12 @@ struct Decoder : torch::CustomClassHolder {
     const int64_t F = layers.empty() ? 0 : layers[0].fc.N;
     x.resize(B * C), h.resize(B * C), qkv.resize(B * 3 * C), att.resize(B * C), fc.resize(B * std::max(F, C));
     for (int64_t b = 0; b < B; ++b) embed(idp[b], pos[b], x.data() + b * C);
-    const float scale = 1.f / std::sqrt(float(hs));
-    float* kp = k.data_ptr<float>();
-    float* vp = v.data_ptr<float>();
-    // (row, head) pairs over the threads once a step's attention is worth waking the other one
-    const int64_t grain = std::max<int64_t>(1, 65536 / (longest * hs));
     for (int64_t l = 0; l < L; ++l) {
       const Layer& ly = layers[l];
       for (int64_t b = 0; b < B; ++b) layer_norm(x.data() + b * C, ly.ln1, h.data() + b * C, C, eps);
       ly.attn(h.data(), qkv.data(), B);
-      at::parallel_for(0, B * n_head, grain, [&](int64_t begin, int64_t end) {
-        std::vector<float> s(longest);
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t b = i / n_head, hd = i % n_head, n = pos[b] + 1;
-          const float* q = qkv.data() + b * 3 * C + hd * hs;
-          const int64_t base = (((l * S) + slots[b]) * n_head + hd) * P * hs;
-          float* ks = kp + base;
-          float* vs = vp + base;
-          std::memcpy(ks + pos[b] * hs, q + C, hs * sizeof(float));  // this token's key and value
-          std::memcpy(vs + pos[b] * hs, q + 2 * C, hs * sizeof(float));
-          for (int64_t j = 0; j < n; ++j) s[j] = dot(q, ks + j * hs, hs) * scale;
-          const float total = exp_shifted(s.data(), n);
-          float* out = att.data() + b * C + hd * hs;
-          std::fill(out, out + hs, 0.f);
-          for (int64_t j = 0; j < n; ++j) axpy(s[j], vs + j * hs, out, hs);
-          const float inv = 1.f / total;
-          for (int64_t d = 0; d < hs; ++d) out[d] *= inv;
-        }
-      });
+      if (k.scalar_type() == at::kHalf) attend(l, k.data_ptr<at::Half>(), v.data_ptr<at::Half>(), slots, pos, S, P, longest);
+      else attend(l, k.data_ptr<float>(), v.data_ptr<float>(), slots, pos, S, P, longest);
       ly.proj(att.data(), h.data(), B);
       add_into(x.data(), h.data(), B * C);
       for (int64_t b = 0; b < B; ++b) layer_norm(x.data() + b * C, ly.ln2, h.data() + b * C, C, eps);

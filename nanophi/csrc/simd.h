@@ -1,6 +1,6 @@
 // The vector type gemv_bf16.cpp, gemv_rows.cpp and decode.cpp are written over, chosen by the build's flags:
 // nanophi/gemv.py builds the extension once per instruction set, with -mavx512f (16 fp32 lanes) or
-// -mavx2 -mfma (8 lanes), and loads the one this CPU runs (as llama.cpp and oneDNN dispatch at run
+// -mavx2 -mfma -mf16c (8 lanes), and loads the one this CPU runs (as llama.cpp and oneDNN dispatch at run
 // time). The loops are the same for both; only the width and these few operations differ.
 #pragma once
 
@@ -45,6 +45,11 @@ inline void load_bf16_pairs(const uint16_t* p, vec& even, vec& odd) {
 inline vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
 inline float sum(vec a) { return _mm512_reduce_add_ps(a); }
+// kLanes fp16 (a KV cache) widened to fp32, and back with round-to-nearest-even (as torch converts)
+inline vec load_fp16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline void store_fp16(uint16_t* p, vec a) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
 inline vec set1(float v) { return _mm512_set1_ps(v); }
 inline void store(float* p, vec a) { _mm512_storeu_ps(p, a); }
 inline vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
@@ -58,11 +63,13 @@ inline vec pow2(vec n) {  // 2^n for whole n in [-126, 127]: n + 127 put in the 
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
 }
 
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 constexpr int kLanes = 8;
 constexpr const char* kIsa = "avx2";
 using vec = __m256;
-inline bool cpu_ok() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+inline bool cpu_ok() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
 inline vec zero() { return _mm256_setzero_ps(); }
 inline vec load(const float* p) { return _mm256_loadu_ps(p); }
 inline vec load(const int8_t* p) {
@@ -79,6 +86,10 @@ inline void load_bf16_pairs(const uint16_t* p, vec& even, vec& odd) {
 }
 inline vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+inline vec load_fp16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline void store_fp16(uint16_t* p, vec a) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
 inline vec set1(float v) { return _mm256_set1_ps(v); }
 inline void store(float* p, vec a) { _mm256_storeu_ps(p, a); }
 inline vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
@@ -102,7 +113,7 @@ inline float sum(vec a) {
 }
 
 #else
-#error "nanophi gemv kernels: build with -mavx512f or with -mavx2 -mfma (nanophi/gemv.py chooses)"
+#error "nanophi gemv kernels: build with -mavx512f or with -mavx2 -mfma -mf16c (nanophi/gemv.py chooses)"
 #endif
 
 // e^x in every lane, within 2 ulp of std::exp over [-87, 88] (inputs are clamped there: below, e^x is
