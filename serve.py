@@ -390,6 +390,7 @@ class Worker:
                 self.loaded = load()
                 self.model, self.device, self.dtype = self.loaded.model, self.loaded.device, self.loaded.dtype
                 self.engine = Engine(self.model, **self.engine_args)
+                self.engine.warm_up()  # ready only once the weights are read in and the kernels called
             except BaseException as e:  # the caller raises it: bad settings end the script as before
                 failed.append(e)
                 return

@@ -217,6 +217,18 @@ class Engine:
     def busy(self):
         return bool(self.waiting or self.rows)
 
+    def warm_up(self):
+        """One short generation before the first request, as llama.cpp's servers run at start: a
+        memory-mapped checkpoint's pages are read in, the cache and the Decoder made, the first calls of
+        the kernels paid (the first request at a fresh serve.py otherwise decoded at ~0.8x); then the
+        counters and slots are as new."""
+        list(self.run([Row([EOT_ID, EOT_ID], 2, temperature=0, stop_ids=())]))  # a prefill, then a decoding step
+        self.steps = self.tokens = self.reused = 0
+        self.slot_ids = [[] for _ in range(self.n_slots)]
+        self.slot_used, self.slot_prompt = [-1] * self.n_slots, [0] * self.n_slots
+        self.slot_scope = [None] * self.n_slots
+        self.cache.lens.zero_()
+
     def run(self, rows):
         """Add rows and step until they have all finished; yields their events."""
         rows = list(rows)

@@ -167,3 +167,14 @@ def test_unwritten_cache_positions_never_reach_the_output(model):
         k = engine.cache.k[:, s]
         assert not k[:, :, :engine.cache.clean[s]].isnan().any()
         assert k[:, :, engine.cache.clean[s]:].isnan().all()
+
+
+def test_warm_up_leaves_the_engine_as_new(model):
+    """serve.py warms its engine before the first request: afterwards nothing of it shows."""
+    engine = Engine(model, max_batch=2)
+    engine.warm_up()
+    assert engine.cache is not None and engine.steps == engine.tokens == engine.reused == 0
+    assert all(ids == [] for ids in engine.slot_ids) and int(engine.cache.lens.sum()) == 0
+    for p in PROMPTS[:3]:
+        assert engine.complete(p, 12, temperature=0) == alone(model, p, 12, temperature=0)
+    assert engine.reused == 0  # no prompt found the warm-up's tokens
