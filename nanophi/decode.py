@@ -11,7 +11,7 @@ the logits and the greedy text), and a row's numbers never depend on the rows be
 
 Used when: the model is on CPU in eval mode with fp32 activations, every Linear is one this file knows
 (nn.Linear, weights.py's FP32Linear, BF16Linear or Int8Linear with its kernel), the gemv extension is
-built, the cache is fp32, and the step has at most max_rows rows (the most the Linear kernels take
+built, the cache is fp32 or fp16, and the step has at most max_rows rows (the most the Linear kernels take
 before BLAS, fbgemm or oneDNN are faster). NANOPHI_DECODER=0 turns it off (for side-by-side benches).
 Anything else (CUDA, LoRA layers, training, prefill chunks) runs model.forward as before.
 """
