@@ -180,6 +180,15 @@ def one_at_a_time(url):
     return tokens / (time.perf_counter() - t)
 
 
+def runtime_mb():
+    """Peak resident MB of a Python that imports what serve.py imports and loads no weights: the floor
+    under our server's memory, which llama-server (one C++ binary) does not have."""
+    code = ("import sys; sys.argv = ['serve.py']; import serve; "
+            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    return float(r.stdout.split()[-1]) if r.returncode == 0 and r.stdout.split() else None
+
+
 def serve_figures(cmd, port, what):
     """Start a server, measure it (one at a time, 8 streams, peak memory), stop it."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -295,6 +304,10 @@ def main():
                 for row in server_rows(tools, ggufs[llama_fmt], os.path.join(work, "random.pt"), ours_fmt, llama_fmt,
                                        args.threads):
                     show(*row)
+        if args.servers == "True" and sys.platform == "linux":
+            floor = runtime_mb()
+            print(f"memory floor: serve.py's imports alone (torch, Python, FastAPI), before any weight: {floor:.0f} MB")
+            rows.append({"metric": "serve.py's imports alone (MB)", "nanophi": floor})
         print(f"bound: batch-1 fp32 decoding reads about 500 MB of weights per token: at most "
               f"{bandwidth / 500e6:.0f} tok/s at this copy bandwidth (bf16 weights are half as many bytes, int8 a quarter)")
     if args.json:

@@ -52,3 +52,9 @@ def test_linear_ms_times_every_linear_layer_of_each_format():
         plain = bench_llamacpp.linear_ms(model, 1)
         int8 = bench_llamacpp.linear_ms(apply_weights(model, "int8"), 1)
     assert 0 < plain < 1e4 and 0 < int8 < 1e4
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self")
+def test_runtime_mb_is_the_memory_of_serve_py_without_weights():
+    mb = bench_llamacpp.runtime_mb()
+    assert mb is not None and 50 < mb < 1000, mb  # torch alone is ~200 MB here
