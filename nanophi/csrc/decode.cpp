@@ -75,21 +75,23 @@ struct Layer {
   Linear attn, proj, fc, mproj;
 };
 
-// y = a * x + y
-void axpy(float a, const float* x, float* y, int64_t n) {
-  const simd::vec av = simd::set1(a);
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) simd::store(y + i, simd::fma(av, simd::load(x + i), simd::load(y + i)));
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-
-void add_into(float* y, const float* x, int64_t n) { axpy(1.f, x, y, n); }
-
-// the KV cache in fp32 or fp16 (half the memory and the reads at long contexts; llama.cpp's default too)
+// fp32 values, or the KV cache's fp16 ones widened (half the memory and the reads at long contexts;
+// llama.cpp's default cache too)
 inline simd::vec load_kv(const float* p) { return simd::load(p); }
 inline simd::vec load_kv(const at::Half* p) { return simd::load_fp16(reinterpret_cast<const uint16_t*>(p)); }
 inline float to_f(float v) { return v; }
 inline float to_f(at::Half v) { return float(v); }
+
+// y = a * x + y (x fp32 or fp16)
+template <typename T>
+void axpy(float a, const T* x, float* y, int64_t n) {
+  const simd::vec av = simd::set1(a);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) simd::store(y + i, simd::fma(av, load_kv(x + i), simd::load(y + i)));
+  for (; i < n; ++i) y[i] += a * to_f(x[i]);
+}
+
+void add_into(float* y, const float* x, int64_t n) { axpy(1.f, x, y, n); }
 
 template <typename T>
 float dot_kv(const float* q, const T* k, int64_t n) {
@@ -99,14 +101,6 @@ float dot_kv(const float* q, const T* k, int64_t n) {
   float s = simd::sum(acc);
   for (; i < n; ++i) s += q[i] * to_f(k[i]);
   return s;
-}
-
-template <typename T>
-void axpy_kv(float a, const T* v, float* y, int64_t n) {
-  const simd::vec av = simd::set1(a);
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) simd::store(y + i, simd::fma(av, load_kv(v + i), simd::load(y + i)));
-  for (; i < n; ++i) y[i] += a * to_f(v[i]);
 }
 
 void put_kv(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
@@ -261,7 +255,7 @@ struct Decoder : torch::CustomClassHolder {
         const float total = exp_shifted(s.data(), n);
         float* out = att.data() + b * C + hd * hs;
         std::fill(out, out + hs, 0.f);
-        for (int64_t j = 0; j < n; ++j) axpy_kv(s[j], vs + j * hs, out, hs);
+        for (int64_t j = 0; j < n; ++j) axpy(s[j], vs + j * hs, out, hs);
         const float inv = 1.f / total;
         for (int64_t d = 0; d < hs; ++d) out[d] *= inv;
       }
