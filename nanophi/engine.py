@@ -191,11 +191,8 @@ class Engine:
         self.n_slots = max_batch + cache_slots
         self.block_size = model.config.block_size
         self.cache = None  # allocated on first use
-        self.slot_ids = [[] for _ in range(self.n_slots)]  # the token ids whose keys/values each slot holds
         self.slot_row = [None] * self.n_slots  # the row generating in each slot
-        self.slot_used = [-1] * self.n_slots  # step of last use: least recently used slots go first
-        self.slot_prompt = [0] * self.n_slots  # prompt length of the slot's last row (a continuation extends it)
-        self.slot_scope = [None] * self.n_slots  # the scope of the slot's last row
+        self._forget_slots()
         self.waiting, self.rows = [], []  # rows without a slot yet, rows with one (in arrival order)
         self.steps = self.tokens = self.reused = 0  # counters: steps, tokens generated, prompt tokens reused
         self.decoder = None  # nanophi/decode.py's one-call decoding step, made with the cache (False: none)
@@ -224,10 +221,15 @@ class Engine:
         counters and slots are as new."""
         list(self.run([Row([EOT_ID, EOT_ID], 2, temperature=0, stop_ids=())]))  # a prefill, then a decoding step
         self.steps = self.tokens = self.reused = 0
-        self.slot_ids = [[] for _ in range(self.n_slots)]
-        self.slot_used, self.slot_prompt = [-1] * self.n_slots, [0] * self.n_slots
-        self.slot_scope = [None] * self.n_slots
+        self._forget_slots()
         self.cache.lens.zero_()
+
+    def _forget_slots(self):
+        """What each (idle) slot holds, as at the start: nothing to reuse."""
+        self.slot_ids = [[] for _ in range(self.n_slots)]  # the token ids whose keys/values each slot holds
+        self.slot_used = [-1] * self.n_slots  # step of last use: least recently used slots go first
+        self.slot_prompt = [0] * self.n_slots  # prompt length of the slot's last row (a continuation extends it)
+        self.slot_scope = [None] * self.n_slots  # the scope of the slot's last row
 
     def run(self, rows):
         """Add rows and step until they have all finished; yields their events."""
@@ -286,9 +288,10 @@ class Engine:
         if self.cache is None:
             p = next(self.model.parameters())
             self.decoder = decode.decoder(self.model) or False
-            dtype = p.dtype if self.kv_dtype == "auto" else getattr(torch, self.kv_dtype)
-            if self.kv_dtype == "auto" and self.decoder and p.dtype == torch.float32:
-                dtype = torch.float16
+            if self.kv_dtype != "auto":
+                dtype = getattr(torch, self.kv_dtype)
+            else:
+                dtype = torch.float16 if self.decoder and p.dtype == torch.float32 else p.dtype
             self.cache = KVCache(self.model.config, self.n_slots, self.block_size, p.device, dtype)
 
     def _set_len(self, slot, ids):
