@@ -262,8 +262,8 @@ def main():
         # prefill is compute-bound: each token costs 2 FLOPs per weight of the blocks' Linear layers (the
         # vocab projection is of the last position only); the rate beside this machine's fp32 matmul
         matmul = measure_matmul_flops("float32")
-        flops_per_token = 2 * sum(m.in_features * m.out_features for n, m in GPT(GPTConfig()).named_modules()
-                                  if isinstance(m, torch.nn.Linear) and n != "lm_head")
+        cfg = GPTConfig()  # a block's Linear layers: qkv 3 C^2, proj C^2, MLP 4 C^2 + 4 C^2
+        flops_per_token = 2 * 12 * cfg.n_layer * cfg.n_embd ** 2
         print(f"fp32 matmul (2048^2, torch's BLAS) {matmul / 1e9:.0f} GFLOP/s; prefill needs {flops_per_token / 1e6:.0f} "
               f"MFLOP a token in Linear layers, so at most {matmul / flops_per_token:.0f} tok/s at that rate")
         print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; {args.threads} threads; {args.repeats} repetitions "
