@@ -27,16 +27,34 @@ def test_greedy_rows_batched_equal_each_alone_and_model_generate(model):
         ids = model.generate(torch.tensor([p]), 40, temperature=0, stop_ids=[EOT_ID])[0, len(p):].tolist()
         assert text == decode(ids[:ids.index(EOT_ID)] if EOT_ID in ids else ids)
     # all at once, prompts of different lengths, prefilled in small chunks (several steps each)
-    engine = Engine(model, max_batch=4, prefill_chunk=16)
+    engine = Engine(model, max_batch=4, prefill_chunk=16, prefill_alone=16)
     rows = [Row(p, 40, temperature=0) for p in PROMPTS]
     list(engine.run(rows))
     assert [(r.text, r.finish) for r in rows] == want
 
 
+def test_a_prompt_alone_takes_bigger_chunks_than_beside_decoding_rows(model):
+    engine = Engine(model, max_batch=2, prefill_chunk=16, prefill_alone=64)
+    row = Row(PROMPTS[3][:100], 20, temperature=0)
+    engine.add(row)
+    engine.step()  # nothing decodes: nobody waits on this step, 64 tokens
+    assert len(row.todo) == 100 - 64
+    engine.step()  # the rest, and the row's first token
+    assert row.n_tokens == 1
+    other_prompt = encode("other " * 40)  # shares no prefix with the first
+    other = Row(other_prompt, 3, temperature=0)
+    engine.add(other)
+    engine.step()  # the first row decodes beside it: its wait for a token is bounded by a 16-token chunk
+    assert len(other.todo) == len(other_prompt) - 16 and row.n_tokens == 2
+    while engine.busy:
+        engine.step()
+    assert (row.text, row.finish) == alone(model, PROMPTS[3][:100], 20, temperature=0)
+
+
 def test_rows_joining_and_leaving_between_steps_keep_their_text(model):
     want = [alone(model, p, n, temperature=1.0, top_k=50, generator=row_generator(100 + i))
             for i, (p, n) in enumerate(zip(PROMPTS, (5, 30, 12, 20)))]
-    engine = Engine(model, max_batch=2, prefill_chunk=8)  # fewer slots than rows: some wait
+    engine = Engine(model, max_batch=2, prefill_chunk=8, prefill_alone=8)  # fewer slots than rows: some wait
     rows = [Row(p, n, temperature=1.0, top_k=50, generator=row_generator(100 + i))
             for i, (p, n) in enumerate(zip(PROMPTS, (5, 30, 12, 20)))]
     engine.add(rows[0])
