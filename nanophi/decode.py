@@ -10,7 +10,8 @@ one-query attention. Its numbers differ from model.forward's only by float round
 the logits and the greedy text), and a row's numbers never depend on the rows beside it.
 
 Used when: the model is on CPU in eval mode with fp32 activations, every Linear is one this file knows
-(nn.Linear, weights.py's FP32Linear, BF16Linear or Int8Linear with its kernel), the gemv extension is
+(nn.Linear, weights.py's FP32Linear, BF16Linear with its kernel or fbgemm's fp16 GEMM, which the Decoder
+calls through torch's packed-weight object, or Int8Linear with its kernel), the gemv extension is
 built, the cache is fp32 or fp16, and the step has at most max_rows rows (the most the Linear kernels take
 before BLAS, fbgemm or oneDNN are faster). NANOPHI_DECODER=0 turns it off (for side-by-side benches).
 Anything else (CUDA, LoRA layers, training, prefill chunks) runs model.forward as before.
@@ -24,7 +25,7 @@ from nanophi import gemv
 from nanophi.weights import FP32_GEMV_ROWS, INT8_GEMV_ROWS, SMALL_ROWS, WIDE_ROWS, BF16Linear, FP32Linear, \
     Int8Linear, TiedEmbedding
 
-KINDS = {"fp32": 0, "int8": 1, "bf16": 2, "blas": 3}  # csrc/decode.cpp's Kind
+KINDS = {"fp32": 0, "int8": 1, "bf16": 2, "blas": 3, "fp16_packed": 4}  # csrc/decode.cpp's Kind
 NONE = torch.empty(0)  # "no tensor here" in the Decoder's list
 
 
@@ -39,16 +40,20 @@ class Decoder:
 
 
 def _linear(m):
-    """(kind, [weight, scale, bias], most rows) of a Linear the Decoder reads, or None."""
+    """(kind, [weight, scale, bias], most rows, fbgemm's packed weight or None) of a Linear the Decoder
+    reads, or None."""
+    if isinstance(m, BF16Linear) and m.fp16 is not None:  # fbgemm's fp16 GEMM: any number of rows
+        shape = torch.empty(m.out_features, m.in_features, device="meta")
+        return "fp16_packed", [shape, NONE, NONE], 1 << 30, m.fp16
     if type(m) is nn.Linear and m.weight.dtype == torch.float32:
-        return "blas", [m.weight.detach(), NONE, NONE if m.bias is None else m.bias.detach()], 1 << 30
+        return "blas", [m.weight.detach(), NONE, NONE if m.bias is None else m.bias.detach()], 1 << 30, None
     if isinstance(m, FP32Linear) and m.gemv is not None:
-        return "fp32", [m.weight.detach(), NONE, NONE if m.bias is None else m.bias.detach()], FP32_GEMV_ROWS
+        return "fp32", [m.weight.detach(), NONE, NONE if m.bias is None else m.bias.detach()], FP32_GEMV_ROWS, None
     if isinstance(m, BF16Linear) and m.gemv is not None:
         rows = SMALL_ROWS if m.native else WIDE_ROWS  # with native bf16, oneDNN is faster from 3 rows
-        return "bf16", [m.weight, NONE, NONE if m.bias_fp32 is None else m.bias_fp32], rows
+        return "bf16", [m.weight, NONE, NONE if m.bias_fp32 is None else m.bias_fp32], rows, None
     if isinstance(m, Int8Linear) and m.gemv is not None:
-        return "int8", [m.weight, m.scale, NONE if m.bias is None else m.bias], INT8_GEMV_ROWS
+        return "int8", [m.weight, m.scale, NONE if m.bias is None else m.bias], INT8_GEMV_ROWS, None
     return None
 
 
@@ -79,7 +84,7 @@ def decoder(model):
         return None
     if tr.wpe.weight.dtype != torch.float32:
         return None
-    tensors, kinds, rows = table + [tr.wpe.weight.detach()], [], 1 << 30
+    tensors, kinds, packed, rows = table + [tr.wpe.weight.detach()], [], [], 1 << 30
     parts = []
     for block in tr.h:
         parts += [_norm(block.ln_1), _linear(block.attn.c_attn), _linear(block.attn.c_proj),
@@ -90,9 +95,10 @@ def decoder(model):
             return None
         if isinstance(p[0], str):  # a Linear
             kinds.append(KINDS[p[0]])
+            packed.append(p[3])
             tensors += p[1]
             rows = min(rows, p[2])
         else:
             tensors += p
-    op = make(model.config.n_head, tensors, kinds, 1e-5)
+    op = make(model.config.n_head, tensors, kinds, packed, 1e-5)
     return Decoder(op, rows)

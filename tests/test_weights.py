@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from conftest import ROOT
 from nanophi.device import cpu_has_bf16
 from nanophi.engine import Engine, KVCache, Row
-from nanophi import gemv
+from nanophi import gemv, weights
 from nanophi.weights import (INT8_GEMV_ROWS, SMALL_ROWS, WIDE_ROWS, BF16Linear, FP32Linear, Int8Linear, apply_weights,
                              can_pack, quantize_rows, resolve_weights, weight_bytes_per_token)
 
@@ -98,24 +98,42 @@ def test_sample_rejects_unknown_format(tiny_out_dir):
     assert "weights must be one of auto, fp32, bf16, int8; got 'fp8'" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("fbgemm", [True, False])
 @pytest.mark.parametrize("rows", [1, 2, 8, WIDE_ROWS + 3])
-def test_bf16_linear_close_to_fp32(rows):
+def test_bf16_linear_close_to_fp32(rows, fbgemm, monkeypatch):
+    monkeypatch.setattr(weights, "_fp16_ok", None if fbgemm else False)  # False: as where torch has no fbgemm
     torch.manual_seed(rows)
     linear = torch.nn.Linear(96, 200)
     x = torch.randn(1, rows, 96)
     layer = BF16Linear(linear)
     with torch.no_grad():
         got, want = layer(x), linear(x)
+        rounded = torch.nn.functional.linear(x, linear.weight.bfloat16().float(), linear.bias.bfloat16().float()
+                                             if layer.native else linear.bias)
     assert got.dtype == torch.float32 and got.shape == want.shape
     err = ((got - want).abs().max() / want.abs().max()).item()
     assert 0 < err < 0.02, err  # the weights really are bf16, and only rounded
+    if layer.fp16 is not None:  # without native bf16: fbgemm's fp16 GEMM holds the bf16 values (exact in fp16)
+        assert fbgemm and not layer.native and layer.weight is None and layer.gemv is None
+        torch.testing.assert_close(got, rounded, rtol=1e-5, atol=1e-5)
     # batch-1 decoding takes the kernel; without native bf16, batched decoding too (oneDNN's bf16 is emulated)
-    if layer.gemv is not None and rows <= (SMALL_ROWS if layer.native else WIDE_ROWS):
+    elif layer.gemv is not None and rows <= (SMALL_ROWS if layer.native else WIDE_ROWS):
         assert torch.equal(got, layer.gemv(x, layer.weight, layer.bias_fp32))
     elif not layer.native:  # prefill: fp32 BLAS on the weight widened, the same values
-        widened = torch.nn.functional.linear(x, layer.weight.float(), layer.bias_fp32)
-        torch.testing.assert_close(got, widened, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, rounded, rtol=1e-5, atol=1e-5)
+    assert layer.fp16 is None or weights.fp16_packing()
     assert layer.packed == (layer.native and can_pack("cpu"))
+
+
+def test_bf16_lm_head_keeps_its_plain_weight_for_the_tied_embedding(tiny_model):
+    model = apply_weights(copy.deepcopy(tiny_model), "bf16")
+    head = model.lm_head
+    assert head.fp16 is None and head.weight.dtype == torch.bfloat16  # the table TiedEmbedding reads
+    blocks = [m for m in model.modules() if isinstance(m, BF16Linear) and m is not head]
+    assert all((m.fp16 is not None) == (weights.fp16_packing() and not m.native) for m in blocks)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids)[0], tiny_model(ids)[0], rtol=0.05, atol=0.05)
 
 
 def test_quantize_rows_is_symmetric_per_row():
@@ -176,7 +194,8 @@ def test_int8_decoding_close_to_fp32_and_closer_than_dynamic_quantization(tiny_m
 def test_linear_layers_without_the_kernels():
     """NANOPHI_GEMV=0 (read when a kernel is first asked for) forces the fallbacks, as where they cannot build:
     oneDNN for bf16, fbgemm for int8, the oneDNN-packed copy for batched fp32."""
-    code = ("import torch; from nanophi.weights import BF16Linear; torch.manual_seed(0); "
+    code = ("import torch; from nanophi import weights; from nanophi.weights import BF16Linear; torch.manual_seed(0); "
+            "weights._fp16_ok = False; "  # the kernel's fallback, as where torch has no fbgemm
             "lin = torch.nn.Linear(64, 48); layer = BF16Linear(lin); x = torch.randn(1, 64); "
             "err = ((layer(x) - lin(x)).abs().max() / lin(x).abs().max()).item(); "
             "print(layer.gemv is None, 0 < err < 0.02, layer(torch.randn(2, 3, 64)).shape); "
@@ -216,9 +235,10 @@ def test_fp32_for_batches_equals_plain(tiny_model):
 
 
 @pytest.mark.parametrize("fmt", ["fp32", "int8", "bf16"])
-def test_decoding_rows_do_not_depend_on_the_rows_beside_them(fmt):
-    """A row's output from the fp32 / int8 kernels (bf16 without native bf16) is the same bit for bit alone or
-    among 7 others."""
+def test_decoding_rows_do_not_depend_on_the_rows_beside_them(fmt, monkeypatch):
+    """A row's output from the fp32 / int8 kernels (bf16 without native bf16 or fbgemm) is the same bit for bit
+    alone or among 7 others."""
+    monkeypatch.setattr(weights, "_fp16_ok", False)  # bf16: the rows kernel, not fbgemm's fp16 GEMM
     torch.manual_seed(1)
     linear = torch.nn.Linear(200, 77)
     layer = {"fp32": FP32Linear(linear, 8), "int8": Int8Linear(linear), "bf16": BF16Linear(linear, 8)}[fmt]

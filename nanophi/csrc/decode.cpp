@@ -9,10 +9,13 @@
 // Here each of those is a loop over a few KB in cache, and nothing is allocated per step but the logits.
 //
 // Every row is computed alone (its LayerNorms, its attention, the kernels' own per-row summing order),
-// so a row's numbers do not depend on how many rows share the step. nanophi/decode.py builds the
+// so a row's numbers do not depend on how many rows share the step; the exception is a bf16 weight held
+// by fbgemm's fp16 GEMM (weights.py's BF16Linear on a CPU without native bf16), whose sums at 1, 2 and
+// 3+ rows differ by float rounding. nanophi/decode.py builds the
 // Decoder from a model and says when the engine uses it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/quantized/PackedParams.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
@@ -30,16 +33,21 @@ namespace {
 using simd::kLanes;
 
 // how a Linear's weight is read (decode.py's KINDS)
-enum Kind : int64_t { kFp32 = 0, kInt8 = 1, kBf16 = 2, kBlas = 3 };
+enum Kind : int64_t { kFp32 = 0, kInt8 = 1, kBf16 = 2, kBlas = 3, kFp16Packed = 4 };
 
 bool present(const at::Tensor& t) { return t.defined() && t.numel() > 0; }
 const float* fptr(const at::Tensor& t) { return present(t) ? t.data_ptr<float>() : nullptr; }
 
 struct Linear {
   int64_t kind = kFp32, N = 0, K = 0;
-  at::Tensor w, scale, b;
+  at::Tensor w, scale, b;  // kFp16Packed: w is a meta tensor (N, K), the weight and bias are in packed
+  c10::intrusive_ptr<LinearPackedParamsBase> packed;
 
   void check(const char* name) const {
+    if (kind == kFp16Packed) {
+      TORCH_CHECK(w.dim() == 2 && w.is_meta() && packed, "Decoder: ", name, " (fp16 packed) needs a meta (N, K) tensor and the packed weight");
+      return;
+    }
     TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.device().is_cpu(), "Decoder: ", name, " weight must be 2-d, contiguous, on CPU");
     const auto want = kind == kInt8 ? at::kChar : kind == kBf16 ? at::kBFloat16 : at::kFloat;
     TORCH_CHECK(w.scalar_type() == want, "Decoder: ", name, " weight is ", w.scalar_type(), " for kind ", kind);
@@ -56,11 +64,12 @@ struct Linear {
       case kBf16:
         return nanophi::gemv_raw<uint16_t>(x, reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), nullptr, bp,
                                            y, M, K, N);
-      default: {  // this machine's BLAS (gemv.fp32_rows_choice found it faster at one row)
+      default: {
         auto opts = at::TensorOptions().dtype(at::kFloat);
         at::Tensor xt = at::from_blob(const_cast<float*>(x), {M, K}, opts), yt = at::from_blob(y, {M, N}, opts);
-        if (bp) at::addmm_out(yt, b, xt, w.t());
-        else at::mm_out(yt, xt, w.t());
+        if (kind == kFp16Packed) packed->apply_dynamic_out(xt, yt, false);  // fbgemm's fp16 GEMM, bias inside
+        else if (bp) at::addmm_out(yt, b, xt, w.t());  // this machine's BLAS (gemv.fp32_rows_choice found it
+        else at::mm_out(yt, xt, w.t());                 // faster at one row)
       }
     }
   }
@@ -183,12 +192,15 @@ struct Decoder : torch::CustomClassHolder {
 
   // ts: wte, wte_scale, wpe, then per block ln_1 (w, b), c_attn (w, scale, b), attn.c_proj (w, scale, b),
   // ln_2 (w, b), c_fc (w, scale, b), mlp.c_proj (w, scale, b), then ln_f (w, b), lm_head (w, scale, b);
-  // an empty tensor where there is none. kinds: each Linear's Kind in the same order.
-  Decoder(int64_t n_head_, std::vector<at::Tensor> ts, std::vector<int64_t> kinds, double eps_)
+  // an empty tensor where there is none. kinds: each Linear's Kind in the same order; packed: each
+  // Linear's fbgemm packed weight (torch.ops.quantized.linear_prepack_fp16) for kFp16Packed, else None.
+  Decoder(int64_t n_head_, std::vector<at::Tensor> ts, std::vector<int64_t> kinds, std::vector<c10::IValue> packed,
+          double eps_)
       : n_head(n_head_), eps(eps_) {
     TORCH_CHECK(ts.size() >= 3 + 5 && (ts.size() - 3 - 5) % 16 == 0, "Decoder: ", ts.size(), " tensors do not make whole blocks");
     const size_t n_layer = (ts.size() - 8) / 16;
-    TORCH_CHECK(kinds.size() == 4 * n_layer + 1, "Decoder: ", kinds.size(), " kinds for ", 4 * n_layer + 1, " Linear layers");
+    TORCH_CHECK(kinds.size() == 4 * n_layer + 1 && packed.size() == kinds.size(), "Decoder: ", kinds.size(), " kinds and ",
+                packed.size(), " packed weights for ", 4 * n_layer + 1, " Linear layers");
     size_t t = 0, k = 0;
     auto tensor = [&]() { return ts[t++]; };
     auto norm = [&]() {
@@ -200,7 +212,14 @@ struct Decoder : torch::CustomClassHolder {
     };
     auto linear = [&](const char* name) {
       Linear l;
+      const c10::IValue& p = packed[k];
       l.kind = kinds[k++];
+      if (l.kind == kFp16Packed) {
+        TORCH_CHECK(p.isObject() && p.toObject()->type()->name()->qualifiedName() ==
+                                        "__torch__.torch.classes.quantized.LinearPackedParamsBase",
+                    "Decoder: ", name, " is fp16 packed but its packed weight is not torch's LinearPackedParamsBase");
+        l.packed = c10::static_intrusive_pointer_cast<LinearPackedParamsBase>(p.toObject()->getSlot(0).toCapsule());
+      }
       l.w = tensor(), l.scale = tensor(), l.b = tensor();
       l.N = l.w.size(0), l.K = l.w.dim() == 2 ? l.w.size(1) : 0;
       l.check(name);
@@ -326,6 +345,6 @@ struct Decoder : torch::CustomClassHolder {
 
 TORCH_LIBRARY_FRAGMENT(nanophi, m) {
   m.class_<Decoder>("Decoder")
-      .def(torch::init<int64_t, std::vector<at::Tensor>, std::vector<int64_t>, double>())
+      .def(torch::init<int64_t, std::vector<at::Tensor>, std::vector<int64_t>, std::vector<c10::IValue>, double>())
       .def("step", &Decoder::step);
 }
