@@ -147,6 +147,12 @@ def fp32_kernel():
     return _kernel("gemv_fp32", "batched fp32 decoding uses a second copy of the weights packed by oneDNN")
 
 
+def gelu_kernel():
+    """torch.ops.nanophi.gelu_tanh_(x): model.py's tanh GELU in place (x contiguous fp32 on CPU), the
+    Decoder's vectorised one, or None where the extension is unavailable."""
+    return _op("gelu_tanh_")
+
+
 PROBE_FILE = "gemv_probe.json"
 
 

@@ -287,6 +287,34 @@ class TiedEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, from {type(self.head[0]).__name__}"
 
 
+class InferenceGELU(nn.Module):
+    """model.py's tanh GELU for CPU inference: in place through the extension's vectorised one (the
+    Decoder's), as ATen's tanh took 6% of a 512-token bf16 prefill on a 2-core EPYC (GELU free: +10%);
+    with gradients on, or on anything but a contiguous fp32 tensor, F.gelu as before."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def forward(self, x):
+        if torch.is_grad_enabled() or x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu":
+            return F.gelu(x, approximate="tanh")
+        self.op(x)  # the c_fc output it is given is read by nothing else
+        return x
+
+
+def _fast_gelu(model):
+    """Put InferenceGELU in place of each tanh nn.GELU of a CPU model (where the extension built)."""
+    op = gemv.gelu_kernel()
+    if op is None:
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.GELU and child.approximate == "tanh":
+                setattr(parent, name, InferenceGELU(op))
+    return model
+
+
 def _file_mappings():
     """(start, end) of this process's file-backed memory mappings (Linux), e.g. a checkpoint loaded with mmap."""
     spans = []
@@ -363,8 +391,11 @@ def apply_weights(model, weights, batch=1):
     token embedding then reads the converted lm_head (TiedEmbedding), so no fp32 table is kept; fp32
     pages of a memory-mapped checkpoint are given back as each layer is converted. batch: the
     most rows one decoding step feeds (serve.py's max_batch); above 2 on a CPU, fp32 Linear layers
-    take the fp32 gemv kernel (FP32Linear) and bf16 ones are packed for it."""
+    take the fp32 gemv kernel (FP32Linear) and bf16 ones are packed for it. On a CPU the MLPs' tanh GELU
+    runs in place through the extension (InferenceGELU)."""
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        _fast_gelu(model)
     if weights == "fp32":
         if device.type != "cpu":
             return model

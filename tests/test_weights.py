@@ -353,3 +353,28 @@ def test_bf16_widening_reuses_one_scratch_buffer(monkeypatch):
     monkeypatch.setattr(weights, "SCRATCH_MAX", 100)
     big = weights._widened(a)  # over the limit: a fresh copy, the scratch untouched
     assert torch.equal(big, a.float()) and big.data_ptr() != wa.data_ptr() and torch.equal(wb, b.float())
+
+
+def test_inference_gelu_is_model_pys_gelu_in_place(tiny_model):
+    """apply_weights puts the extension's tanh GELU in the MLPs on a CPU: the same values as F.gelu (to
+    float rounding), in place without gradients, F.gelu itself with them."""
+    if gemv.gelu_kernel() is None:
+        pytest.skip(f"no extension here ({gemv.unavailable()})")
+    model = apply_weights(copy.deepcopy(tiny_model), "fp32")
+    gelus = [b.mlp.gelu for b in model.transformer.h]
+    assert all(isinstance(g, weights.InferenceGELU) for g in gelus)
+    x = torch.randn(2, 37, 301) * 4  # not a multiple of the vector width: the scalar tail too
+    want = F.gelu(x, approximate="tanh")
+    with torch.no_grad():
+        y = x.clone()
+        assert gelus[0](y) is y
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+        half = x.bfloat16()  # not fp32: F.gelu, untouched input
+        torch.testing.assert_close(gelus[0](half), F.gelu(half, approximate="tanh"))
+    g = x.clone().requires_grad_()
+    out = gelus[0](g)
+    out.sum().backward()  # with gradients: F.gelu, so autograd works and the input is not overwritten
+    assert torch.equal(g.detach(), x) and g.grad is not None
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids)[0], tiny_model(ids)[0], rtol=1e-4, atol=1e-4)

@@ -341,9 +341,20 @@ struct Decoder : torch::CustomClassHolder {
   }
 };
 
+// model.py's tanh GELU in place on a contiguous fp32 tensor, over the threads: prefill's MLP (12 x 512 x 3072
+// values for a 512-token prompt at GPT-2 124M), where ATen's tanh took 6% of a bf16 prefill
+void gelu_tanh_(at::Tensor x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "gelu_tanh_: a contiguous fp32 CPU tensor, not ", x.scalar_type(), x.is_contiguous() ? "" : " (strided)");
+  float* p = x.data_ptr<float>();
+  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) { gelu_tanh(p + begin, end - begin); });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(nanophi, m) {
+  m.def("gelu_tanh_(Tensor(a!) x) -> ()");
+  m.impl("gelu_tanh_", c10::DispatchKey::CPU, TORCH_FN(gelu_tanh_));
   m.class_<Decoder>("Decoder")
       .def(torch::init<int64_t, std::vector<at::Tensor>, std::vector<int64_t>, std::vector<c10::IValue>, double>())
       .def("step", &Decoder::step);
