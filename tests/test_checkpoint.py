@@ -32,6 +32,22 @@ def test_save_load_and_prefixes(tmp_path):
     assert list(clean_state_dict({"module._orig_mod.x": 1})) == ["x"]
 
 
+def test_loading_a_checkpoint_fills_no_random_values_and_imports_no_meta_kernels(tmp_path):
+    # the model is built on the meta device; normal_ there would pull in torch's Python meta kernels
+    # (sympy among them, +68 MB resident in a server) for values the checkpoint replaces anyway
+    m = tiny()
+    path = str(tmp_path / BEST)
+    save_checkpoint(path, {"model": m.state_dict(), "model_args": asdict(m.config)})
+    code = ("import sys, torch; from nanophi.checkpoint import load_model; "
+            f"model, _ = load_model({path!r}); "
+            "print('sympy' in sys.modules, torch.nn.init.normal_.__module__, float(model.lm_head.weight.detach().sum()))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    imported, normal_home, total = r.stdout.split()
+    assert imported == "False" and normal_home == "torch.nn.init"  # normal_ is torch's own again afterwards
+    assert float(total) == pytest.approx(float(m.lm_head.weight.detach().sum()), abs=1e-5)
+
+
 def test_best_preferred_then_latest(tmp_path):
     m = tiny()
     state = {"model": m.state_dict(), "model_args": asdict(m.config)}
