@@ -258,6 +258,8 @@ class Int8Linear(nn.Module):
                 qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
                 self.packed = torch.ops.quantized.linear_prepack(qw, self.bias)
         self.weight = q if self.gemv is not None else None
+        _trim_heap()  # the quantizing temporaries, freed between layers: give them back now, or the load's
+        # peak holds them all (GPT-2 124M from a checkpoint: 657 MB against 468 at the end)
 
     def forward(self, x):
         if self.gemv is not None and (x.numel() <= INT8_GEMV_ROWS * self.in_features or self.packed is None):
