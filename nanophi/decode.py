@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from nanophi import gemv
-from nanophi.weights import FP32_GEMV_ROWS, INT8_GEMV_ROWS, SMALL_ROWS, WIDE_ROWS, BF16Linear, FP32Linear, \
-    Int8Linear, TiedEmbedding
+from nanophi.weights import FP32_GEMV_ROWS, INT8_GEMV_ROWS, NATIVE_ROWS, SMALL_ROWS, WIDE_ROWS, BF16Linear, \
+    FP32Linear, Int8Linear, TiedEmbedding
 
 KINDS = {"fp32": 0, "int8": 1, "bf16": 2, "blas": 3, "fp16_packed": 4}  # csrc/decode.cpp's Kind
 NONE = torch.empty(0)  # "no tensor here" in the Decoder's list
@@ -50,7 +50,9 @@ def _linear(m):
     if isinstance(m, FP32Linear) and m.gemv is not None:
         return "fp32", [m.weight.detach(), NONE, NONE if m.bias is None else m.bias.detach()], FP32_GEMV_ROWS, None
     if isinstance(m, BF16Linear) and m.gemv is not None:
-        rows = SMALL_ROWS if m.native else WIDE_ROWS  # with native bf16, oneDNN is faster from 3 rows
+        # the Decoder's bf16 is the rows kernel at every row count: with native bf16, oneDNN is faster above
+        # NATIVE_ROWS (or from 3 rows where this build has no rows kernel)
+        rows = (NATIVE_ROWS if m.rows is not None else SMALL_ROWS) if m.native else WIDE_ROWS
         return "bf16", [m.weight, NONE, NONE if m.bias_fp32 is None else m.bias_fp32], rows, None
     if isinstance(m, Int8Linear) and m.gemv is not None:
         return "int8", [m.weight, m.scale, NONE if m.bias is None else m.bias], INT8_GEMV_ROWS, None

@@ -71,6 +71,10 @@ FP32_GEMV_ROWS, INT8_GEMV_ROWS = 16, 8
 # EPYC, GPT-2 small's layers: 64 rows 171-213 ms against 305 widened, 8 rows 20-23 against 213; at 512 rows
 # BLAS's 150 GFLOP/s win)
 WIDE_ROWS = 64
+# bf16 with native bf16: the rows kernel from 3 rows up to this many (2-core AMD EPYC with avx512_bf16, GPT-2
+# small's blocks: 3-4 rows 6.3-7.7 ms against oneDNN's packed copy's 8.8-11.2, 8 rows 11.9-12.6 against
+# 10.8-12.7, 16 rows 19-23 against plain oneDNN's 17-20)
+NATIVE_ROWS = 8
 
 
 def can_pack(device):
@@ -143,9 +147,10 @@ def fp16_packing():
 class BF16Linear(nn.Module):
     """An nn.Linear's weights in bf16 for inference. On a CPU with native bf16, 1-2 rows of x (batch-1
     decoding) go through nanophi/gemv.py's kernel, which streams the plain bf16 weight at memory speed
-    with fp32 activations; more rows (prefill, batched decoding) through a second copy prepacked once
-    into oneDNN's blocked layout (a plain bf16 weight is repacked inside every oneDNN call, which at
-    batch 1 costs as much as the bytes saved).
+    with fp32 activations, 3 to NATIVE_ROWS (batched decoding) through its rows kernel, one pass over
+    the weight; more (prefill) through oneDNN on the same plain weight, which oneDNN repacks inside each
+    call. Only where that repacking costs more than 15% of a prefill chunk (gemv.bf16_pack_choice,
+    measured per machine) is a second copy kept, prepacked once into oneDNN's blocked layout.
 
     On a CPU without (AVX2) the bf16 values are held, instead of the plain weight, by fbgemm's fp16 GEMM
     (packed once, 2 bytes a weight as before, widened in registers with F16C): a bf16 value in fp16's
@@ -158,6 +163,7 @@ class BF16Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # plain attributes, not Parameters: an opaque oneDNN tensor has no place in a state_dict
         self.weight = convert_rows(linear.weight, torch.bfloat16, spans)
+        self.rows = None  # with native bf16: the rows kernel for 3..NATIVE_ROWS rows
         self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
         on_cpu = self.weight.device.type == "cpu"
         self.bias_fp32 = None if linear.bias is None else linear.bias.detach().float()
@@ -176,7 +182,13 @@ class BF16Linear(nn.Module):
         # fp32 per call
         self.gemv = None if not on_cpu or self.fp16 is not None else \
             gemv.kernel() if self.native else gemv.bf16_rows_kernel()
+        if on_cpu and self.native and self.gemv is not None:
+            self.rows = gemv.bf16_rows_kernel()
+        # the oneDNN-packed second copy for prefill only where this machine's probe found it faster than
+        # the plain weight by more than 15% (gemv.bf16_pack_choice), or where no kernel runs
         self.packed, self.packed_weight = prefill and can_pack(linear.weight.device) and self.native, None
+        if self.packed and self.rows is not None:
+            self.packed = gemv.bf16_pack_choice()[0] == "packed"
         if self.packed:
             try:
                 self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch)
@@ -186,9 +198,11 @@ class BF16Linear(nn.Module):
     def forward(self, x):
         if self.fp16 is not None:
             return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.fp16).to(x.dtype)
-        rows = SMALL_ROWS if self.native else WIDE_ROWS  # with native bf16, oneDNN is faster from 4 rows
+        rows = SMALL_ROWS if self.native else WIDE_ROWS  # with native bf16, the rows kernel from 3 rows
         if self.gemv is not None and x.numel() <= rows * self.in_features:
             return self.gemv(x, self.weight, self.bias_fp32).to(x.dtype)
+        if self.rows is not None and x.numel() <= NATIVE_ROWS * self.in_features:
+            return self.rows(x, self.weight, self.bias_fp32).to(x.dtype)
         if not self.native:  # widened into this thread's scratch: no fresh 9 MB (c_fc) to fault in per call
             return F.linear(x.float(), _widened(self.weight), self.bias_fp32).to(x.dtype)
         xb = x.to(torch.bfloat16)
@@ -199,8 +213,8 @@ class BF16Linear(nn.Module):
         return y.to(x.dtype)
 
     def extra_repr(self):
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"gemv={self.gemv is not None}, packed={self.packed}, fp16={self.fp16 is not None}")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, gemv={self.gemv is not None}, "
+                f"rows={self.rows is not None}, packed={self.packed}, fp16={self.fp16 is not None}")
 
 
 CHUNK_ROWS = 4096  # rows converted at a time: the fp32 temporaries stay small (GPT-2's lm_head whole: 154 MB each)

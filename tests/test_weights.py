@@ -14,7 +14,7 @@ from conftest import ROOT
 from nanophi.device import cpu_has_bf16
 from nanophi.engine import Engine, KVCache, Row
 from nanophi import gemv, weights
-from nanophi.weights import (INT8_GEMV_ROWS, SMALL_ROWS, WIDE_ROWS, BF16Linear, FP32Linear, Int8Linear, apply_weights,
+from nanophi.weights import (INT8_GEMV_ROWS, NATIVE_ROWS, SMALL_ROWS, WIDE_ROWS, BF16Linear, FP32Linear, Int8Linear, apply_weights,
                              can_pack, quantize_rows, resolve_weights, weight_bytes_per_token)
 
 # bf16 on a CPU: native bf16 (oneDNN), or the gemv kernel that widens it to fp32 (AVX2 CPUs)
@@ -98,10 +98,12 @@ def test_sample_rejects_unknown_format(tiny_out_dir):
     assert "weights must be one of auto, fp32, bf16, int8; got 'fp8'" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("pack", ["plain", "packed"])  # what this machine's probe answered, both ways
 @pytest.mark.parametrize("fbgemm", [True, False])
 @pytest.mark.parametrize("rows", [1, 2, 8, WIDE_ROWS + 3])
-def test_bf16_linear_close_to_fp32(rows, fbgemm, monkeypatch):
+def test_bf16_linear_close_to_fp32(rows, fbgemm, pack, monkeypatch):
     monkeypatch.setattr(weights, "_fp16_ok", None if fbgemm else False)  # False: as where torch has no fbgemm
+    monkeypatch.setattr(gemv, "bf16_pack_choice", lambda: (pack, {"choice": pack}))
     torch.manual_seed(rows)
     linear = torch.nn.Linear(96, 200)
     x = torch.randn(1, rows, 96)
@@ -119,10 +121,14 @@ def test_bf16_linear_close_to_fp32(rows, fbgemm, monkeypatch):
     # batch-1 decoding takes the kernel; without native bf16, batched decoding too (oneDNN's bf16 is emulated)
     elif layer.gemv is not None and rows <= (SMALL_ROWS if layer.native else WIDE_ROWS):
         assert torch.equal(got, layer.gemv(x, layer.weight, layer.bias_fp32))
+    elif layer.rows is not None and rows <= NATIVE_ROWS:  # native bf16, batched decoding: the rows kernel
+        assert torch.equal(got, layer.rows(x, layer.weight, layer.bias_fp32))
     elif not layer.native:  # prefill: fp32 BLAS on the weight widened, the same values
         torch.testing.assert_close(got, rounded, rtol=1e-5, atol=1e-5)
     assert layer.fp16 is None or weights.fp16_packing()
-    assert layer.packed == (layer.native and can_pack("cpu"))
+    assert (layer.rows is not None) == (layer.native and layer.gemv is not None)
+    # a second, oneDNN-packed copy only where the probe found it worth its memory (or no kernel runs)
+    assert layer.packed == (layer.native and can_pack("cpu") and (layer.rows is None or pack == "packed"))
 
 
 def test_bf16_lm_head_keeps_its_plain_weight_for_the_tied_embedding(tiny_model):
@@ -242,16 +248,27 @@ def test_decoding_rows_do_not_depend_on_the_rows_beside_them(fmt, monkeypatch):
     torch.manual_seed(1)
     linear = torch.nn.Linear(200, 77)
     layer = {"fp32": FP32Linear(linear, 8), "int8": Int8Linear(linear), "bf16": BF16Linear(linear, 8)}[fmt]
-    if fmt == "bf16" and getattr(layer, "native", True):
-        pytest.skip("native bf16: 3+ rows go through oneDNN")
     if layer.gemv is None:
         pytest.skip("no gemv kernel on this machine")
+    # native bf16: 1-2 rows take the pair kernel, 3-8 the rows kernel (the Decoder the rows kernel at every count)
+    alone = not (fmt == "bf16" and layer.native)
     x = torch.randn(8, 200)
     with torch.no_grad():
         together = layer(x)
-        for i in range(8):
+        for i in range(8 if alone else 0):
             assert torch.equal(layer(x[i:i + 1]), together[i:i + 1])
         assert torch.equal(layer(x[2:5]), together[2:5])
+
+
+def test_bf16_prefill_copy_follows_the_measured_choice(tmp_path):
+    """gemv.bf16_pack_choice times a 512-row chunk through oneDNN's packed copy and the plain weight, once
+    per machine (cached): 'plain' (no second copy) unless the packed one is more than 15% faster."""
+    choice, entry = gemv.bf16_pack_choice(cache_dir=str(tmp_path))
+    assert choice in ("packed", "plain") and entry["cached"] is False
+    if "packed_ms" in entry:
+        assert (choice == "plain") == (entry["plain_ms"] <= 1.15 * entry["packed_ms"])
+    again = gemv.bf16_pack_choice(cache_dir=str(tmp_path))[1]
+    assert again["cached"] is True and again.get("packed_ms") == entry.get("packed_ms")  # measured once
 
 
 def test_fp32_batch_one_follows_the_measured_choice(tiny_model, tmp_path):
