@@ -208,7 +208,14 @@ def bf16_pack_choice(cache_dir=None):
             plain = _best_seconds(lambda: F.linear(x, w), 5)
         return {"choice": "plain" if plain <= 1.15 * packed else "packed", "packed_ms": round(packed * 1e3, 3),
                 "plain_ms": round(plain * 1e3, 3), "why": "512 rows x a 768x3072 bf16 weight, best of 5"}
+    if cache_dir is None and "bf16_pack" in _state:  # asked once per layer: read the file once per process
+        return _state["bf16_pack"]
     entry = cached_probe(BF16_PACK_FILE, measure, lambda e: e.get("choice") in ("packed", "plain"), cache_dir)
+    if not entry["cached"] and "packed_ms" in entry:  # the first run on this machine says what it measured
+        print(f"bf16 prefill: {entry['choice']} weight (512 rows: oneDNN's packed copy {entry['packed_ms']} ms, the "
+              f"plain weight {entry['plain_ms']} ms; {BF16_PACK_FILE})", file=sys.stderr)
+    if cache_dir is None:
+        _state["bf16_pack"] = entry["choice"], entry
     return entry["choice"], entry
 
 
