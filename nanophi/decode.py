@@ -11,7 +11,7 @@ the logits and the greedy text), and a row's numbers never depend on the rows be
 
 Used when: the model is on CPU in eval mode with fp32 activations, every Linear is one this file knows
 (nn.Linear, weights.py's FP32Linear, BF16Linear with its kernel or fbgemm's fp16 GEMM, which the Decoder
-calls through torch's packed-weight object, or Int8Linear with its kernel), the gemv extension is
+calls through torch's packed-weight object, or Int8Linear with its kernel and, from packed_from rows, fbgemm's copy), the gemv extension is
 built, the cache is fp32 or fp16, and the step has at most max_rows rows (the most the Linear kernels take
 before BLAS, fbgemm or oneDNN are faster). NANOPHI_DECODER=0 turns it off (for side-by-side benches).
 Anything else (CUDA, LoRA layers, training, prefill chunks) runs model.forward as before.
@@ -55,7 +55,9 @@ def _linear(m):
         rows = (NATIVE_ROWS if m.rows is not None else SMALL_ROWS) if m.native else WIDE_ROWS
         return "bf16", [m.weight, NONE, NONE if m.bias_fp32 is None else m.bias_fp32], rows, None
     if isinstance(m, Int8Linear) and m.gemv is not None:
-        return "int8", [m.weight, m.scale, NONE if m.bias is None else m.bias], INT8_GEMV_ROWS, None
+        # fbgemm's copy too where batched steps take it from packed_from rows (gemv.int8_packed_from)
+        return "int8", [m.weight, m.scale, NONE if m.bias is None else m.bias], INT8_GEMV_ROWS, \
+            m.packed if m.packed_from else None
     return None
 
 
@@ -102,5 +104,6 @@ def decoder(model):
             rows = min(rows, p[2])
         else:
             tensors += p
-    op = make(model.config.n_head, tensors, kinds, packed, 1e-5)
+    int8_from = max((m.packed_from for m in model.modules() if isinstance(m, Int8Linear)), default=0)
+    op = make(model.config.n_head, tensors, kinds, packed, 1e-5, int8_from)
     return Decoder(op, rows)

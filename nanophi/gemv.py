@@ -219,6 +219,49 @@ def bf16_pack_choice(cache_dir=None):
     return entry["choice"], entry
 
 
+INT8_ROWS_FILE = "int8_rows_probe.json"
+
+
+def int8_packed_from(cache_dir=None):
+    """From how many rows (2, 4 or 8; 0: never, up to the 8 the kernel takes) batched int8 decoding is
+    faster through fbgemm's packed copy (which prefill keeps anyway) than through gemv_int8. Measured once
+    per machine and cached (device.cached_probe): 2, 4 and 8 rows through 24 int8 768x3072 weights (57 MB,
+    past the last-level cache, as decoding's are) both ways, best of 3 (~0.3 s); fbgemm must win by 5%.
+    On a 2-core AMD EPYC with avx512_vnni, GPT-2 124M's blocks: 1 row kernel 2.6-2.9 ms, fbgemm 4.3-4.5;
+    4 rows 4.8-4.9 against 4.1-4.9; 8 rows 8.7-8.9 against 4.5-4.9. fbgemm quantizes a step's activations
+    with one scale for all its rows, so from there a row's numbers depend on the rows beside it."""
+    if int8_kernel() is None:
+        return 0
+    if cache_dir is None and "int8_packed_from" in _state:
+        return _state["int8_packed_from"]
+    import warnings
+    from nanophi.device import _best_seconds, cached_probe
+    op = int8_kernel()
+
+    def measure():
+        torch.manual_seed(0)
+        qs = [torch.randint(-127, 128, (3072, 768), dtype=torch.int8) for _ in range(24)]
+        scale = torch.full((3072,), 0.01)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            packs = [torch.ops.quantized.linear_prepack(torch._make_per_channel_quantized_tensor(
+                q, scale.double(), torch.zeros(3072, dtype=torch.long), 0), None) for q in qs]
+        times, start = {}, 0
+        with torch.no_grad():
+            for rows in (2, 4, 8):
+                x = torch.rand(rows, 768) - 0.5
+                kern = _best_seconds(lambda: [op(x, q, scale, None) for q in qs], 3)
+                fb = _best_seconds(lambda: [torch.ops.quantized.linear_dynamic(x, p, True) for p in packs], 3)
+                times[rows] = [round(kern * 1e3, 2), round(fb * 1e3, 2)]
+                if not start and fb * 1.05 < kern:
+                    start = rows
+        return {"packed_from": start, "ms_kernel_fbgemm": times, "why": "24 int8 768x3072 weights, best of 3"}
+    entry = cached_probe(INT8_ROWS_FILE, measure, lambda e: e.get("packed_from") in (0, 2, 4, 8), cache_dir)
+    if cache_dir is None:
+        _state["int8_packed_from"] = entry["packed_from"]
+    return entry["packed_from"]
+
+
 def describe_choice(entry):
     """One line for a log: the fp32 batch-1 path and the figures behind it."""
     if "gemv_ms" not in entry:

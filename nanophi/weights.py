@@ -253,7 +253,9 @@ class Int8Linear(nn.Module):
     int8 weight read at memory speed once for all rows (GPT-2 small's 49 Linear layers: 5.2 ms at 1 row,
     10.5 at 8, against fbgemm's 6.3 and 10.7). More rows (prefill) go through
     torch.ops.quantized.linear_dynamic on a copy of the same int8 values packed by fbgemm (what
-    quantize_dynamic runs: activations quantized per tensor, 13 ms at 16 rows against the kernel's 20).
+    quantize_dynamic runs: activations quantized per tensor, 13 ms at 16 rows against the kernel's 20),
+    and so do batched steps from packed_from rows where that copy is faster there (a CPU with VNNI: 8
+    rows 4.5 ms against the kernel's 8.9; gemv.int8_packed_from measures it once per machine).
     The plain copy is kept only where the kernel runs."""
 
     def __init__(self, linear, spans=(), prefill=True):
@@ -272,17 +274,21 @@ class Int8Linear(nn.Module):
                 qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
                 self.packed = torch.ops.quantized.linear_prepack(qw, self.bias)
         self.weight = q if self.gemv is not None else None
+        # from this many rows (measured once per machine; 0: never) batched decoding takes fbgemm's copy
+        self.packed_from = gemv.int8_packed_from() if self.gemv is not None and self.packed is not None else 0
         _trim_heap()  # the quantizing temporaries, freed between layers: give them back now, or the load's
         # peak holds them all (GPT-2 124M from a checkpoint: 657 MB against 468 at the end)
 
     def forward(self, x):
         if self.gemv is not None and (x.numel() <= INT8_GEMV_ROWS * self.in_features or self.packed is None):
-            return self.gemv(x, self.weight, self.scale, self.bias).to(x.dtype)
+            if not self.packed_from or x.numel() < self.packed_from * self.in_features:
+                return self.gemv(x, self.weight, self.scale, self.bias).to(x.dtype)
         # reduce_range: fbgemm's activations use 7 bits so their int16 sums cannot overflow
         return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True).to(x.dtype)
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, gemv={self.gemv is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, gemv={self.gemv is not None}, "
+                f"packed_from={self.packed_from}")
 
 
 class TiedEmbedding(nn.Module):

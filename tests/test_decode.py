@@ -24,7 +24,9 @@ def kernels():
         pytest.skip(f"no gemv extension here ({gemv.unavailable()}): the engine runs model.forward")
 
 
-def tiny(shape, fmt, seed=0):
+def tiny(shape, fmt, seed=0, int8_from=0):
+    """int8_from: from how many rows int8 steps take fbgemm's copy (gemv.int8_packed_from; 0: the kernel only,
+    whatever this machine measured)."""
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**shape)).eval()
     with torch.no_grad():  # LayerNorms and biases away from 1 and 0, so a wrong one shows
@@ -39,6 +41,13 @@ def tiny(shape, fmt, seed=0):
             return apply_weights(model, "bf16")
         finally:
             weights._fp16_ok = saved
+    if fmt == "int8":
+        saved = gemv._state.get("int8_packed_from")
+        gemv._state["int8_packed_from"] = int8_from
+        try:
+            return apply_weights(model, "int8")
+        finally:
+            gemv._state.pop("int8_packed_from") if saved is None else gemv._state.update(int8_packed_from=saved)
     return model if fmt == "blas" else apply_weights(model, fmt)
 
 
@@ -88,6 +97,29 @@ def test_a_rows_numbers_do_not_depend_on_its_batch_mates(fmt):
             torch.testing.assert_close(one[0], both[i], rtol=1e-5, atol=1e-6)
         else:
             assert torch.equal(one[0], both[i]), f"row {i} changed with its batch"
+
+
+def test_int8_steps_of_packed_from_rows_take_fbgemms_copy():
+    """From gemv.int8_packed_from rows (4 on a 2-core EPYC with VNNI) batched int8 steps go through
+    fbgemm's copy, in the Decoder as in model.forward; fewer rows keep the kernel."""
+    model = tiny(SHAPES[0], "int8", int8_from=4)
+    layer = model.transformer.h[0].mlp.c_fc
+    assert layer.packed_from == 4 and model.lm_head.packed_from == 0  # the head keeps no fbgemm copy
+    x = torch.randn(4, layer.in_features)
+    with torch.no_grad():
+        assert torch.equal(layer(x), torch.ops.quantized.linear_dynamic(x, layer.packed, True))
+        assert torch.equal(layer(x[:3]), layer.gemv(x[:3], layer.weight, layer.scale, layer.bias))
+    dec = decode.decoder(model)
+    prompts = [[1, 2, 3], [4] * 30, [7, 8], [9] * 11, [5]]
+    ours, theirs = prefilled(model, prompts), prefilled(model, prompts)
+    slots, pos, new = [0, 1, 2, 3, 4], [len(p) for p in prompts], [10, 11, 12, 13, 14]
+    with torch.no_grad():
+        want = model(torch.tensor([[t] for t in new]), cache=theirs, slots=slots, last_only=True)[0][:, -1]
+        kernel_only = decode.decoder(tiny(SHAPES[0], "int8")).step(new, slots, pos, prefilled(model, prompts).k,
+                                                                   prefilled(model, prompts).v)
+    got = dec.step(new, slots, pos, ours.k, ours.v)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, kernel_only, rtol=1e-6, atol=1e-6)  # fbgemm's quantized activations
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

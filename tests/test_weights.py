@@ -1,6 +1,7 @@
 """nanophi/weights.py: bf16 and int8 weights close to fp32 on a tiny model; sample.py with each format;
 BF16Linear and Int8Linear with and without nanophi/gemv.py's kernels (the kernels themselves: test_gemv.py)."""
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -162,11 +163,12 @@ def test_int8_linear_close_to_fp32(rows, bias):
     assert got.dtype == torch.float32 and got.shape == want.shape
     err = ((got - want).abs().max() / want.abs().max()).item()
     assert 0 < err < 0.03, err  # the weights really are int8, and only rounded
-    if layer.gemv is not None and rows <= INT8_GEMV_ROWS:  # decoding: fp32 activations, the dequantized weight
+    kernel = rows <= INT8_GEMV_ROWS and not (layer.packed_from and rows >= layer.packed_from)
+    if layer.gemv is not None and kernel:  # decoding: fp32 activations, the dequantized weight
         deq = layer.weight.double() * layer.scale.double()[:, None]
         ref = torch.nn.functional.linear(x.double(), deq, None if layer.bias is None else layer.bias.double())
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
-    elif layer.gemv is not None:  # more rows (prefill): fbgemm's op on the same int8 values
+    elif layer.gemv is not None:  # more rows (prefill; batched steps where gemv.int8_packed_from says): fbgemm's op
         assert layer.gemv(x, layer.weight, layer.scale, layer.bias).sub(got).abs().max() < 0.02 * want.abs().max()
 
 
@@ -245,6 +247,7 @@ def test_decoding_rows_do_not_depend_on_the_rows_beside_them(fmt, monkeypatch):
     """A row's output from the fp32 / int8 kernels (bf16 without native bf16 or fbgemm) is the same bit for bit
     alone or among 7 others."""
     monkeypatch.setattr(weights, "_fp16_ok", False)  # bf16: the rows kernel, not fbgemm's fp16 GEMM
+    monkeypatch.setitem(gemv._state, "int8_packed_from", 0)  # int8: the kernel at 1-8 rows, not fbgemm's copy
     torch.manual_seed(1)
     linear = torch.nn.Linear(200, 77)
     layer = {"fp32": FP32Linear(linear, 8), "int8": Int8Linear(linear), "bf16": BF16Linear(linear, 8)}[fmt]
@@ -269,6 +272,21 @@ def test_bf16_prefill_copy_follows_the_measured_choice(tmp_path):
         assert (choice == "plain") == (entry["plain_ms"] <= 1.15 * entry["packed_ms"])
     again = gemv.bf16_pack_choice(cache_dir=str(tmp_path))[1]
     assert again["cached"] is True and again.get("packed_ms") == entry.get("packed_ms")  # measured once
+
+
+def test_int8_batched_steps_follow_the_measured_choice(tmp_path):
+    """gemv.int8_packed_from times the int8 kernel against fbgemm's copy at 2, 4 and 8 rows, once per
+    machine (cached): the first row count where fbgemm wins by 5%, or 0 (the kernel up to 8 rows)."""
+    start = gemv.int8_packed_from(cache_dir=str(tmp_path))
+    if gemv.int8_kernel() is None:
+        assert start == 0
+        return
+    entry = json.load(open(tmp_path / gemv.INT8_ROWS_FILE))
+    times = next(iter(entry.values()))["ms_kernel_fbgemm"]
+    wins = [int(r) for r, (kern, fb) in times.items() if fb * 1.05 < kern]
+    assert start == (min(wins) if wins else 0) and set(times) == {"2", "4", "8"}
+    assert gemv.int8_packed_from(cache_dir=str(tmp_path)) == start
+    assert json.load(open(tmp_path / gemv.INT8_ROWS_FILE)) == entry  # cached: not measured again
 
 
 def test_fp32_batch_one_follows_the_measured_choice(tiny_model, tmp_path):

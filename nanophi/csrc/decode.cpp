@@ -41,7 +41,8 @@ const float* fptr(const at::Tensor& t) { return present(t) ? t.data_ptr<float>()
 struct Linear {
   int64_t kind = kFp32, N = 0, K = 0;
   at::Tensor w, scale, b;  // kFp16Packed: w is a meta tensor (N, K), the weight and bias are in packed
-  c10::intrusive_ptr<LinearPackedParamsBase> packed;
+  c10::intrusive_ptr<LinearPackedParamsBase> packed;  // kInt8: fbgemm's copy of the same values, or none
+  int64_t packed_from = 0;  // kInt8 with packed: from this many rows fbgemm's copy (0: never)
 
   void check(const char* name) const {
     if (kind == kFp16Packed) {
@@ -60,18 +61,23 @@ struct Linear {
     const float* bp = fptr(b);
     switch (kind) {
       case kFp32: return nanophi::gemv_raw<float>(x, w.data_ptr<float>(), nullptr, bp, y, M, K, N);
-      case kInt8: return nanophi::gemv_raw<int8_t>(x, w.data_ptr<int8_t>(), scale.data_ptr<float>(), bp, y, M, K, N);
+      case kInt8:
+        if (!packed || !packed_from || M < packed_from)
+          return nanophi::gemv_raw<int8_t>(x, w.data_ptr<int8_t>(), scale.data_ptr<float>(), bp, y, M, K, N);
+        break;  // fbgemm's int8 GEMM below
       case kBf16:
         return nanophi::gemv_raw<uint16_t>(x, reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), nullptr, bp,
                                            y, M, K, N);
-      default: {
-        auto opts = at::TensorOptions().dtype(at::kFloat);
-        at::Tensor xt = at::from_blob(const_cast<float*>(x), {M, K}, opts), yt = at::from_blob(y, {M, N}, opts);
-        if (kind == kFp16Packed) packed->apply_dynamic_out(xt, yt, false);  // fbgemm's fp16 GEMM, bias inside
-        else if (bp) at::addmm_out(yt, b, xt, w.t());  // this machine's BLAS (gemv.fp32_rows_choice found it
-        else at::mm_out(yt, xt, w.t());                 // faster at one row)
-      }
+      default:
+        break;
     }
+    auto opts = at::TensorOptions().dtype(at::kFloat);
+    at::Tensor xt = at::from_blob(const_cast<float*>(x), {M, K}, opts), yt = at::from_blob(y, {M, N}, opts);
+    if (kind == kFp16Packed) packed->apply_dynamic_out(xt, yt, false);  // fbgemm's fp16 GEMM, bias inside
+    else if (kind == kInt8) yt.copy_(packed->apply_dynamic(xt, true));  // fbgemm's int8 (7-bit activations;
+    // its int8 weights have no _out form)
+    else if (bp) at::addmm_out(yt, b, xt, w.t());  // this machine's BLAS (gemv.fp32_rows_choice found it
+    else at::mm_out(yt, xt, w.t());                 // faster at one row)
   }
 };
 
@@ -193,9 +199,11 @@ struct Decoder : torch::CustomClassHolder {
   // ts: wte, wte_scale, wpe, then per block ln_1 (w, b), c_attn (w, scale, b), attn.c_proj (w, scale, b),
   // ln_2 (w, b), c_fc (w, scale, b), mlp.c_proj (w, scale, b), then ln_f (w, b), lm_head (w, scale, b);
   // an empty tensor where there is none. kinds: each Linear's Kind in the same order; packed: each
-  // Linear's fbgemm packed weight (torch.ops.quantized.linear_prepack_fp16) for kFp16Packed, else None.
+  // Linear's fbgemm packed weight (torch.ops.quantized.linear_prepack_fp16) for kFp16Packed, fbgemm's int8
+  // copy (linear_prepack) or None for kInt8, else None; int8_packed_from: from this many rows a kInt8
+  // Linear with a copy takes it (0: never; nanophi/gemv.py's int8_packed_from measured it).
   Decoder(int64_t n_head_, std::vector<at::Tensor> ts, std::vector<int64_t> kinds, std::vector<c10::IValue> packed,
-          double eps_)
+          double eps_, int64_t int8_packed_from)
       : n_head(n_head_), eps(eps_) {
     TORCH_CHECK(ts.size() >= 3 + 5 && (ts.size() - 3 - 5) % 16 == 0, "Decoder: ", ts.size(), " tensors do not make whole blocks");
     const size_t n_layer = (ts.size() - 8) / 16;
@@ -214,11 +222,12 @@ struct Decoder : torch::CustomClassHolder {
       Linear l;
       const c10::IValue& p = packed[k];
       l.kind = kinds[k++];
-      if (l.kind == kFp16Packed) {
+      if (l.kind == kFp16Packed || (l.kind == kInt8 && !p.isNone())) {
         TORCH_CHECK(p.isObject() && p.toObject()->type()->name()->qualifiedName() ==
                                         "__torch__.torch.classes.quantized.LinearPackedParamsBase",
-                    "Decoder: ", name, " is fp16 packed but its packed weight is not torch's LinearPackedParamsBase");
+                    "Decoder: ", name, "'s packed weight is not torch's LinearPackedParamsBase");
         l.packed = c10::static_intrusive_pointer_cast<LinearPackedParamsBase>(p.toObject()->getSlot(0).toCapsule());
+        if (l.kind == kInt8) l.packed_from = int8_packed_from;
       }
       l.w = tensor(), l.scale = tensor(), l.b = tensor();
       l.N = l.w.size(0), l.K = l.w.dim() == 2 ? l.w.size(1) : 0;
@@ -356,6 +365,6 @@ TORCH_LIBRARY_FRAGMENT(nanophi, m) {
   m.def("gelu_tanh_(Tensor(a!) x) -> ()");
   m.impl("gelu_tanh_", c10::DispatchKey::CPU, TORCH_FN(gelu_tanh_));
   m.class_<Decoder>("Decoder")
-      .def(torch::init<int64_t, std::vector<at::Tensor>, std::vector<int64_t>, std::vector<c10::IValue>, double>())
+      .def(torch::init<int64_t, std::vector<at::Tensor>, std::vector<int64_t>, std::vector<c10::IValue>, double, int64_t>())
       .def("step", &Decoder::step);
 }
