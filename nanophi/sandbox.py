@@ -176,6 +176,9 @@ def _kill(proc, init_fd=None):
     if init_fd is not None:
         try:
             signal.pidfd_send_signal(init_fd, signal.SIGKILL)
+            # wait (up to 2 s) until PID 1 has exited: the kernel kills and reaps the rest of the namespace
+            # before that, so nothing of the sample is left when this returns (not so under load otherwise)
+            select.select([init_fd], [], [], 2.0)
         except OSError:  # already gone
             pass
         os.close(init_fd)
