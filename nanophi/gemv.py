@@ -273,5 +273,11 @@ def describe_choice(entry):
 
 if __name__ == "__main__":  # setup.sh: build now, so the first request does not pay the compile
     print(f"setup: bf16, int8 and fp32 gemv kernels {'built' if kernel() is not None else 'unavailable (see the warning)'}")
-    if kernel() is not None:
+    if kernel() is not None:  # and the per-machine choices, measured once now rather than at a first load
         print("setup: " + describe_choice(fp32_rows_choice()[1]))
+        start = int8_packed_from()
+        print(f"setup: int8 batched decoding: {f'fbgemm from {start} rows' if start else 'the kernel up to 8 rows'} "
+              f"({INT8_ROWS_FILE})")
+        from nanophi.device import cpu_has_bf16
+        if cpu_has_bf16():  # without native bf16 the choice is not asked (fbgemm's fp16 holds the weights)
+            print(f"setup: bf16 prefill: {bf16_pack_choice()[0]} weight ({BF16_PACK_FILE})")
