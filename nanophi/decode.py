@@ -11,8 +11,8 @@ the logits and the greedy text), and a row's numbers never depend on the rows be
 
 Used when: the model is on CPU in eval mode with fp32 activations, every Linear is one this file knows
 (nn.Linear, weights.py's FP32Linear, BF16Linear with its kernel or fbgemm's fp16 GEMM, which the Decoder
-calls through torch's packed-weight object, or Int8Linear with its kernel and, from packed_from rows, fbgemm's copy), the gemv extension is
-built, the cache is fp32 or fp16, and the step has at most max_rows rows (the most the Linear kernels take
+calls through torch's packed-weight object, or Int8Linear with its kernel and, from packed_from rows,
+fbgemm's copy), the gemv extension is built, the cache is fp32 or fp16, and the step has at most max_rows rows (the most the Linear kernels take
 before BLAS, fbgemm or oneDNN are faster). NANOPHI_DECODER=0 turns it off (for side-by-side benches).
 Anything else (CUDA, LoRA layers, training, prefill chunks) runs model.forward as before.
 """

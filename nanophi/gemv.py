@@ -193,6 +193,8 @@ def bf16_pack_choice(cache_dir=None):
     a 2-core AMD EPYC with avx512_bf16, GPT-2 124M's blocks: 256 rows 143-160 ms packed, 147-157 plain;
     one 768x3072 weight at 512 rows 5.9 against 6.5. A CPU whose bf16 matmul is much faster than the
     repacking (AMX) keeps the packed copy."""
+    if cache_dir is None and "bf16_pack" in _state:  # asked once per layer: read the file once per process
+        return _state["bf16_pack"]
     from torch.nn import functional as F
     from nanophi.device import _best_seconds, cached_probe
 
@@ -208,8 +210,6 @@ def bf16_pack_choice(cache_dir=None):
             plain = _best_seconds(lambda: F.linear(x, w), 5)
         return {"choice": "plain" if plain <= 1.15 * packed else "packed", "packed_ms": round(packed * 1e3, 3),
                 "plain_ms": round(plain * 1e3, 3), "why": "512 rows x a 768x3072 bf16 weight, best of 5"}
-    if cache_dir is None and "bf16_pack" in _state:  # asked once per layer: read the file once per process
-        return _state["bf16_pack"]
     entry = cached_probe(BF16_PACK_FILE, measure, lambda e: e.get("choice") in ("packed", "plain"), cache_dir)
     if not entry["cached"] and "packed_ms" in entry:  # the first run on this machine says what it measured
         print(f"bf16 prefill: {entry['choice']} weight (512 rows: oneDNN's packed copy {entry['packed_ms']} ms, the "
@@ -226,7 +226,7 @@ def int8_packed_from(cache_dir=None):
     """From how many rows (2, 4 or 8; 0: never, up to the 8 the kernel takes) batched int8 decoding is
     faster through fbgemm's packed copy (which prefill keeps anyway) than through gemv_int8. Measured once
     per machine and cached (device.cached_probe): 2, 4 and 8 rows through 24 int8 768x3072 weights (57 MB,
-    past the last-level cache, as decoding's are) both ways, best of 3 (~0.3 s); fbgemm must win by 5%.
+    past the last-level cache, as decoding's are) both ways, best of 3 (~0.7 s); fbgemm must win by 5%.
     On a 2-core AMD EPYC with avx512_vnni, GPT-2 124M's blocks: 1 row kernel 2.6-2.9 ms, fbgemm 4.3-4.5;
     4 rows 4.8-4.9 against 4.1-4.9; 8 rows 8.7-8.9 against 4.5-4.9. fbgemm quantizes a step's activations
     with one scale for all its rows, so from there a row's numbers depend on the rows beside it."""
