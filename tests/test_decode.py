@@ -47,7 +47,10 @@ def tiny(shape, fmt, seed=0, int8_from=0):
         try:
             return apply_weights(model, "int8")
         finally:
-            gemv._state.pop("int8_packed_from") if saved is None else gemv._state.update(int8_packed_from=saved)
+            if saved is None:
+                del gemv._state["int8_packed_from"]
+            else:
+                gemv._state["int8_packed_from"] = saved
     return model if fmt == "blas" else apply_weights(model, fmt)
 
 
@@ -111,12 +114,11 @@ def test_int8_steps_of_packed_from_rows_take_fbgemms_copy():
         assert torch.equal(layer(x[:3]), layer.gemv(x[:3], layer.weight, layer.scale, layer.bias))
     dec = decode.decoder(model)
     prompts = [[1, 2, 3], [4] * 30, [7, 8], [9] * 11, [5]]
-    ours, theirs = prefilled(model, prompts), prefilled(model, prompts)
+    ours, theirs, third = (prefilled(model, prompts) for _ in range(3))
     slots, pos, new = [0, 1, 2, 3, 4], [len(p) for p in prompts], [10, 11, 12, 13, 14]
     with torch.no_grad():
         want = model(torch.tensor([[t] for t in new]), cache=theirs, slots=slots, last_only=True)[0][:, -1]
-        kernel_only = decode.decoder(tiny(SHAPES[0], "int8")).step(new, slots, pos, prefilled(model, prompts).k,
-                                                                   prefilled(model, prompts).v)
+        kernel_only = decode.decoder(tiny(SHAPES[0], "int8")).step(new, slots, pos, third.k, third.v)
     got = dec.step(new, slots, pos, ours.k, ours.v)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, kernel_only, rtol=1e-6, atol=1e-6)  # fbgemm's quantized activations

@@ -258,8 +258,9 @@ def test_decoding_rows_do_not_depend_on_the_rows_beside_them(fmt, monkeypatch):
     x = torch.randn(8, 200)
     with torch.no_grad():
         together = layer(x)
-        for i in range(8 if alone else 0):
-            assert torch.equal(layer(x[i:i + 1]), together[i:i + 1])
+        if alone:
+            for i in range(8):
+                assert torch.equal(layer(x[i:i + 1]), together[i:i + 1])
         assert torch.equal(layer(x[2:5]), together[2:5])
 
 
