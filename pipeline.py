@@ -6,11 +6,13 @@ path (finetune a pretrained GPT-2 from its transformers directory) with a small 
 
 1. prepare the offline multitask corpus                  data/prepare_all.py
 2. pretrain the base, a stand-in for GPT-2, on the
-   textbook, code, math and logic text                   train.py config/nanophi_cpu_base.py
+   textbook, code, math, logic and noun chains           train.py config/nanophi_cpu_base.py
 3. export it to a transformers directory                 export.py
 4. finetune from that directory on the whole mixture
    (init_from=<dir>, as finetune_nanophi does with
    gpt2-medium)                                          train.py config/nanophi_cpu.py
+   and finish it on mostly the showcase's noun chains,
+   embeddings frozen                                     train.py config/nanophi_cpu_chain.py
 5. compare base and finetuned: per-task loss, exact
    match, how often an answer stops at end-of-text      eval.py --compare_with=<base dir>
 6. the seeds' showcase prompts on held-out variants
@@ -34,14 +36,16 @@ from nanophi import showcase
 from nanophi.checkpoint import load_for_inference
 from nanophi.tasks import SAMPLES
 
-out_dir = "out-nanophi-cpu"           # the finetuned model
+out_dir = "out-nanophi-cpu"           # the finetuned model (after the finish)
+mix_dir = ""                          # the finetune before the finish; '' = <out_dir>-mix
 base_dir = "out-nanophi-cpu-base"     # the pretrained stand-in; its transformers export goes to <base_dir>/hf
 base_config = "config/nanophi_cpu_base.py"
 config = "config/nanophi_cpu.py"
+chain_config = "config/nanophi_cpu_chain.py"
 data_dir = "data"
 prepare = True          # False: reuse data/ prepared by an earlier run
 pretrain = True         # False: reuse the base in base_dir
-max_iters = 0           # 0 = the configs'; else both the pretraining and the finetune
+max_iters = 0           # 0 = the configs'; else each training run's (pretraining, finetune, finish)
 eval_limit = 20         # questions / documents / HumanEval problems per task in the evaluation
 sample_tokens = 60      # new tokens per sample
 showcase_n = 20         # held-out prompts per showcase family
@@ -49,6 +53,7 @@ configure(globals())
 
 PY = sys.executable
 BASE_HF = os.path.join(base_dir, "hf")
+MIX_DIR = mix_dir or os.path.normpath(out_dir) + "-mix"
 
 
 def run(title, cmd):
@@ -94,12 +99,15 @@ t_start = time.time()
 if prepare:
     timings["prepare"] = run("prepare the offline corpus", [PY, "data/prepare_all.py", f"--out_dir={data_dir}"])
 if pretrain:
-    timings["pretrain"] = run("pretrain the base (a stand-in for GPT-2) on textbook, code, math and logic",
+    timings["pretrain"] = run("pretrain the base (a stand-in for GPT-2) on textbook, code, math, logic and noun chains",
                               [PY, "train.py", base_config, f"--out_dir={base_dir}"] + data + iters)
     timings["export"] = run("export the base to a transformers directory",
                             [PY, "export.py", f"--out_dir={base_dir}", f"--export_dir={BASE_HF}"])
 timings["finetune"] = run("finetune from that directory on the task mixture",
-                          [PY, "train.py", config, f"--init_from={BASE_HF}", f"--out_dir={out_dir}"] + data + iters)
+                          [PY, "train.py", config, f"--init_from={BASE_HF}", f"--out_dir={MIX_DIR}"] + data + iters)
+timings["finish"] = run("finish on the noun chains, token embeddings frozen",
+                        [PY, "train.py", chain_config, f"--init_from={os.path.join(MIX_DIR, 'ckpt.pt')}",
+                         f"--out_dir={out_dir}"] + data + iters)
 timings["eval"] = run("evaluate: base against finetuned",
                       [PY, "eval.py", f"--out_dir={out_dir}", f"--compare_with={BASE_HF}", f"--limit={eval_limit}"] + data)
 t0 = time.time()

@@ -73,6 +73,8 @@ n_embd = 256  # width
 dropout = 0.0  # dropout probability while training
 bias = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
 gradient_checkpointing = False  # recompute activations in backward: long contexts in less memory
+embedding_init_std = 0.02  # scratch: std of the token embeddings' init (GPT-2's 0.02); larger keeps unread tokens distinct
+train_embeddings = "all"  # all | seen: only the rows of tokens in the training data | none (tied: the output head too)
 # LoRA (0 = full finetuning)
 lora_rank = 0  # adapter rank r; > 0 trains LoRA adapters on a pretrained model instead of all weights
 lora_alpha = 16  # adapter scale alpha (the update is scaled by alpha / r)
@@ -103,11 +105,12 @@ CHECKS = {  # ranges and choices, checked once every config file and --key=value
                                 "gradient_accumulation_steps", "n_layer", "n_head", "n_embd")},
     **{k: at_least(0) for k in ("max_iters", "warmup_iters", "lr_decay_iters", "lora_rank", "seed")},
     **{k: at_least(0.0) for k in ("save_interval_min", "epochs", "learning_rate", "min_lr", "weight_decay",
-                                  "grad_clip", "lora_alpha")},
+                                  "grad_clip", "lora_alpha", "embedding_init_std")},
     **{k: between(0.0, 1.0) for k in ("dropout", "lora_dropout", "beta1", "beta2")},
     "device": matches(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N"),
     "dtype": one_of("auto", "float32", "bfloat16", "float16"),
     "compile": one_of(None, True, False),
+    "train_embeddings": one_of("all", "seen", "none"),
     "backend": one_of("gloo", "nccl"),
 }
 
@@ -485,6 +488,8 @@ def build_model(ck, run_block_size, master):
     elif init_from == "scratch":
         model = GPT(GPTConfig(block_size=run_block_size, n_layer=n_layer, n_head=n_head,
                               n_embd=n_embd, dropout=dropout, bias=bias))
+        with torch.no_grad():  # the same draw, scaled: every other weight as at embedding_init_std=0.02
+            model.transformer.wte.weight.mul_(embedding_init_std / 0.02)
     else:
         try:
             model, source = ckpt_lib.load_model(init_from, out_dir, "cpu", which="best")
@@ -513,6 +518,26 @@ def build_model(ck, run_block_size, master):
     if ck is not None:
         lora_lib.load_adapter_state(peft_model, ck["lora"])
     return peft_model, lora_config, lora_base, base_sha256
+
+
+def limit_embeddings(gpt, train_data, master):
+    """train_embeddings: 'none' freezes the tied embedding/output matrix; 'seen' trains only the rows of
+    tokens that occur in the training data. Through the output softmax every other row gets a tiny
+    gradient in one shared direction, which AdamW turns into a full learning-rate step: a few hundred
+    steps put the never-seen tokens on one vector, and a new noun in a prompt can no longer be told
+    apart, so not copied (docs/pipeline.md)."""
+    wte = gpt.transformer.wte.weight
+    if train_embeddings == "none":
+        wte.requires_grad_(False)
+    elif train_embeddings == "seen":
+        seen = np.zeros(wte.shape[0], dtype=bool)
+        for d in train_data.values():
+            seen[np.unique(np.asarray(d.s.tokens))] = True
+        keep = torch.from_numpy(seen).to(wte.device, wte.dtype).unsqueeze(1)
+        wte.register_hook(lambda g: g * keep)
+        if master:
+            print(f"token embeddings: {int(seen.sum()):,} of {len(seen):,} rows trained, the tokens in the "
+                  f"training data (train_embeddings='seen')")
 
 
 def memory_estimate(n_params, n_trainable, cfg, batch_size, dtype, gradient_checkpointing):
@@ -670,6 +695,8 @@ def prepare_run(config, sources):
     model_args, n_params = asdict(gpt.config), gpt.get_num_params()
     model.train()
     model.to(dev)
+    if not lora_config:
+        limit_embeddings(gpt, train_data, master)
     run = Run(config=config, ddp=ddp, rank=rank, world=world, master=master, dev=dev, ptdtype=ptdtype,
               accum_local=gradient_accumulation_steps // world, block_size=run_block_size, max_iters=n_iters,
               tokens_per_iter=tokens_per_iter, sampler=sampler, raw_model=model, gpt=gpt, model_args=model_args,

@@ -1,16 +1,16 @@
 # The main job's finetune, shaped like config/finetune_nanophi.py: start from a pretrained model in a
 # transformers directory (init_from=<dir>, as gpt2-medium is loaded) and finetune it on the whole
 # task mix. The base is the stand-in pretrained by config/nanophi_cpu_base.py and exported by
-# export.py; pipeline.py runs all three.
+# export.py; config/nanophi_cpu_chain.py then finishes this run into out-nanophi-cpu. pipeline.py
+# runs all four.
 # python train.py config/nanophi_cpu.py
-out_dir = "out-nanophi-cpu"
+out_dir = "out-nanophi-cpu-mix"
 init_from = "out-nanophi-cpu-base/hf"
-# almost all math and logic: the showcase's sum and noun-chain families are half of their items, and
-# the skill the main job shows. Math against logic, finetuned from the same base (held-out of 20,
-# doubling / running / chain): 5:5 1/12/0, 7:3 4/14/0, 8.5:1.5 8/11/0 (one run each); the chain is not
-# learnt at any mix (docs/pipeline.md). The other tasks keep a little weight: every format is seen
-tasks = {"textbook": 0.1, "code": 0.1, "math": 8.5, "logic": 1.5, "roleplay": 0.2, "chat": 0.5, "excerpt": 0.1,
-         "symposium": 0.1}
+# mostly math: the showcase's doubling and running +k families are learnt here, the noun chains in
+# the finish. The other tasks keep a little weight: every format is seen
+tasks = {"textbook": 0.1, "code": 0.1, "math": 7.5, "logic": 0.5, "chain": 2.0, "roleplay": 0.2, "chat": 0.5,
+         "excerpt": 0.1, "symposium": 0.1}
+train_embeddings = "seen"
 block_size = 128
 dropout = 0.0
 batch_size = 8

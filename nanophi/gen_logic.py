@@ -1,6 +1,6 @@
 """
 Generated logic problems: every answer is checked by a solver (sympy's `satisfiable`, or a
-transitive closure for ordering/containment chains), and the showcase's noun chains (plain text).
+transitive closure for ordering/containment chains).
 Used by data/logic/prepare.py.
 
 Each generator yields (where, record) as gen_math does. Deterministic for a seed.
@@ -8,7 +8,6 @@ Each generator yields (where, record) as gen_math does. Deterministic for a seed
 import functools
 import random
 
-from nanophi import showcase
 from nanophi.gen_math import NAMES
 
 _NONSENSE = ["wugs", "blickets", "daxes", "feps", "glorps", "zorbs", "tufas", "lorks", "mibs", "snerts",
@@ -42,17 +41,10 @@ def _satisfiable(formula):
 
 
 def logic_item(rng, kind=None):
-    """One logic item {"kind", "question", "answer"} (answers 'yes'/'no' or 'true'/'false'), or
-    {"kind": "chain", "text"}: the showcase's two-step noun chain, trained as plain text."""
-    # half the items are the showcase's noun chains: the yes/no kinds stay near chance at this size
-    kind = kind or rng.choice(["order", "order", "place", "syllogism", "syllogism", "entail", "boolean"] + ["chain"] * 7)
+    """One logic item {"kind", "question", "answer"} (answers 'yes'/'no' or 'true'/'false'). The
+    showcase's noun chains are a task of their own (data/chain/prepare.py)."""
+    kind = kind or rng.choice(["order", "order", "place", "syllogism", "syllogism", "entail", "boolean"])
     return _LOGIC_KINDS[kind](rng)
-
-
-def _logic_chain(rng):
-    """'If a beaver makes a wooden dam, and the dam is on a river, the beaver's dam must be on a river':
-    the training side of showcase's chain family (its nouns never appear in the held-out prompts)."""
-    return {"kind": "chain", "text": showcase.chain(rng, held_out=False)["text"]}
 
 
 def _logic_order(rng):
@@ -169,7 +161,7 @@ def _logic_boolean(rng):
 
 
 _LOGIC_KINDS = {"order": _logic_order, "place": _logic_place, "syllogism": _logic_syllogism,
-                "entail": _logic_entail, "boolean": _logic_boolean, "chain": _logic_chain}
+                "entail": _logic_entail, "boolean": _logic_boolean}
 
 
 def logic_items(n, seed):

@@ -20,6 +20,7 @@ Each family's items are {"family", "text", "query"} (training) or {"family", "pr
 "query"} (held out); "query" is the final equation's left side ('7+7=') or the three nouns.
 """
 import random
+import re
 
 from nanophi import textformat
 
@@ -125,6 +126,19 @@ def chain(rng, held_out):
     if held_out:
         return {"family": "chain", "prompt": prompt, "answer": place, "query": nouns}
     return {"family": "chain", "text": f"{prompt} {place}", "query": nouns}
+
+
+def chain_segments(item):
+    """A training chain as textformat segments: every token trained but the three nouns' first
+    mentions, random draws that nothing before them predicts (their loss is noise the copy has to
+    learn through); the template and the copies of the nouns stay trained."""
+    (text, _), = textformat.plain("logic", item["text"])
+    segments, pos = [], 0
+    for noun in item["query"]:
+        at = re.compile(rf" {re.escape(noun)}\b").search(text, pos)
+        segments += [(text[pos:at.start()], True), (text[at.start():at.end()], False)]
+        pos = at.end()
+    return segments + [(text[pos:], True)]
 
 
 # family -> (generator, task whose tag and data it belongs to, the seed's own prompt and answer)

@@ -25,6 +25,8 @@ TASKS = (
     Task("code", "[Code]", sample='def add(a, b):\n    """Return the sum of a and b."""\n'),
     Task("math", "[Math]", qa=True, generated=True, sample="What is 17 + 25?"),
     Task("logic", "[Logic]", qa=True, generated=True, sample="All cats are mammals. Tom is a cat. Is Tom a mammal?"),
+    # the showcase's noun chains, rendered as logic: a task of their own so their rows hold only chains
+    Task("chain", "[Logic]", renders_as="logic", generated=True),
     Task("excerpt", "[Excerpt]", sample="The with statement is used to wrap the execution of a block with methods "
                                         "defined by a context manager."),
     Task("chat", "[Chat]", chat=True, sample="Hi! What can you help me with?"),

@@ -23,9 +23,11 @@ def test_pipeline_pretrain_export_finetune_compare(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     steps = [line for line in r.stdout.splitlines() if line.startswith("=== ")]
     assert [s.split(":")[0] for s in steps] == [
-        "=== pretrain the base (a stand-in for GPT-2) on textbook, code, math and logic", "=== export the base to a transformers directory",
-        "=== finetune from that directory on the task mixture", "=== evaluate", "=== showcase", "=== pipeline done"]
+        "=== pretrain the base (a stand-in for GPT-2) on textbook, code, math, logic and noun chains", "=== export the base to a transformers directory",
+        "=== finetune from that directory on the task mixture", "=== finish on the noun chains, token embeddings frozen",
+        "=== evaluate", "=== showcase", "=== pipeline done"]
     assert f"--init_from={base}/hf" in steps[2] and f"init from {base}/hf" in r.stdout   # the gpt2-medium path
+    assert f"--init_from={out}-mix/ckpt.pt" in steps[3] and f"--out_dir={out}" in steps[3]  # the finish
     assert json.load(open(base / "hf" / "config.json"))["model_type"] == "gpt2"
     report = json.load(open(out / "eval.json"))
     assert [(m["role"], m["init_from"]) for m in report["models"]] == [("base", f"{base}/hf"), ("model", "resume")]

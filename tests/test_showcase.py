@@ -34,12 +34,22 @@ def test_data_generators_emit_only_the_training_side():
     chains = [gen_math.math_item(rng, "chain")["text"] for _ in range(3000)]
     assert not {c.split()[-1].split("=")[0] + "=" for c in chains} & held
     assert any(re.fullmatch(r"(\d+)\+\1=\d+", c.split()[0]) for c in chains)  # doubling chains are in the mix
-    rng = random.Random(7)
-    texts = [gen_logic.logic_item(rng, "chain")["text"] for _ in range(1000)]
+    texts = [it["text"] for it in showcase.training_items("chain", 1000, 7)]  # data/chain/prepare.py's items
     assert not {w for t in texts for w in re.findall(r"\w+", t)} & set(showcase.HELD_NOUNS)
-    # the logic mix draws chains by itself, and its eval questions stay question items
-    kinds = {it["kind"] for _, it in gen_logic.logic_items(300, 5)}
-    assert "chain" in kinds and "syllogism" in kinds
+    # the noun chains are a task of their own: logic's items are all questions
+    assert all("question" in it for _, it in gen_logic.logic_items(300, 5))
+
+
+def test_chain_segments_leave_only_the_first_mentions_untrained():
+    from nanophi import textformat
+    for it in showcase.training_items("chain", 50, 11):
+        segments = showcase.chain_segments(it)
+        ids, mask = textformat.encode_segments(segments)
+        whole, _ = textformat.encode_segments(textformat.plain("logic", it["text"]))
+        assert ids == whole  # the same tokens as plain text: only the mask differs
+        untrained = [textformat.decode([t]) for t, m in zip(ids, mask) if not m]
+        assert untrained == [" " + n for n in it["query"]]  # maker, thing, place where each first appears
+        assert textformat.decode(ids).endswith(" " + it["query"][2]) and mask[-1] == 1  # the answer is trained
 
 
 def test_items_are_right():

@@ -251,6 +251,34 @@ def test_gradient_checkpointing_and_bf16_train(data_dir, tmp_path):
         assert np.isfinite(r["loss"])
 
 
+def test_embedding_init_scale_and_which_embedding_rows_train(data_dir, tmp_path):
+    def weights(out):
+        return {k: v.clone() for k, v in load_model("resume", str(out))[0].state_dict().items()}
+
+    still = {}
+    for std in (0.02, 0.25):  # learning_rate 0: the weights stay at their init
+        run_main(train_args(data_dir, tmp_path / f"s{std}", "--max_iters=2", "--eval_interval=100", "--learning_rate=0",
+                            "--min_lr=0", f"--embedding_init_std={std}"))
+        still[std] = weights(tmp_path / f"s{std}")
+    wte = "transformer.wte.weight"
+    assert torch.allclose(still[0.25][wte], still[0.02][wte] * 12.5)  # the same draw, scaled
+    assert all(torch.equal(v, still[0.02][k]) for k, v in still[0.25].items() if k not in (wte, "lm_head.weight"))
+    start = os.path.join(tmp_path / "s0.25", "ckpt.pt")
+    seen = np.zeros(len(still[0.25][wte]), dtype=bool)
+    for task in ("math", "textbook", "chat"):
+        seen[np.unique(np.asarray(TaskSplit(data_dir, task, "train").tokens))] = True
+    after = {}
+    for mode in ("all", "seen", "none"):
+        run_main(train_args(data_dir, tmp_path / mode, f"--init_from={start}", "--max_iters=3", "--eval_interval=100",
+                            "--weight_decay=0", f"--train_embeddings={mode}"))
+        after[mode] = weights(tmp_path / mode)
+        assert not torch.equal(after[mode]["transformer.h.0.attn.c_attn.weight"], still[0.25]["transformer.h.0.attn.c_attn.weight"])
+    moved = {m: (after[m][wte] != still[0.25][wte]).any(1).numpy() for m in after}
+    assert moved["all"][~seen].all()  # AdamW moves every row, never-seen tokens too
+    assert (moved["seen"] == seen).all()  # only the rows of tokens in the data
+    assert not moved["none"].any()
+
+
 # ----------------------------------------------------------------------------- init_from, LoRA
 
 def test_init_from_hf_dir_with_block_size_crop_and_grow(data_dir, tmp_path, tiny_hf_dir):

@@ -1,6 +1,6 @@
 """
-[Logic] data: reasoning questions with short verified answers (loss on the answer), and the
-showcase's two-step noun chains (plain text, nanophi/showcase.py).
+[Logic] data: reasoning questions with short verified answers (loss on the answer). The showcase's
+two-step noun chains, also [Logic], are a task of their own: data/chain/prepare.py.
 
     python data/logic/prepare.py                         # offline: syllogisms, transitive chains, true/false, checked by a solver
     python data/logic/prepare.py --source=hub            # garage-bAInd/Open-Platypus rows from ReClor, ScienceQA, ARB
@@ -32,8 +32,6 @@ SCHEMAS = [
 
 
 def generated(r):
-    if "text" in r:  # the showcase's noun chains: whole text trained, as math's few-shot chains
-        return [textformat.plain("logic", r["text"])]
     return [textformat.qa("logic", r["question"], r["answer"])]
 
 
@@ -43,13 +41,12 @@ def offline(cfg):
 
 
 def eval_items(cfg):
-    qa_only = ((w, it) for w, it in gen_logic.logic_items(10 ** 9, cfg.eval_seed) if "question" in it)
-    return dataprep.unique_items(qa_only, cfg.n_eval)
+    return dataprep.unique_items(gen_logic.logic_items(10 ** 9, cfg.eval_seed), cfg.n_eval)
 
 
 def main(argv=None):
     return dataprep.run("logic", SCHEMAS, offline, argv, eval_items=eval_items,
-                        meta_extra={"loss": "answer only (QA); whole text (noun chains)",
+                        meta_extra={"loss": "answer only",
                                     "eval": {"answer_format": gen_logic.LOGIC_ANSWER_FORMAT,
                                              "prompt": "textformat.qa('logic', question) -> '[Logic] <question>\\nAnswer:'"}},
                         near_dedup=False, num_generated=num_generated, eval_seed=eval_seed, n_eval=n_eval)
