@@ -33,7 +33,7 @@ source = "offline"      # offline | hub
 out_dir = HERE
 seed = 1337
 max_docs = 0            # cap on records per source for every task (0 = each task's default: all)
-num_generated = 20000   # math/logic generated training items
+num_generated = 20000   # math/logic/chain generated training items
 budget = ""             # a train config (config/finetune_nanophi.py): size per-source caps to the tokens it trains on
 margin = 1.3            # documents read per document needed: dedup, routing and decontamination drop some
 val_fraction = 0.05
