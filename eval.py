@@ -29,6 +29,7 @@ from configurator import ConfigError, at_least, config_keys, configure, one_of, 
 from nanophi.checkpoint import default_out_dir
 from nanophi.datafiles import inputs_targets
 from nanophi.files import write_jsonl_atomic, write_text_atomic
+from nanophi.showcase import binomial_tail
 from nanophi.tasks import QA_TASKS
 
 # -----------------------------------------------------------------------------
@@ -286,13 +287,6 @@ def answer_baselines(items):
     majority = sum(max(golds.count(a) for a in sets[k]) for k, golds in by_kind.items()) / len(items)
     ln_answers = sum(len(golds) * math.log(len(sets[k])) for k, golds in by_kind.items()) / len(items)
     return {"answers": n_answers, "chance": chance, "majority": majority, "ln_answers": ln_answers}
-
-
-def binomial_tail(k, n, p):
-    """P(X >= k) for X ~ Binomial(n, p): the chance of k or more right answers by guessing at rate p."""
-    if k <= 0:
-        return 1.0
-    return min(1.0, sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1)))
 
 
 def above_baseline(score, n, base):

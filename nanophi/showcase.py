@@ -19,6 +19,7 @@ seen noun's singular cannot be read off its plural: the family states the nouns 
 Each family's items are {"family", "text", "query"} (training) or {"family", "prompt", "answer",
 "query"} (held out); "query" is the final equation's left side ('7+7=') or the three nouns.
 """
+import math
 import random
 import re
 
@@ -178,6 +179,14 @@ def chance(family, items):
     return 1 / len({it["answer"] for it in items})
 
 
+def binomial_tail(k, n, p):
+    """P(X >= k) for X ~ Binomial(n, p): the chance of k or more right answers by guessing at rate p
+    (the showcase's scores and eval.py's exact matches are tested against their baselines with it)."""
+    if k <= 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+
+
 def prompt_ids(family, text):
     """The token ids training put before the answer: the family's task tag, as textformat.plain renders it."""
     return textformat.encode_prompt(textformat.plain(FAMILIES[family][1], text))
@@ -216,9 +225,14 @@ def report(results, n_shown=3):
         names = list(by_model)
         items = [it for it, _, _ in by_model[names[0]]]
         n, task = len(items), FAMILIES[family][1]
-        scores = ", ".join(f"{name} {sum(ok for _, _, ok in rows)}/{n}" for name, rows in by_model.items())
-        lines.append(f"\n{family} ({textformat.TAGS[task]}, {n} held-out prompts): {scores}; "
-                     f"chance {chance(family, items) * n:.1f}/{n}")
+        rate = chance(family, items)
+        scores = []
+        for name, rows in by_model.items():  # one-sided binomial test against guessing at the chance rate
+            k = sum(ok for _, _, ok in rows)
+            p = binomial_tail(k, n, rate)
+            scores.append(f"{name} {k}/{n} " + (f"(above chance, p={p:.2g})" if p < 0.05 else "(not above chance)"))
+        lines.append(f"\n{family} ({textformat.TAGS[task]}, {n} held-out prompts): {', '.join(scores)}; "
+                     f"chance {rate * n:.1f}/{n}")
         for k in range(min(n_shown, n)):
             it = items[k]
             got = "  ".join(f"{name} {'✓' if by_model[name][k][2] else '✗'} {by_model[name][k][1]!r:<8}"

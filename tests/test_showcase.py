@@ -83,6 +83,14 @@ def test_prompt_is_the_training_prefix():
     assert ids[:len(showcase.prompt_ids("doubling", prompt + "="))] == showcase.prompt_ids("doubling", prompt + "=")
 
 
+def test_report_flags_a_score_not_above_chance():
+    items = showcase.held_out_items("chain", 20)
+    rows = lambda k: [(it, it["answer"] if i < k else "x", i < k) for i, it in enumerate(items)]  # noqa: E731
+    text = showcase.report({"chain": {"base": rows(9), "finetuned": rows(14)}}, n_shown=0)
+    # 9 of 20 at chance 1/3: p=0.19, not above; 14 of 20: p=0.00088
+    assert "base 9/20 (not above chance), finetuned 14/20 (above chance, p=0.00088); chance 6.7/20" in text
+
+
 def test_score_counts_first_words():
     items = showcase.held_out_items("running", 4)
     answers = [it["answer"] for it in items]
@@ -101,9 +109,11 @@ def test_report_on_a_tiny_random_gpt():
         rows = results[family]["base"]
         assert len(rows) == 5 and rows == results[family]["finetuned"]  # greedy: the same model, the same words
         right = sum(ok for _, _, ok in rows)
-        head = re.search(rf"^{family} \(\[\w+\], 5 held-out prompts\): base (\d)/5, finetuned (\d)/5; chance (\S+)/5$",
-                         text, re.M)
-        assert head and int(head[1]) == int(head[2]) == right, text
+        head = re.search(rf"^{family} \(\[\w+\], 5 held-out prompts\): base (\d)/5 \((.*?)\), finetuned (\d)/5 \((.*?)\); "
+                         rf"chance (\S+)/5$", text, re.M)
+        assert head and int(head[1]) == int(head[3]) == right and head[2] == head[4], text
+        p = showcase.binomial_tail(right, 5, showcase.chance(family, [it for it, _, _ in rows]))
+        assert head[2] == (f"above chance, p={p:.2g}" if p < 0.05 else "not above chance"), text
     assert text.count("want ") == 2 * len(showcase.FAMILIES)
     assert re.search(r"base [✓✗] .* finetuned [✓✗]", text)
     assert "chance 1.7/5" in text  # the chain family: one of three nouns
