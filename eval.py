@@ -243,7 +243,7 @@ def qa_prompts(task, items, tag=None, shots=0):
     return out
 
 
-def exact_match(model, task, items, key, tag=None, shots=0, gen_args=None):
+def exact_match(model, task, items, key, tag=None, shots=0, gen_args=None, pool=None):
     """Share of items answered exactly; metrics under `key` (and key/<kind>), plus the answers and,
     where the answers form a small set, the chance and majority baselines of each key."""
     eot = set()
@@ -252,13 +252,13 @@ def exact_match(model, task, items, key, tag=None, shots=0, gen_args=None):
     # how often the answer ends as training taught it, with end-of-text (not running on to a new line)
     out = {key: sum(hits) / len(items), f"eot/{key}": len(eot) / len(items)}
     counts = {key: len(items), f"eot/{key}": len(items)}
-    baselines = {key: answer_baselines(items)}
+    baselines = {key: answer_baselines(items, pool)}
     kinds = sorted({it["kind"] for it in items if isinstance(it.get("kind"), str)})
     for kind in kinds if len(kinds) > 1 else []:
         sel = [(h, it) for h, it in zip(hits, items) if it.get("kind") == kind]
         out[f"{key}/{kind}"] = sum(h for h, _ in sel) / len(sel)
         counts[f"{key}/{kind}"] = len(sel)
-        baselines[f"{key}/{kind}"] = answer_baselines([it for _, it in sel])
+        baselines[f"{key}/{kind}"] = answer_baselines([it for _, it in sel], pool)
     details = [{"question": it["question"], "answer": it["answer"], "output": a[0], "correct": h}
                for it, a, h in zip(items, answers, hits)]
     return out, counts, details, {k: b for k, b in baselines.items() if b}
@@ -272,20 +272,29 @@ SMALL_ANSWER_SET = 10  # at most this many distinct (normalised) gold answers pe
 # ... and at most half as many distinct answers as items: answers that repeat (numbers mostly do not)
 
 
-def answer_baselines(items):
+def answer_baselines(items, pool=None):
     """{"answers", "chance", "majority", "ln_answers"} of items whose answers form a small set, else None.
     Per kind of item (items without a kind are one kind): chance = 1 / the kind's distinct gold
-    answers, majority = whether the gold is the kind's most common one; both averaged over items."""
-    by_kind = {}
-    for it in items:
+    answers, majority = whether the gold is the kind's most common one; both averaged over items.
+    The answer sets and the most common answers come from pool (default: the items themselves): the
+    whole eval.jsonl, so that 3 items of a kind with --limit still see both of its answers."""
+    pool = items if pool is None else pool
+    by_kind, golds = {}, {}
+    for it in pool:
         by_kind.setdefault(it.get("kind"), []).append(normalize(it["answer"]))
-    sets = {k: set(golds) for k, golds in by_kind.items()}
-    n_answers = sum(len(s) for s in sets.values())
-    if not items or max(len(s) for s in sets.values()) > SMALL_ANSWER_SET or n_answers > len(items) / 2:
+    for it in items:
+        golds.setdefault(it.get("kind"), []).append(normalize(it["answer"]))
+    if not items or set(golds) - set(by_kind):
         return None
-    chance = sum(len(golds) / len(sets[k]) for k, golds in by_kind.items()) / len(items)
-    majority = sum(max(golds.count(a) for a in sets[k]) for k, golds in by_kind.items()) / len(items)
-    ln_answers = sum(len(golds) * math.log(len(sets[k])) for k, golds in by_kind.items()) / len(items)
+    sets = {k: set(g) for k, g in by_kind.items() if k in golds}
+    n_answers = sum(len(s) for s in sets.values())
+    if (max(len(s) for s in sets.values()) > SMALL_ANSWER_SET or min(len(s) for s in sets.values()) < 2
+            or n_answers > sum(len(by_kind[k]) for k in sets) / 2):  # one answer: nothing to guess between
+        return None
+    common = {k: max(sorted(sets[k]), key=by_kind[k].count) for k in sets}
+    chance = sum(len(g) / len(sets[k]) for k, g in golds.items()) / len(items)
+    majority = sum(g.count(common[k]) for k, g in golds.items()) / len(items)
+    ln_answers = sum(len(g) * math.log(len(sets[k])) for k, g in golds.items()) / len(items)
     return {"answers": n_answers, "chance": chance, "majority": majority, "ln_answers": ln_answers}
 
 
@@ -374,7 +383,7 @@ def _lines(path, stream_jsonl):
 
 # ----------------------------------------------------------------------------- one model
 
-def evaluate(model, cfg, task_names, qa_tasks, problems, autocast_ctx, label, out_prefix):
+def evaluate(model, cfg, task_names, qa_tasks, problems, autocast_ctx, label, out_prefix, qa_pools=None):
     """Every selected metric for one model -> (metrics, counts, details, baselines)."""
     from nanophi.datafiles import TaskSplit
     from nanophi.textformat import TAGS, code_exercise, encode_prompt
@@ -398,17 +407,19 @@ def evaluate(model, cfg, task_names, qa_tasks, problems, autocast_ctx, label, ou
     greedy = dict(n=1, batch_size=cfg["batch_size"], temperature=0.0, max_new_tokens=cfg["qa_max_new_tokens"],
                   autocast_ctx=autocast_ctx)
     for task, items in qa_tasks.items():
-        small = answer_baselines(items)
+        pool = (qa_pools or {}).get(task)  # the whole eval.jsonl: each kind's answers, whatever the limit
+        small = answer_baselines(items, pool)
         if small and f"loss/{task}" in metrics:  # the loss of a uniform guess among the answers, for reference
             baselines[f"loss/{task}"] = {"ln_answers": small["ln_answers"]}
         if "qa" in sel:
-            m, c, d, b = exact_match(model, task, items, f"em/{task}", gen_args=greedy)
+            m, c, d, b = exact_match(model, task, items, f"em/{task}", gen_args=greedy, pool=pool)
             metrics.update(m)
             counts.update(c)
             baselines.update(b)
             details[f"em/{task}"] = d
         if "fewshot" in sel and cfg["few_shot"] > 0:
-            m, c, d, b = exact_match(model, task, items, f"fewshot/{task}", shots=cfg["few_shot"], gen_args=greedy)
+            m, c, d, b = exact_match(model, task, items, f"fewshot/{task}", shots=cfg["few_shot"], gen_args=greedy,
+                                     pool=pool)
             metrics.update(m)
             counts.update(c)
             baselines.update(b)
@@ -681,6 +692,7 @@ def main(argv=None):
                 f"{cfg['data_dir']!r}; run data/<task>/prepare.py for those metrics")
         qa_tasks = {t: read_eval_items(os.path.join(cfg["data_dir"], t, "eval.jsonl"), cfg["limit"]) for t in qa_names}
         qa_tasks = {t: items for t, items in qa_tasks.items() if items}
+        qa_pools = {t: read_eval_items(os.path.join(cfg["data_dir"], t, "eval.jsonl")) for t in qa_tasks}
         probs = problems[:cfg["limit"]] if cfg["limit"] else problems
         report["data"] = data_fingerprint(cfg, loss_tasks, qa_tasks)
         runs = ([("base", cfg["compare_with"])] if cfg["compare_with"] else []) + [("model", cfg["init_from"])]
@@ -693,7 +705,8 @@ def main(argv=None):
             label = init if init != "resume" else short_path(source)
             log(f"evaluating {label} ({run.n_params / 1e6:.1f}M params) on {report['device']}")
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", role)
-            m, c, d, b = evaluate(model, cfg, loss_tasks, qa_tasks, probs, autocast_ctx, label, f"{stem}_{slug}")
+            m, c, d, b = evaluate(model, cfg, loss_tasks, qa_tasks, probs, autocast_ctx, label, f"{stem}_{slug}",
+                                  qa_pools)
             report["models"].append({"label": label, "role": role, "init_from": init, "source": source,
                                      "metrics": m, "counts": c, "baselines": b, "details": d,
                                      "seconds": time.time() - t0})

@@ -338,6 +338,13 @@ def test_baselines_of_answer_sets():
     assert ev.answer_baselines(MATH) is None  # distinct numbers: no small answer set
     assert ev.answer_baselines(LOGIC) is None  # two items, two answers: too few to tell
     assert ev.answer_baselines([{"question": f"{i}+{i}?", "answer": str(2 * i)} for i in range(30)]) is None
+    # --limit: 3 items of a kind, all 'false', are tested against the kind's answers in the whole file
+    pool = [yes_no(i, "true" if i < 12 else "false", kind="entail") for i in range(20)]
+    few = [it for it in pool if it["answer"] == "false"][:3]
+    assert ev.answer_baselines(few) is None  # alone: one answer, nothing to tell chance by
+    b = ev.answer_baselines(few, pool)
+    assert (b["answers"], b["chance"], b["majority"]) == (2, 0.5, 0.0)  # the file's common answer is 'true'
+    assert ev.answer_baselines(few, MATH) is None  # a kind the pool does not hold
 
 
 @pytest.fixture(scope="module")
