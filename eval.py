@@ -186,7 +186,7 @@ def complete(model, prompts, max_new_tokens, stops=(), n=1, batch_size=8, temper
 
 # ----------------------------------------------------------------------------- question answering
 
-def read_eval_items(path, limit=0):
+def read_eval_items(path):
     """data/<task>/eval.jsonl: one {"question", "answer", optional "kind"} per line."""
     items = []
     with open(path, encoding="utf-8") as f:
@@ -200,8 +200,6 @@ def read_eval_items(path, limit=0):
             if not isinstance(item, dict) or not isinstance(item.get("question"), str) or "answer" not in item:
                 raise ValueError(f"{path}:{n}: expected an object with a string 'question' and an 'answer'")
             items.append(item)
-            if limit and len(items) >= limit:
-                break
     return items
 
 
@@ -690,9 +688,10 @@ def main(argv=None):
         if ("loss" in sel and not loss_tasks) or (set(sel) & {"qa", "fewshot", "tags"} and not qa_names):
             log(f"note: no prepared {'validation data' if not loss_tasks else 'eval.jsonl'} found in "
                 f"{cfg['data_dir']!r}; run data/<task>/prepare.py for those metrics")
-        qa_tasks = {t: read_eval_items(os.path.join(cfg["data_dir"], t, "eval.jsonl"), cfg["limit"]) for t in qa_names}
-        qa_tasks = {t: items for t, items in qa_tasks.items() if items}
-        qa_pools = {t: read_eval_items(os.path.join(cfg["data_dir"], t, "eval.jsonl")) for t in qa_tasks}
+        # each file read once: the whole of it gives the answer baselines, its first `limit` items are scored
+        qa_pools = {t: read_eval_items(os.path.join(cfg["data_dir"], t, "eval.jsonl")) for t in qa_names}
+        qa_pools = {t: items for t, items in qa_pools.items() if items}
+        qa_tasks = {t: items[:cfg["limit"]] if cfg["limit"] else items for t, items in qa_pools.items()}
         probs = problems[:cfg["limit"]] if cfg["limit"] else problems
         report["data"] = data_fingerprint(cfg, loss_tasks, qa_tasks)
         runs = ([("base", cfg["compare_with"])] if cfg["compare_with"] else []) + [("model", cfg["init_from"])]

@@ -1,6 +1,6 @@
 """
 [Logic] noun chains, the showcase's family (c), as a task of their own: plain text, every token
-trained. Its own directory so that every training row of it starts at a chain and holds only
+trained but each noun's first mention (showcase.chain_segments). Its own directory so that every training row of it starts at a chain and holds only
 chains (a copy of a noun forms on such rows; rows that run on into yes/no questions hold it back:
 docs/pipeline.md). Tagged [Logic]: the showcase prompts them as logic.
 
@@ -31,7 +31,7 @@ def offline(cfg):
 
 def main(argv=None):
     return dataprep.run("chain", SCHEMAS, offline, argv, render_task="logic",
-                        meta_extra={"loss": "whole text"},
+                        meta_extra={"loss": "whole text but each noun's first mention"},
                         near_dedup=False, num_generated=num_generated)
 
 
