@@ -45,6 +45,7 @@ chain_config = "config/nanophi_cpu_chain.py"
 data_dir = "data"
 prepare = True          # False: reuse data/ prepared by an earlier run
 pretrain = True         # False: reuse the base in base_dir
+overwrite = False       # True: a new run replaces the trained runs in base_dir, mix_dir and out_dir (else train.py refuses)
 max_iters = 0           # 0 = the configs'; else each training run's (pretraining, finetune, finish)
 eval_limit = 20         # questions / documents / HumanEval problems per task in the evaluation
 sample_tokens = 60      # new tokens per sample
@@ -94,20 +95,21 @@ def show_showcase():
 
 iters = [f"--max_iters={max_iters}"] if max_iters else []
 data = [f"--data_dir={data_dir}"]
+replace = ["--overwrite=True"] if overwrite else []  # for the three train.py runs
 timings = {}
 t_start = time.time()
 if prepare:
     timings["prepare"] = run("prepare the offline corpus", [PY, "data/prepare_all.py", f"--out_dir={data_dir}"])
 if pretrain:
     timings["pretrain"] = run("pretrain the base (a stand-in for GPT-2) on textbook, code, math, logic and noun chains",
-                              [PY, "train.py", base_config, f"--out_dir={base_dir}"] + data + iters)
+                              [PY, "train.py", base_config, f"--out_dir={base_dir}"] + data + iters + replace)
     timings["export"] = run("export the base to a transformers directory",
                             [PY, "export.py", f"--out_dir={base_dir}", f"--export_dir={BASE_HF}"])
 timings["finetune"] = run("finetune from that directory on the task mixture",
-                          [PY, "train.py", config, f"--init_from={BASE_HF}", f"--out_dir={MIX_DIR}"] + data + iters)
+                          [PY, "train.py", config, f"--init_from={BASE_HF}", f"--out_dir={MIX_DIR}"] + data + iters + replace)
 timings["finish"] = run("finish on the noun chains, token embeddings frozen",
                         [PY, "train.py", chain_config, f"--init_from={os.path.join(MIX_DIR, 'ckpt.pt')}",
-                         f"--out_dir={out_dir}"] + data + iters)
+                         f"--out_dir={out_dir}"] + data + iters + replace)
 timings["eval"] = run("evaluate: base against finetuned",
                       [PY, "eval.py", f"--out_dir={out_dir}", f"--compare_with={BASE_HF}", f"--limit={eval_limit}"] + data)
 t0 = time.time()

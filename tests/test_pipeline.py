@@ -40,3 +40,8 @@ def test_pipeline_pretrain_export_finetune_compare(tmp_path):
     for tag in ("Textbook", "Code", "Math", "Logic", "Excerpt", "Chat", "Roleplay"):
         assert f"--- [{tag}]" in r.stdout
     assert f"python serve.py --out_dir={out}" in r.stdout and f"--compare_with={base}/hf" in r.stdout
+    # a second run into the same folders is refused, and says how to replace them (pipeline.py's own --overwrite)
+    again = subprocess.run([sys.executable, "pipeline.py", "--prepare=False", f"--data_dir={data}", f"--out_dir={out}",
+                            f"--base_dir={base}", "--max_iters=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "already holds a trained run" in again.stderr and "--overwrite=True" in again.stderr
+    assert "pipeline: step 'pretrain the base" in again.stderr
